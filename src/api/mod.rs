@@ -1,0 +1,42 @@
+//! The kubevirt.io/v1alpha1 API: the four kinds of the API text and their CRDs.
+//! Pure data: no I/O, no async.
+
+pub mod domain_spec;
+pub mod offline_virtual_machine;
+pub mod preset;
+pub mod quantity;
+pub mod replica_set;
+pub mod selector;
+pub mod virtual_machine;
+pub mod volume;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+pub use offline_virtual_machine::{OfflineVirtualMachine, VirtualMachineTemplateSpec};
+pub use preset::VirtualMachinePreset;
+pub use replica_set::VirtualMachineReplicaSet;
+pub use virtual_machine::{Phase, VirtualMachine, VirtualMachineSpec, VirtualMachineStatus};
+
+/// Label assigning a VM to a node; the agent of that node watches by it.
+pub const NODE_NAME_LABEL: &str = "kubevirt.io/nodeName";
+
+/// The four CRDs, in the order they are applied.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![
+        VirtualMachine::crd(),
+        OfflineVirtualMachine::crd(),
+        VirtualMachineReplicaSet::crd(),
+        VirtualMachinePreset::crd(),
+    ]
+}
+
+/// The CRDs as one multi-document YAML stream, as `nodevirt crds` prints it.
+pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
+    let mut out = String::new();
+    for crd in crds() {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,4 @@
+//! The offline commands of the binary (render, crds) and shared CLI plumbing.
+
+pub mod manifest;
+pub mod render;

@@ -1,0 +1,3 @@
+//! The cluster-wide controller: presets, OfflineVirtualMachines, ReplicaSets, placement.
+
+pub mod presets;

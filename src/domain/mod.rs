@@ -1,0 +1,92 @@
+//! VirtualMachine (after presets) -> libvirt domain XML. Pure: no I/O, no async.
+//!
+//! 1. The caller resolves every volume to a file or block device (`ResolvedVolume`): the
+//!    agent from its state dir and the cluster, `nodevirt render` from its flags.
+//! 2. [`render`] checks the VM and builds the typed [`model::Domain`]; the first invalid field
+//!    ends it with a [`FieldError`] that names the field and what is expected.
+//! 3. [`model::Domain::to_xml`] serializes it; quick-xml escapes every value.
+
+mod disks;
+mod hardware;
+pub mod model;
+pub mod names;
+mod render;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub use render::{domain_name, render};
+
+/// A field of the VM that is invalid, and why. `field` is a path such as
+/// `spec.domain.devices.disks[1].disk.bus`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<crate::api::quantity::QuantityError> for FieldError {
+    fn from(err: crate::api::quantity::QuantityError) -> Self {
+        let message = err.to_string();
+        let message = message
+            .strip_prefix(&format!("{}: ", err.field))
+            .unwrap_or(&message)
+            .to_string();
+        FieldError::new(err.field, message)
+    }
+}
+
+/// How the hypervisor runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DomainType {
+    /// Hardware virtualization through /dev/kvm.
+    Kvm,
+    /// Software emulation (TCG): slow, but works without /dev/kvm or nested virtualization.
+    Qemu,
+}
+
+impl fmt::Display for DomainType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DomainType::Kvm => "kvm",
+            DomainType::Qemu => "qemu",
+        })
+    }
+}
+
+/// Node-side choices that the VM spec does not carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderOptions {
+    pub domain_type: DomainType,
+    /// The libvirt network of the guest's NIC; `None` gives the guest no NIC.
+    pub network: Option<String>,
+    /// Where virtlogd writes everything the guest prints on its serial console.
+    pub console_log: String,
+}
+
+/// The disk image format libvirt must open a source with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    Raw,
+    Qcow2,
+}
+
+/// What backs a volume on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolvedVolume {
+    File { path: String, format: ImageFormat },
+    Block { path: String },
+}
+
+/// Volume name -> its source on this node.
+pub type ResolvedVolumes = BTreeMap<String, ResolvedVolume>;

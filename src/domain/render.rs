@@ -1,0 +1,211 @@
+//! The top of the translation: identity, memory, CPU, machine, and the devices every usable
+//! VM needs although the spec does not say so (serial console, NIC, VNC, balloon).
+
+use crate::api::VirtualMachine;
+use crate::api::domain_spec::DomainSpec;
+use crate::api::quantity::parse_bytes;
+
+use super::model::{
+    Console, ConsoleTarget, Cpu, Devices, Domain, Graphics, Interface, Log, METADATA_NAMESPACE,
+    Mac, MemBalloon, Memory, Metadata, Model, NetworkSource, OnOff, Os, OsType, Serial,
+    SerialTarget, Stats, Topology, VmMetadata, YesNo,
+};
+use super::names::{check_dns_label, check_uid};
+use super::{FieldError, RenderOptions, ResolvedVolumes, disks, hardware};
+
+const DEFAULT_MACHINE: &str = "q35";
+const DEFAULT_NAMESPACE: &str = "default";
+/// Used when rendering a manifest that was never stored, so it has no UID yet.
+const PLACEHOLDER_UID: &str = "00000000-0000-0000-0000-000000000000";
+const MAX_CORES: u32 = 256;
+/// QEMU refuses guests smaller than this to be useful; libvirt counts in KiB.
+const MIN_MEMORY_BYTES: u64 = 1 << 20;
+const MAX_MEMORY_BYTES: u64 = 16 << 40;
+
+/// The libvirt domain name of a VM: `<namespace>_<name>`. Both parts are DNS labels, which
+/// have no '_', so the name maps back to exactly one VM.
+pub fn domain_name(namespace: &str, name: &str) -> String {
+    format!("{namespace}_{name}")
+}
+
+/// Translates a VM into the libvirt domain that runs it. Pure; see the module docs.
+pub fn render(
+    vm: &VirtualMachine,
+    volumes: &ResolvedVolumes,
+    options: &RenderOptions,
+) -> Result<Domain, FieldError> {
+    let name = vm.metadata.name.as_deref().unwrap_or_default();
+    check_dns_label(name, "metadata.name")?;
+    let namespace = vm
+        .metadata
+        .namespace
+        .as_deref()
+        .unwrap_or(DEFAULT_NAMESPACE);
+    check_dns_label(namespace, "metadata.namespace")?;
+    let uid = vm.metadata.uid.as_deref().unwrap_or(PLACEHOLDER_UID);
+    check_uid(uid, "metadata.uid")?;
+
+    let spec = &vm.spec;
+    let domain = &spec.domain;
+    let machine = machine_type(domain)?;
+    let q35 = machine.contains("q35");
+    let cores = cores(domain)?;
+    disks::check_volumes(spec)?;
+
+    Ok(Domain {
+        domain_type: options.domain_type.to_string(),
+        name: domain_name(namespace, name),
+        uuid: uid.to_string(),
+        metadata: Metadata {
+            vm: VmMetadata {
+                xmlns: METADATA_NAMESPACE.to_string(),
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                uid: uid.to_string(),
+            },
+        },
+        memory: Memory {
+            unit: "KiB",
+            value: memory_bytes(domain)?.div_ceil(1024),
+        },
+        vcpu: cores,
+        os: Os {
+            os_type: OsType {
+                arch: "x86_64",
+                machine,
+                value: "hvm",
+            },
+        },
+        features: hardware::features(domain.features.as_ref())?,
+        cpu: Cpu {
+            topology: Topology {
+                sockets: 1,
+                cores,
+                threads: 1,
+            },
+        },
+        clock: hardware::clock(domain.clock.as_ref())?,
+        on_poweroff: "destroy",
+        on_reboot: "restart",
+        on_crash: "destroy",
+        devices: Devices {
+            disks: disks::disks(spec, volumes, q35)?,
+            interfaces: options
+                .network
+                .iter()
+                .map(|network| Interface {
+                    interface_type: "network",
+                    mac: Mac {
+                        address: mac_address(uid),
+                    },
+                    source: NetworkSource {
+                        network: network.clone(),
+                    },
+                    model: Model {
+                        model_type: "virtio",
+                    },
+                })
+                .collect(),
+            serial: Serial {
+                serial_type: "pty",
+                target: SerialTarget { port: 0 },
+                log: Log {
+                    file: options.console_log.clone(),
+                    append: OnOff::On,
+                },
+            },
+            console: Console {
+                console_type: "pty",
+                target: ConsoleTarget {
+                    target_type: "serial",
+                    port: 0,
+                },
+            },
+            graphics: Graphics {
+                graphics_type: "vnc",
+                autoport: YesNo::Yes,
+                listen: "127.0.0.1",
+            },
+            watchdog: hardware::watchdog(domain)?,
+            memballoon: MemBalloon {
+                model: "virtio",
+                stats: Stats { period: 10 },
+            },
+        },
+    })
+}
+
+fn machine_type(domain: &DomainSpec) -> Result<String, FieldError> {
+    let Some(machine) = &domain.machine else {
+        return Ok(DEFAULT_MACHINE.to_string());
+    };
+    let value = machine.machine_type.as_str();
+    let valid = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if valid {
+        Ok(value.to_string())
+    } else {
+        Err(FieldError::new(
+            "spec.domain.machine.type",
+            format!(
+                "{value:?} is not a machine type; expected e.g. q35, pc or pc-q35-7.2 (see qemu-system-x86_64 -machine help)"
+            ),
+        ))
+    }
+}
+
+fn cores(domain: &DomainSpec) -> Result<u32, FieldError> {
+    let cores = domain.cpu.as_ref().and_then(|c| c.cores).unwrap_or(1);
+    if (1..=MAX_CORES).contains(&cores) {
+        Ok(cores)
+    } else {
+        Err(FieldError::new(
+            "spec.domain.cpu.cores",
+            format!("{cores} cores; expected 1 to {MAX_CORES}"),
+        ))
+    }
+}
+
+/// The guest's memory: requests.memory, else limits.memory.
+fn memory_bytes(domain: &DomainSpec) -> Result<u64, FieldError> {
+    let resources = domain.resources.as_ref();
+    let (quantity, field) = resources
+        .and_then(|r| {
+            r.requests
+                .get("memory")
+                .map(|q| (q, "spec.domain.resources.requests.memory"))
+                .or_else(|| {
+                    r.limits
+                        .get("memory")
+                        .map(|q| (q, "spec.domain.resources.limits.memory"))
+                })
+        })
+        .ok_or_else(|| {
+            FieldError::new(
+                "spec.domain.resources.requests.memory",
+                "required: the guest's memory size, e.g. \"64Mi\"",
+            )
+        })?;
+    let bytes = parse_bytes(&quantity.0, field)?;
+    if !(MIN_MEMORY_BYTES..=MAX_MEMORY_BYTES).contains(&bytes) {
+        return Err(FieldError::new(
+            field,
+            format!("{:?} is out of range; expected 1Mi to 16Ti", quantity.0),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// A stable, locally administered MAC in QEMU's 52:54:00 range, derived from the VM's UID, so
+/// a re-defined domain keeps its address and DHCP lease.
+fn mac_address(uid: &str) -> String {
+    // FNV-1a: tiny, stable across releases and platforms, good enough to spread UIDs.
+    let hash = uid.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let [a, b, c, ..] = hash.to_be_bytes();
+    format!("52:54:00:{a:02x}:{b:02x}:{c:02x}")
+}

@@ -1,0 +1,7 @@
+//! nodevirt: runs KubeVirt v1alpha1 VirtualMachines on libvirt, one agent per node.
+
+pub mod api;
+pub mod cli;
+pub mod controller;
+pub mod domain;
+pub mod storage;

@@ -1,0 +1,3 @@
+//! Turning volumes into files on the node.
+
+pub mod layout;
