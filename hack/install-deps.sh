@@ -62,9 +62,16 @@ build_etcd() {
   mv "$ETCD_BIN/etcd.tmp" "$ETCD_BIN/etcd"
 }
 
+# rustfmt and clippy run in hack/test.sh; a minimal rustup profile lacks them.
+install_rust_components() {
+  command -v rustup >/dev/null || return 0
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+}
+
 case "${1:-all}" in
   apt) install_apt ;;
   go) build_etcd; build_k8s ;;
-  all) install_apt; build_etcd; build_k8s ;;
+  all) install_apt; install_rust_components; build_etcd; build_k8s ;;
   *) die "usage: $0 [apt|go|all]" ;;
 esac

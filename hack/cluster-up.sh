@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Starts a local control plane and node for tests and the demo:
+#   etcd, kube-apiserver (RBAC, token auth) and kube-controller-manager on loopback, on free
+#   ports, so two clusters never collide; the CRDs applied and Established;
+#   libvirtd + virtlogd inside the network namespace "nodevirt" (unless a libvirtd already
+#   answers on qemu:///system), with the isolated libvirt network "nodevirt" (DHCP).
+# State: $NODEVIRT_CLUSTER_DIR (default /tmp/nodevirt-cluster/<name>). Stop: hack/cluster-down.sh.
+# Usage: hack/cluster-up.sh [NAME]
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+name=${1:-default}
+dir=${NODEVIRT_CLUSTER_DIR:-/tmp/nodevirt-cluster/$name}
+if [ -f "$dir/env" ] && kubectl --kubeconfig "$dir/kubeconfig" get --raw /readyz >/dev/null 2>&1; then
+  log "cluster $name already up"
+  cat "$dir/env"
+  exit 0
+fi
+"$REPO_ROOT/hack/cluster-down.sh" "$name" >/dev/null 2>&1 || true
+mkdir -p "$dir"/{pki,logs,pids,etcd}
+cd "$dir"
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+# Starts a daemon in the background with its log and PID recorded.
+start() {
+  local what=$1; shift
+  "$@" >"logs/$what.log" 2>&1 &
+  echo $! >"pids/$what"
+}
+wait_for() {
+  local what=$1 seconds=$2; shift 2
+  for _ in $(seq $((seconds * 5))); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  log "$what did not come up in ${seconds}s; last lines of its log:"
+  tail -n 20 "logs/$what.log" >&2 || true
+  exit 1
+}
+
+# --- certificates, service-account keys, tokens ---
+openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=nodevirt-test-ca" \
+  -keyout pki/ca.key -out pki/ca.crt 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
+  -keyout pki/apiserver.key -out pki/apiserver.csr 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n' > pki/san.ext
+openssl x509 -req -in pki/apiserver.csr -CA pki/ca.crt -CAkey pki/ca.key -CAcreateserial \
+  -days 30 -extfile pki/san.ext -out pki/apiserver.crt 2>/dev/null
+openssl genrsa -out pki/sa.key 2048 2>/dev/null
+openssl rsa -in pki/sa.key -pubout -out pki/sa.pub 2>/dev/null
+admin_token=$(openssl rand -hex 24)
+printf '%s,admin,admin-uid,"system:masters"\n' "$admin_token" > pki/tokens.csv
+chmod 600 pki/*.key pki/tokens.csv
+
+etcd_port=$(free_port); etcd_peer_port=$(free_port); api_port=$(free_port); kcm_port=$(free_port)
+echo "$api_port" > api-port
+
+# --- etcd ---
+start etcd etcd --name default --data-dir "$dir/etcd" --unsafe-no-fsync \
+  --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+  --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
+  --initial-cluster "default=http://127.0.0.1:$etcd_peer_port"
+wait_for etcd 30 curl -sf "http://127.0.0.1:$etcd_port/health"
+
+# --- kube-apiserver ---
+start kube-apiserver kube-apiserver --etcd-servers "http://127.0.0.1:$etcd_port" \
+  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+  --cert-dir "$dir/pki" --tls-cert-file pki/apiserver.crt --tls-private-key-file pki/apiserver.key \
+  --client-ca-file pki/ca.crt --token-auth-file pki/tokens.csv \
+  --authorization-mode Node,RBAC --allow-privileged=true \
+  --service-cluster-ip-range 10.0.0.0/24 \
+  --service-account-issuer "https://127.0.0.1:$api_port" \
+  --service-account-key-file pki/sa.pub --service-account-signing-key-file pki/sa.key \
+  --profiling=false
+cat > kubeconfig <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: nodevirt
+  cluster:
+    server: https://127.0.0.1:$api_port
+    certificate-authority-data: $(base64 -w0 < pki/ca.crt)
+users:
+- name: admin
+  user:
+    token: $admin_token
+contexts:
+- name: nodevirt
+  context: {cluster: nodevirt, user: admin, namespace: default}
+current-context: nodevirt
+KC
+chmod 600 kubeconfig
+export KUBECONFIG=$dir/kubeconfig
+wait_for kube-apiserver 60 kubectl get --raw /readyz
+
+# --- kube-controller-manager: garbage collection, PV binding, namespace deletion, SA tokens ---
+start kube-controller-manager kube-controller-manager --kubeconfig "$dir/kubeconfig" \
+  --bind-address 127.0.0.1 --secure-port "$kcm_port" --leader-elect=false \
+  --service-account-private-key-file pki/sa.key --root-ca-file pki/ca.crt \
+  --use-service-account-credentials=false --profiling=false
+wait_for kube-controller-manager 60 curl -skf "https://127.0.0.1:$kcm_port/healthz"
+
+# --- the CRDs, from the code ---
+nodevirt_bin=${NODEVIRT_BIN:-$REPO_ROOT/target/debug/nodevirt}
+[ -x "$nodevirt_bin" ] || (cd "$REPO_ROOT" && cargo build -q)
+"$nodevirt_bin" crds | kubectl apply -f - >/dev/null
+kubectl wait --for condition=Established --timeout=60s \
+  crd/virtualmachines.kubevirt.io crd/offlinevirtualmachines.kubevirt.io \
+  crd/virtualmachinereplicasets.kubevirt.io crd/virtualmachinepresets.kubevirt.io >/dev/null
+
+# --- libvirtd + virtlogd in a network namespace of their own ---
+export LIBVIRT_DEFAULT_URI=qemu:///system
+if virsh -c qemu:///system version >/dev/null 2>&1; then
+  log "using the libvirtd that already answers on qemu:///system"
+else
+  if [ -e /dev/kvm ]; then chgrp kvm /dev/kvm && chmod 660 /dev/kvm; fi
+  ip netns add nodevirt 2>/dev/null || true
+  ip -n nodevirt link set lo up
+  echo nodevirt > netns
+  start virtlogd ip netns exec nodevirt virtlogd
+  start libvirtd ip netns exec nodevirt libvirtd
+  wait_for libvirtd 30 virsh -c qemu:///system version
+fi
+if ! virsh net-info nodevirt >/dev/null 2>&1; then
+  virsh net-define "$REPO_ROOT/hack/libvirt-network.xml" >/dev/null
+fi
+virsh net-info nodevirt | grep -q 'Active:.*yes' || virsh net-start nodevirt >/dev/null
+
+cat > env <<ENV
+export KUBECONFIG=$dir/kubeconfig
+export LIBVIRT_DEFAULT_URI=qemu:///system
+export NODEVIRT_CLUSTER_DIR=$dir
+export PATH=$K8S_BIN:\$PATH
+ENV
+log "cluster $name is up: kube-apiserver https://127.0.0.1:$api_port, state in $dir"
+log "stop it with: hack/cluster-down.sh $name"
+cat env
