@@ -42,9 +42,10 @@ pub struct Metadata {
 }
 
 /// Identifies the VirtualMachine a domain belongs to, so an agent that restarts can adopt it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmMetadata {
-    #[serde(rename = "@xmlns:nodevirt", alias = "@xmlns")]
+    /// libvirt returns the element without it, so it is optional when parsing.
+    #[serde(rename = "@xmlns:nodevirt", default)]
     pub xmlns: String,
     #[serde(rename = "nodevirt:namespace", alias = "namespace")]
     pub namespace: String,

@@ -1,3 +1,5 @@
-//! Turning volumes into files on the node.
+//! Turning volumes into files on the node: where they go (`layout`, pure) and making them
+//! (`files`).
 
+pub mod files;
 pub mod layout;

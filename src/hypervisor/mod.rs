@@ -1,0 +1,337 @@
+//! The libvirt adapter: every call the agent makes to libvirt, through the `virt` crate.
+//!
+//! Calls are blocking (libvirt RPC); async callers run them on tokio's blocking pool with
+//! [`Libvirt::run`]. Works the same on qemu:///system and on the test:///default driver.
+
+pub mod events;
+
+use std::sync::Arc;
+
+use virt::connect::Connect;
+use virt::domain::{
+    Domain, DomainShutoffReason, DomainState as VirtState, DomainStateEnum, DomainStateReason,
+    DomainStateReasonEnum,
+};
+use virt::enumutil::Enum;
+use virt::error::ErrorNumber;
+use virt::sys;
+
+use crate::domain::model::{METADATA_NAMESPACE, VmMetadata};
+
+#[derive(Debug, thiserror::Error)]
+#[error("libvirt: {op} {target}")]
+pub struct HypervisorError {
+    pub op: &'static str,
+    pub target: String,
+    #[source]
+    pub source: virt::error::Error,
+}
+
+pub type Result<T> = std::result::Result<T, HypervisorError>;
+
+/// What libvirt reports about a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainStatus {
+    pub uuid: String,
+    /// The running domain's ID; `None` while it is shut off.
+    pub id: Option<u32>,
+    pub state: DomainState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainState {
+    Running,
+    Paused,
+    ShutOff(ShutoffReason),
+    Crashed,
+    /// Starting, stopping, suspended to disk: transient, look again later.
+    Transient,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutoffReason {
+    /// The guest powered itself off.
+    Shutdown,
+    /// Destroyed: by the agent, or by someone else.
+    Destroyed,
+    Crashed,
+    /// QEMU failed to start or died.
+    Failed,
+    /// Never started since it was defined (or libvirt does not know).
+    Unknown,
+}
+
+/// A domain that carries nodevirt's metadata, i.e. that some VM owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedDomain {
+    pub name: String,
+    pub vm: VmMetadata,
+}
+
+/// An address the guest has on one of its NICs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestAddress {
+    pub mac: String,
+    pub ip: String,
+}
+
+pub struct Libvirt {
+    conn: Connect,
+    uri: String,
+}
+
+impl Libvirt {
+    pub fn open(uri: &str) -> Result<Self> {
+        let conn = Connect::open(Some(uri)).map_err(|source| HypervisorError {
+            op: "connecting to",
+            target: uri.to_string(),
+            source,
+        })?;
+        Ok(Self {
+            conn,
+            uri: uri.to_string(),
+        })
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    pub fn connection(&self) -> &Connect {
+        &self.conn
+    }
+
+    /// Runs blocking libvirt calls off the async runtime.
+    pub async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Libvirt) -> Result<T> + Send + 'static,
+    {
+        let this = Arc::clone(self);
+        match tokio::task::spawn_blocking(move || f(&this)).await {
+            Ok(result) => result,
+            // A panic in a libvirt call must not take the agent down with it.
+            Err(join) => Err(HypervisorError {
+                op: "running a call on",
+                target: format!("{join}"),
+                source: virt::error::Error::last_error(),
+            }),
+        }
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.conn.is_alive().unwrap_or(false)
+    }
+
+    fn err(op: &'static str, target: &str) -> impl FnOnce(virt::error::Error) -> HypervisorError {
+        let target = target.to_string();
+        move |source| HypervisorError { op, target, source }
+    }
+
+    fn find(&self, name: &str) -> Result<Option<Domain>> {
+        match self.conn.lookup_domain_by_name(name) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.code() == Enum::Known(ErrorNumber::NoDomain) => Ok(None),
+            Err(e) => Err(Self::err("looking up domain", name)(e)),
+        }
+    }
+
+    /// The domain's state, or `None` if no domain has this name.
+    pub fn status(&self, name: &str) -> Result<Option<DomainStatus>> {
+        let Some(domain) = self.find(name)? else {
+            return Ok(None);
+        };
+        let (state, reason) = domain
+            .state()
+            .map_err(Self::err("reading the state of", name))?;
+        let uuid = domain
+            .uuid_string()
+            .map_err(Self::err("reading the UUID of", name))?;
+        Ok(Some(DomainStatus {
+            uuid,
+            id: domain.id(),
+            state: decode_state(state, reason),
+        }))
+    }
+
+    pub fn define(&self, name: &str, xml: &str) -> Result<()> {
+        self.conn
+            .define_domain_xml(xml)
+            .map(drop)
+            .map_err(Self::err("defining domain", name))
+    }
+
+    pub fn start(&self, name: &str) -> Result<()> {
+        let Some(domain) = self.find(name)? else {
+            return Err(Self::err("starting domain", name)(
+                virt::error::Error::last_error(),
+            ));
+        };
+        domain.create().map_err(Self::err("starting domain", name))
+    }
+
+    /// Asks the guest to power off through ACPI; the guest may ignore it.
+    pub fn shutdown(&self, name: &str) -> Result<()> {
+        match self.find(name)? {
+            Some(domain) if domain.is_active().unwrap_or(false) => domain
+                .shutdown()
+                .map_err(Self::err("shutting down domain", name)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Stops the domain at once; a domain that is not running is left as it is.
+    pub fn destroy(&self, name: &str) -> Result<()> {
+        match self.find(name)? {
+            Some(domain) if domain.is_active().unwrap_or(false) => match domain.destroy() {
+                Ok(()) => Ok(()),
+                Err(e) if e.code() == Enum::Known(ErrorNumber::OperationInvalid) => Ok(()),
+                Err(e) => Err(Self::err("destroying domain", name)(e)),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes the domain's definition; a missing domain is not an error.
+    pub fn undefine(&self, name: &str) -> Result<()> {
+        let Some(domain) = self.find(name)? else {
+            return Ok(());
+        };
+        // No NVRAM flag: nodevirt domains boot with BIOS, and the test driver refuses it.
+        let flags =
+            sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA;
+        match domain.undefine_flags(flags) {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Enum::Known(ErrorNumber::NoDomain) => Ok(()),
+            Err(e) => Err(Self::err("undefining domain", name)(e)),
+        }
+    }
+
+    pub fn xml(&self, name: &str) -> Result<Option<String>> {
+        let Some(domain) = self.find(name)? else {
+            return Ok(None);
+        };
+        domain
+            .xml_desc(0)
+            .map(Some)
+            .map_err(Self::err("reading the XML of", name))
+    }
+
+    /// Every domain that carries nodevirt's metadata, running or not.
+    pub fn owned_domains(&self) -> Result<Vec<OwnedDomain>> {
+        let domains = self
+            .conn
+            .list_all_domains(0)
+            .map_err(Self::err("listing domains on", &self.uri))?;
+        let mut owned = Vec::new();
+        for domain in domains {
+            let Ok(name) = domain.name() else { continue };
+            let metadata = domain.metadata(
+                sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+                Some(METADATA_NAMESPACE),
+                sys::VIR_DOMAIN_AFFECT_CURRENT,
+            );
+            if let Ok(vm) = metadata.as_deref().map(VmMetadata::from_xml)
+                && let Ok(vm) = vm
+            {
+                owned.push(OwnedDomain { name, vm });
+            }
+        }
+        Ok(owned)
+    }
+
+    /// The guest's addresses: DHCP leases of libvirt's network first, then the host's ARP
+    /// table. Empty while the guest has none (or the driver cannot tell).
+    pub fn addresses(&self, name: &str) -> Result<Vec<GuestAddress>> {
+        let Some(domain) = self.find(name)? else {
+            return Ok(Vec::new());
+        };
+        for source in [
+            sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
+            sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP,
+        ] {
+            let Ok(interfaces) = domain.interface_addresses(source, 0) else {
+                continue;
+            };
+            let found: Vec<GuestAddress> = interfaces
+                .into_iter()
+                .flat_map(|iface| {
+                    let mac = iface.hwaddr.clone().unwrap_or_default();
+                    iface.addrs.into_iter().map(move |a| GuestAddress {
+                        mac: mac.clone(),
+                        ip: a.addr,
+                    })
+                })
+                .collect();
+            if !found.is_empty() {
+                return Ok(found);
+            }
+        }
+        Ok(Vec::new())
+    }
+}
+
+fn decode_state(state: DomainStateEnum, reason: DomainStateReasonEnum) -> DomainState {
+    match state {
+        Enum::Known(VirtState::Running | VirtState::Blocked) => DomainState::Running,
+        Enum::Known(VirtState::Paused) => DomainState::Paused,
+        Enum::Known(VirtState::Crashed) => DomainState::Crashed,
+        Enum::Known(VirtState::Shutoff) => DomainState::ShutOff(match reason {
+            Enum::Known(DomainStateReason::Shutoff(Enum::Known(r))) => match r {
+                DomainShutoffReason::Shutdown => ShutoffReason::Shutdown,
+                DomainShutoffReason::Destroyed => ShutoffReason::Destroyed,
+                DomainShutoffReason::Crashed => ShutoffReason::Crashed,
+                DomainShutoffReason::Failed => ShutoffReason::Failed,
+                _ => ShutoffReason::Unknown,
+            },
+            _ => ShutoffReason::Unknown,
+        }),
+        _ => DomainState::Transient,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xml(name: &str, uid: &str) -> String {
+        format!(
+            "<domain type='test'><name>{name}</name><uuid>{uid}</uuid><memory>65536</memory>\
+             <metadata><nodevirt:vm xmlns:nodevirt='{METADATA_NAMESPACE}'>\
+             <nodevirt:namespace>ns</nodevirt:namespace><nodevirt:name>vm</nodevirt:name>\
+             <nodevirt:uid>{uid}</nodevirt:uid></nodevirt:vm></metadata>\
+             <os><type>hvm</type></os></domain>"
+        )
+    }
+
+    #[test]
+    fn lifecycle_on_the_test_driver() {
+        let lv = Libvirt::open("test:///default").unwrap();
+        let uid = "0f9b6e2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+        assert_eq!(lv.status("ns_vm").unwrap(), None);
+        lv.define("ns_vm", &xml("ns_vm", uid)).unwrap();
+        let defined = lv.status("ns_vm").unwrap().unwrap();
+        assert_eq!(defined.uuid, uid);
+        assert_eq!(defined.state, DomainState::ShutOff(ShutoffReason::Unknown));
+        lv.start("ns_vm").unwrap();
+        let running = lv.status("ns_vm").unwrap().unwrap();
+        assert_eq!(running.state, DomainState::Running);
+        assert!(running.id.is_some());
+        let owned = lv.owned_domains().unwrap();
+        let mine: Vec<_> = owned.iter().filter(|d| d.name == "ns_vm").collect();
+        assert_eq!(mine.len(), 1);
+        assert_eq!(
+            (mine[0].vm.namespace.as_str(), mine[0].vm.uid.as_str()),
+            ("ns", uid)
+        );
+        lv.destroy("ns_vm").unwrap();
+        lv.destroy("ns_vm").unwrap();
+        assert_eq!(
+            lv.status("ns_vm").unwrap().unwrap().state,
+            DomainState::ShutOff(ShutoffReason::Destroyed)
+        );
+        lv.undefine("ns_vm").unwrap();
+        lv.undefine("ns_vm").unwrap();
+        assert_eq!(lv.status("ns_vm").unwrap(), None);
+    }
+}

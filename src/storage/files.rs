@@ -1,0 +1,262 @@
+//! Creating a VM's generated disks. Each file is written under a temporary name and renamed
+//! into place, so a crash leaves either the whole file or nothing; an existing file is kept,
+//! so running this again after a crash is safe. External tools get argument vectors, never a
+//! shell command line.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use tokio::process::Command;
+
+use crate::domain::{ImageFormat, ResolvedVolume};
+
+use super::layout::VmLayout;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{tool} failed making {path}: {stderr}")]
+    Tool {
+        tool: &'static str,
+        path: PathBuf,
+        stderr: String,
+    },
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
+    let path = path.to_path_buf();
+    move |source| StorageError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Creates the VM's folder, traversable by the QEMU user (libvirt runs QEMU unprivileged).
+pub async fn ensure_vm_dir(layout: &VmLayout) -> Result<(), StorageError> {
+    let dir = layout.dir();
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(io_error("creating", dir))?;
+    tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .await
+        .map_err(io_error("setting permissions of", dir))
+}
+
+/// Removes the VM's folder and everything in it; a missing folder is fine.
+pub async fn remove_vm_dir(dir: &Path) -> Result<(), StorageError> {
+    match tokio::fs::remove_dir_all(dir).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_error("removing", dir)(e)),
+        _ => Ok(()),
+    }
+}
+
+fn partial(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    path.with_file_name(name)
+}
+
+async fn exists(path: &Path) -> bool {
+    tokio::fs::try_exists(path).await.unwrap_or(false)
+}
+
+async fn run_tool(
+    tool: &'static str,
+    args: &[&std::ffi::OsStr],
+    path: &Path,
+) -> Result<(), StorageError> {
+    let out = Command::new(tool)
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(io_error("running the tool that makes", path))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(StorageError::Tool {
+            tool,
+            path: path.to_path_buf(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Moves a finished file into place, or cleans up after a failed one.
+async fn finish(
+    result: Result<(), StorageError>,
+    tmp: &Path,
+    path: &Path,
+) -> Result<(), StorageError> {
+    if let Err(e) = result {
+        let _ = tokio::fs::remove_file(tmp).await;
+        return Err(e);
+    }
+    tokio::fs::rename(tmp, path)
+        .await
+        .map_err(io_error("renaming into place", path))
+}
+
+/// A NoCloud `cidata` ISO with `user-data` and `meta-data` (instance-id, local-hostname).
+pub async fn ensure_cloud_init_iso(
+    path: &Path,
+    instance_id: &str,
+    hostname: &str,
+    user_data: &[u8],
+) -> Result<(), StorageError> {
+    if exists(path).await {
+        return Ok(());
+    }
+    let staging = partial(path).with_extension("d");
+    tokio::fs::create_dir_all(&staging)
+        .await
+        .map_err(io_error("creating", &staging))?;
+    let user_data_path = staging.join("user-data");
+    let meta_data_path = staging.join("meta-data");
+    tokio::fs::write(&user_data_path, user_data)
+        .await
+        .map_err(io_error("writing", &user_data_path))?;
+    let meta_data = format!("instance-id: {instance_id}\nlocal-hostname: {hostname}\n");
+    tokio::fs::write(&meta_data_path, meta_data)
+        .await
+        .map_err(io_error("writing", &meta_data_path))?;
+    let tmp = partial(path);
+    let made = run_tool(
+        "genisoimage",
+        &[
+            "-quiet".as_ref(),
+            "-output".as_ref(),
+            tmp.as_os_str(),
+            "-volid".as_ref(),
+            "cidata".as_ref(),
+            "-joliet".as_ref(),
+            "-rock".as_ref(),
+            user_data_path.as_os_str(),
+            meta_data_path.as_os_str(),
+        ],
+        path,
+    )
+    .await;
+    let _ = tokio::fs::remove_dir_all(&staging).await;
+    finish(made, &tmp, path).await
+}
+
+/// A sparse qcow2 disk of `bytes` bytes.
+pub async fn ensure_empty_disk(path: &Path, bytes: u64) -> Result<(), StorageError> {
+    if exists(path).await {
+        return Ok(());
+    }
+    let tmp = partial(path);
+    let size = bytes.to_string();
+    let made = run_tool(
+        "qemu-img",
+        &[
+            "create".as_ref(),
+            "-q".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            tmp.as_os_str(),
+            size.as_ref(),
+        ],
+        path,
+    )
+    .await;
+    finish(made, &tmp, path).await
+}
+
+/// A qcow2 overlay over `backing`, which QEMU then only ever reads.
+pub async fn ensure_overlay(path: &Path, backing: &ResolvedVolume) -> Result<(), StorageError> {
+    if exists(path).await {
+        return Ok(());
+    }
+    let (backing_path, format) = match backing {
+        ResolvedVolume::File { path, format } => (path, *format),
+        ResolvedVolume::Block { path } => (path, ImageFormat::Raw),
+    };
+    let format = match format {
+        ImageFormat::Raw => "raw",
+        ImageFormat::Qcow2 => "qcow2",
+    };
+    let tmp = partial(path);
+    let made = run_tool(
+        "qemu-img",
+        &[
+            "create".as_ref(),
+            "-q".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            "-F".as_ref(),
+            format.as_ref(),
+            "-b".as_ref(),
+            backing_path.as_ref(),
+            tmp.as_os_str(),
+        ],
+        path,
+    )
+    .await;
+    finish(made, &tmp, path).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn files_are_made_once_and_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = VmLayout::new(dir.path(), "0f9b6e2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b");
+        ensure_vm_dir(&layout).await.unwrap();
+        let iso = layout.dir().join("ci.iso");
+        ensure_cloud_init_iso(&iso, "uid-1", "vm", b"#!/bin/sh\necho hi\n")
+            .await
+            .unwrap();
+        let bytes = std::fs::read(&iso).unwrap();
+        assert_eq!(&bytes[0x8001..0x8006], b"CD001", "an ISO9660 image");
+        assert!(bytes.windows(6).any(|w| w == b"cidata"), "labelled cidata");
+        let disk = layout.dir().join("empty.qcow2");
+        ensure_empty_disk(&disk, 1 << 30).await.unwrap();
+        assert_eq!(&std::fs::read(&disk).unwrap()[..4], b"QFI\xfb");
+        let modified = std::fs::metadata(&disk).unwrap().modified().unwrap();
+        ensure_empty_disk(&disk, 1 << 30).await.unwrap();
+        assert_eq!(
+            std::fs::metadata(&disk).unwrap().modified().unwrap(),
+            modified,
+            "kept"
+        );
+        let overlay = layout.dir().join("overlay.qcow2");
+        let backing = ResolvedVolume::File {
+            path: iso.display().to_string(),
+            format: ImageFormat::Raw,
+        };
+        ensure_overlay(&overlay, &backing).await.unwrap();
+        let leftovers: Vec<_> = std::fs::read_dir(layout.dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        remove_vm_dir(layout.dir()).await.unwrap();
+        remove_vm_dir(layout.dir()).await.unwrap();
+        assert!(!layout.dir().exists());
+    }
+
+    #[tokio::test]
+    async fn a_failed_tool_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let overlay = dir.path().join("overlay.qcow2");
+        let backing = ResolvedVolume::File {
+            path: "/nonexistent/disk.img".into(),
+            format: ImageFormat::Raw,
+        };
+        let err = ensure_overlay(&overlay, &backing).await.unwrap_err();
+        assert!(err.to_string().contains("qemu-img failed making"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
