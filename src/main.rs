@@ -4,14 +4,37 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use nodevirt::agent::{self, AgentArgs};
 use nodevirt::cli::render::{self, RenderArgs};
 
 /// Runs KubeVirt v1alpha1 VirtualMachines on libvirt.
 #[derive(Debug, Parser)]
 #[command(name = "nodevirt", version, about)]
 struct Cli {
+    /// Log lines as text for people or JSON for log collectors.
+    #[arg(long, global = true, value_enum, env = "NODEVIRT_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs go to stderr; RUST_LOG filters them (default info).
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -20,6 +43,8 @@ enum Command {
     Render(RenderArgs),
     /// Print the CustomResourceDefinitions of the kubevirt.io/v1alpha1 API.
     Crds,
+    /// Run the node agent: watch this node's VMs and run them on libvirt.
+    Agent(AgentArgs),
 }
 
 /// Exit code for input the user must fix (a bad manifest or flag).
@@ -28,6 +53,10 @@ const EXIT_INVALID_INPUT: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Agent(args) => {
+            init_tracing(cli.log_format);
+            run_async(agent::run(args))
+        }
         Command::Render(args) => match render::run(&args) {
             Ok(xml) => {
                 print!("{xml}");
@@ -48,6 +77,29 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn run_async<E: std::error::Error>(
+    future: impl std::future::Future<Output = Result<(), E>>,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(future) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{}", error_chain(&err));
+            eprintln!("error: {}", error_chain(&err));
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -82,6 +82,8 @@ pub struct Libvirt {
 
 impl Libvirt {
     pub fn open(uri: &str) -> Result<Self> {
+        // libvirt prints every error to stderr by default; ours are returned and logged.
+        virt::error::clear_error_callback();
         let conn = Connect::open(Some(uri)).map_err(|source| HypervisorError {
             op: "connecting to",
             target: uri.to_string(),

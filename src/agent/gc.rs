@@ -1,0 +1,73 @@
+//! Removing what no VM owns any more: domains whose VM is gone (deleted while the agent was
+//! down, or moved away), and VM folders with neither a VM nor a domain.
+//!
+//! It only runs once the watch has listed every VM of this node: acting on a partial cache
+//! would destroy healthy VMs (KubeVirt #18763). A domain whose VM exists with another UID is
+//! left to that VM's reconcile.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+use tracing::{info, warn};
+
+use crate::api::VirtualMachine;
+use crate::domain::names::check_uid;
+use crate::storage::files::remove_vm_dir;
+use crate::storage::layout::VmLayout;
+
+use super::reconcile::{Context, error_chain};
+
+const INTERVAL: Duration = Duration::from_secs(60);
+
+pub async fn run(store: Store<VirtualMachine>, ctx: Arc<Context>) {
+    if store.wait_until_ready().await.is_err() {
+        return;
+    }
+    loop {
+        if let Err(e) = collect(&store, &ctx).await {
+            warn!(error = %error_chain(&e), "cleaning up orphaned domains failed");
+        }
+        tokio::time::sleep(INTERVAL).await;
+    }
+}
+
+async fn collect(
+    store: &Store<VirtualMachine>,
+    ctx: &Context,
+) -> Result<(), super::reconcile::Error> {
+    let domains = ctx.libvirt.run(|lv| lv.owned_domains()).await?;
+    let mut live_uids: BTreeSet<String> = store.state().iter().filter_map(|vm| vm.uid()).collect();
+    for domain in domains {
+        let vm_ref = ObjectRef::<VirtualMachine>::new(&domain.vm.name).within(&domain.vm.namespace);
+        if store.get(&vm_ref).is_some() {
+            live_uids.insert(domain.vm.uid.clone());
+            continue;
+        }
+        info!(domain = %domain.name, uid = %domain.vm.uid, "removing a domain whose VM is gone");
+        let name = domain.name.clone();
+        ctx.libvirt
+            .run(move |lv| {
+                lv.destroy(&name)?;
+                lv.undefine(&name)
+            })
+            .await?;
+        if check_uid(&domain.vm.uid, "domain metadata uid").is_ok() {
+            remove_vm_dir(VmLayout::new(&ctx.settings.state_dir, &domain.vm.uid).dir()).await?;
+        }
+    }
+    let vms_dir = ctx.settings.state_dir.join("vms");
+    let Ok(mut entries) = tokio::fs::read_dir(&vms_dir).await else {
+        return Ok(());
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let uid = entry.file_name().to_string_lossy().into_owned();
+        if check_uid(&uid, "folder").is_ok() && !live_uids.contains(&uid) {
+            info!(uid, "removing the folder of a VM that is gone");
+            remove_vm_dir(&entry.path()).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! The agent's heartbeat on its Node: label `kubevirt.io/schedulable=true` and annotation
+//! `kubevirt.io/heartbeat=<RFC 3339 time>` every minute (jittered), so the controller places
+//! VMs only on nodes whose agent is alive; `schedulable=false` on a clean exit.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use tracing::warn;
+
+pub const SCHEDULABLE_LABEL: &str = "kubevirt.io/schedulable";
+pub const HEARTBEAT_ANNOTATION: &str = "kubevirt.io/heartbeat";
+const INTERVAL: Duration = Duration::from_secs(60);
+
+pub async fn beat(client: &Client, node: &str, schedulable: bool) -> Result<(), kube::Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let patch = serde_json::json!({
+        "metadata": {
+            "labels": { SCHEDULABLE_LABEL: schedulable.to_string() },
+            "annotations": { HEARTBEAT_ANNOTATION: Timestamp::now().to_string() },
+        }
+    });
+    nodes
+        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(drop)
+}
+
+/// Beats until the task is dropped. A missing Node (no kubelet yet) is logged and retried.
+pub async fn run(client: Client, node: String) {
+    loop {
+        if let Err(e) = beat(&client, &node, true).await {
+            warn!(node, error = %e, "cannot update the node's heartbeat");
+        }
+        // Up to 10% jitter, so many agents do not write in step.
+        let jitter_ms = u64::from(Timestamp::now().subsec_nanosecond().unsigned_abs()) % 6_000;
+        tokio::time::sleep(INTERVAL + Duration::from_millis(jitter_ms)).await;
+    }
+}

@@ -1,0 +1,199 @@
+//! `nodevirt agent`: the per-node daemon (KubeVirt's virt-handler).
+//!
+//! 1. Watches the VirtualMachines labelled `kubevirt.io/nodeName=<node>` (server-side label
+//!    selector) with kube-runtime's Controller.
+//! 2. Reconciles each VM (`reconcile`): disks, domain, status, events; level-triggered.
+//! 3. libvirt lifecycle events trigger the reconcile of the domain's VM, so a guest that stops
+//!    is reported within seconds.
+//! 4. Beside it: orphaned-domain cleanup (`gc`) and the node heartbeat (`heartbeat`).
+
+mod disks;
+pub mod gc;
+pub mod heartbeat;
+mod inputs;
+pub mod plan;
+pub mod reasons;
+pub mod reconcile;
+pub mod status;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tracing::{info, warn};
+
+use crate::api::{NODE_NAME_LABEL, VirtualMachine};
+use crate::domain::DomainType;
+use crate::hypervisor::{HypervisorError, Libvirt, events};
+
+use reconcile::{Context, Settings};
+
+/// How the agent picks the domain type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Hypervisor {
+    /// KVM where /dev/kvm can be opened, else QEMU's software emulation (TCG).
+    Auto,
+    Kvm,
+    Qemu,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// The node this agent runs; its VMs carry the label kubevirt.io/nodeName=<node>.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// A kubeconfig file; without it, $KUBECONFIG, ~/.kube/config or the in-cluster config.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    #[arg(long, env = "NODEVIRT_LIBVIRT_URI", default_value = "qemu:///system")]
+    pub libvirt_uri: String,
+    #[arg(long, value_enum, env = "NODEVIRT_HYPERVISOR", default_value_t = Hypervisor::Auto)]
+    pub hypervisor: Hypervisor,
+    /// One folder per VM UID holding its generated disks and console log.
+    #[arg(long, env = "NODEVIRT_STATE_DIR", default_value = "/var/lib/nodevirt")]
+    pub state_dir: PathBuf,
+    /// The libvirt network of each guest's NIC; "none" gives guests no NIC.
+    #[arg(long, env = "NODEVIRT_NETWORK", default_value = "default")]
+    pub network: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("loading the Kubernetes client configuration")]
+    KubeConfig(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("creating the Kubernetes client")]
+    Client(#[source] kube::Error),
+    #[error(transparent)]
+    Events(#[from] events::EventError),
+    #[error(transparent)]
+    Hypervisor(#[from] HypervisorError),
+    #[error("creating the state folder {0}")]
+    StateDir(PathBuf, #[source] std::io::Error),
+}
+
+fn domain_type(choice: Hypervisor) -> DomainType {
+    match choice {
+        Hypervisor::Kvm => DomainType::Kvm,
+        Hypervisor::Qemu => DomainType::Qemu,
+        Hypervisor::Auto => {
+            let kvm = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm");
+            if kvm.is_ok() {
+                DomainType::Kvm
+            } else {
+                DomainType::Qemu
+            }
+        }
+    }
+}
+
+async fn client(args: &AgentArgs) -> Result<Client, AgentError> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| AgentError::KubeConfig(Box::new(e)))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|e| AgentError::KubeConfig(Box::new(e)))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| AgentError::KubeConfig(Box::new(e)))?,
+    };
+    Client::try_from(config).map_err(AgentError::Client)
+}
+
+/// The VM a domain named `<namespace>_<name>` belongs to.
+fn vm_of_domain(domain: &str) -> Option<ObjectRef<VirtualMachine>> {
+    let (namespace, name) = domain.split_once('_')?;
+    Some(ObjectRef::new(name).within(namespace))
+}
+
+pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
+    let client = client(&args).await?;
+    std::fs::create_dir_all(&args.state_dir)
+        .map_err(|e| AgentError::StateDir(args.state_dir.clone(), e))?;
+    events::start_event_loop()?;
+    let uri = args.libvirt_uri.clone();
+    let libvirt = Arc::new(
+        tokio::task::spawn_blocking(move || Libvirt::open(&uri))
+            .await
+            .map_err(|e| {
+                AgentError::StateDir(PathBuf::from("libvirt"), std::io::Error::other(e))
+            })??,
+    );
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    events::subscribe(libvirt.connection(), tx)?;
+
+    let settings = Settings {
+        node: args.node_name.clone(),
+        state_dir: args.state_dir.clone(),
+        network: (args.network != "none").then(|| args.network.clone()),
+        domain_type: domain_type(args.hypervisor),
+    };
+    info!(node = %settings.node, libvirt = %args.libvirt_uri, domain_type = %settings.domain_type, "agent starting");
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "nodevirt-agent".into(),
+            instance: Some(args.node_name.clone()),
+        },
+    );
+    let ctx = Arc::new(Context::new(client.clone(), libvirt, recorder, settings));
+
+    let vms: Api<VirtualMachine> = Api::all(client.clone());
+    let selector = format!("{NODE_NAME_LABEL}={}", args.node_name);
+    let controller = Controller::new(vms, watcher::Config::default().labels(&selector));
+    let store = controller.store();
+    let domain_events =
+        UnboundedReceiverStream::new(rx).filter_map(|e| async move { vm_of_domain(&e.domain) });
+
+    let gc = tokio::spawn(gc::run(store, Arc::clone(&ctx)));
+    let heartbeat = tokio::spawn(heartbeat::run(client.clone(), args.node_name.clone()));
+    controller
+        .reconcile_on(domain_events)
+        .graceful_shutdown_on(shutdown_signal())
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+    gc.abort();
+    heartbeat.abort();
+    if let Err(e) = heartbeat::beat(&client, &args.node_name, false).await {
+        warn!(error = %e, "cannot mark the node unschedulable on exit");
+    }
+    info!("agent stopped; running VMs keep running");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_names_map_back_to_vms() {
+        let r = vm_of_domain("default_testvm").unwrap();
+        assert_eq!(
+            (r.namespace.as_deref(), r.name.as_str()),
+            (Some("default"), "testvm")
+        );
+        assert!(vm_of_domain("no-underscore").is_none());
+    }
+}

@@ -1,0 +1,455 @@
+//! Reconciling one VirtualMachine: observe (the VM from the cache, its domain from libvirt),
+//! plan (`plan::plan`, pure), apply (files, libvirt, status, events).
+//!
+//! Level-triggered and idempotent: it may run any number of times, after any crash, and
+//! converges. Deletion goes through kube-runtime's finalizer helper; cleanup copes with apply
+//! never having run.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
+use kube::{Api, Client, Resource, ResourceExt};
+use tracing::{Instrument, info, warn};
+
+use crate::api::virtual_machine::DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS;
+use crate::api::{Phase, VirtualMachine, VirtualMachineStatus};
+use crate::domain::names::check_uid;
+use crate::domain::{DomainType, RenderOptions, domain_name, render};
+use crate::hypervisor::{DomainState, HypervisorError, Libvirt};
+use crate::storage::files::{StorageError, remove_vm_dir};
+use crate::storage::layout::{VmLayout, resolve_volumes};
+
+use super::inputs::{InputError, gather};
+use super::plan::{Step, plan};
+use super::{disks, reasons, status};
+
+/// The finalizer the agent puts on every VM it runs.
+pub const FINALIZER: &str = "nodevirt.io/agent";
+/// How often a running VM without an address is looked at again.
+const ADDRESS_POLL: Duration = Duration::from_secs(2);
+/// Periodic resync of a running VM, besides libvirt's events.
+const RESYNC: Duration = Duration::from_secs(60);
+const WAITING_RETRY: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Node-side settings of the agent.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node: String,
+    pub state_dir: PathBuf,
+    pub network: Option<String>,
+    pub domain_type: DomainType,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub libvirt: Arc<Libvirt>,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    /// Consecutive failures per VM UID, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        libvirt: Arc<Libvirt>,
+        recorder: Recorder,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            client,
+            libvirt,
+            recorder,
+            settings,
+            failures: Mutex::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Hypervisor(#[from] HypervisorError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("writing the status of VM {vm}")]
+    Status {
+        vm: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+pub type ReconcileError = finalizer::Error<Error>;
+
+fn key(vm: &VirtualMachine) -> String {
+    format!("{}/{}", vm.namespace().unwrap_or_default(), vm.name_any())
+}
+
+/// The controller's reconcile function: one span per reconcile, carrying the VM's identity.
+pub async fn reconcile(
+    vm: Arc<VirtualMachine>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let span = tracing::info_span!(
+        "reconcile",
+        namespace = %vm.namespace().unwrap_or_default(),
+        name = %vm.name_any(),
+        uid = %vm.uid().unwrap_or_default()
+    );
+    reconcile_in_span(vm, ctx).instrument(span).await
+}
+
+async fn reconcile_in_span(
+    vm: Arc<VirtualMachine>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let namespace = vm.namespace().unwrap_or_default();
+    let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, Arc::clone(&vm), |event| async {
+        match event {
+            FinalizerEvent::Apply(vm) => apply(&vm, &ctx).await,
+            FinalizerEvent::Cleanup(vm) => cleanup(&vm, &ctx).await,
+        }
+    })
+    .await;
+    let uid = vm.uid().unwrap_or_default();
+    match &result {
+        Ok(_) => {
+            ctx.failures.lock().map(|mut f| f.remove(&uid)).ok();
+        }
+        Err(err) => {
+            warn!(vm = %key(&vm), error = %error_chain(err), "reconcile failed");
+            publish(
+                &ctx,
+                &vm,
+                EventType::Warning,
+                reasons::EVENT_SYNC_FAILED,
+                &error_chain(err),
+            )
+            .await;
+        }
+    }
+    result
+}
+
+/// Retries a failed VM with exponential backoff: 1 s, 2 s, 4 s, ... up to a minute.
+pub fn error_policy(vm: Arc<VirtualMachine>, _err: &ReconcileError, ctx: Arc<Context>) -> Action {
+    let uid = vm.uid().unwrap_or_default();
+    let failures = ctx
+        .failures
+        .lock()
+        .map(|mut f| {
+            let n = f.entry(uid).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        })
+        .unwrap_or(1);
+    let delay = Duration::from_secs(1u64 << failures.min(6)).min(MAX_BACKOFF);
+    Action::requeue(delay)
+}
+
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = inner.source();
+    }
+    out
+}
+
+async fn publish(ctx: &Context, vm: &VirtualMachine, type_: EventType, reason: &str, note: &str) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &vm.object_ref(&())).await {
+        warn!(vm = %key(vm), error = %e, "cannot record event {reason}");
+    }
+}
+
+async fn write_status(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    new: &VirtualMachineStatus,
+) -> Result<(), Error> {
+    let current = vm.status.clone().unwrap_or_default();
+    if !status::differs(&current, new) {
+        return Ok(());
+    }
+    let api: Api<VirtualMachine> =
+        Api::namespaced(ctx.client.clone(), &vm.namespace().unwrap_or_default());
+    let patch = serde_json::json!({ "status": new });
+    api.patch_status(
+        &vm.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(drop)
+    .map_err(|source| Error::Status {
+        vm: key(vm),
+        source,
+    })
+}
+
+/// Records that the VM failed for good, with a condition and a Warning event.
+async fn fail(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    reason: &str,
+    message: &str,
+) -> Result<Action, Error> {
+    info!(vm = %key(vm), reason, message, "VM failed");
+    let current = vm.status.clone().unwrap_or_default();
+    let new = status::ended(
+        &current,
+        &ctx.settings.node,
+        Phase::Failed,
+        reason,
+        message,
+        Timestamp::now(),
+    );
+    write_status(ctx, vm, &new).await?;
+    publish(ctx, vm, EventType::Warning, reasons::EVENT_FAILED, message).await;
+    Ok(Action::await_change())
+}
+
+async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
+    let uid = vm.uid().unwrap_or_default();
+    if let Err(e) = check_uid(&uid, "metadata.uid") {
+        return fail(ctx, vm, reasons::INVALID_SPEC, &e.to_string()).await;
+    }
+    let name = domain_name(&vm.namespace().unwrap_or_default(), &vm.name_any());
+    let lookup = name.clone();
+    let observed = ctx.libvirt.run(move |lv| lv.status(&lookup)).await?;
+    match plan(vm.phase(), &uid, observed.as_ref()) {
+        Step::Create => create(vm, ctx, &uid, &name).await,
+        Step::Start => start(vm, ctx, &name).await,
+        Step::RemoveStale { old_uid } => {
+            info!(vm = %key(vm), old_uid, "removing the domain of an earlier VM of the same name");
+            remove_domain(ctx, &name).await?;
+            if check_uid(&old_uid, "domain uuid").is_ok() {
+                remove_vm_dir(VmLayout::new(&ctx.settings.state_dir, &old_uid).dir()).await?;
+            }
+            Ok(Action::requeue(Duration::ZERO))
+        }
+        Step::Report => report(vm, ctx, &name).await,
+        Step::Finish {
+            phase,
+            reason,
+            message,
+        } => {
+            let current = vm.status.clone().unwrap_or_default();
+            let new = status::ended(
+                &current,
+                &ctx.settings.node,
+                phase,
+                reason,
+                message,
+                Timestamp::now(),
+            );
+            write_status(ctx, vm, &new).await?;
+            let type_ = if phase == Phase::Succeeded {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
+            publish(ctx, vm, type_, reasons::EVENT_STOPPED, message).await;
+            Ok(Action::await_change())
+        }
+        Step::Wait if vm.phase().is_final() => Ok(Action::await_change()),
+        Step::Wait => Ok(Action::requeue(ADDRESS_POLL)),
+    }
+}
+
+async fn create(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    uid: &str,
+    name: &str,
+) -> Result<Action, Error> {
+    let inputs = match gather(&ctx.client, vm).await {
+        Ok(inputs) => inputs,
+        Err(InputError::Invalid(message)) => {
+            return fail(ctx, vm, reasons::MISSING_INPUT, &message).await;
+        }
+        Err(InputError::Waiting(message)) => {
+            let mut new = vm.status.clone().unwrap_or_default();
+            status::set_ready(
+                &mut new,
+                false,
+                reasons::MISSING_INPUT,
+                &message,
+                Timestamp::now(),
+            );
+            write_status(ctx, vm, &new).await?;
+            return Ok(Action::requeue(WAITING_RETRY));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let layout = VmLayout::new(&ctx.settings.state_dir, uid);
+    let volumes = resolve_volumes(&vm.spec, &layout, |claim| inputs.claims.get(claim).cloned());
+    let options = RenderOptions {
+        domain_type: ctx.settings.domain_type,
+        network: ctx.settings.network.clone(),
+        console_log: layout.console_log().display().to_string(),
+    };
+    let xml = match render(vm, &volumes, &options).map(|d| d.to_xml()) {
+        Ok(Ok(xml)) => xml,
+        Ok(Err(e)) => return fail(ctx, vm, reasons::INVALID_SPEC, &e.to_string()).await,
+        Err(e) => return fail(ctx, vm, reasons::INVALID_SPEC, &e.to_string()).await,
+    };
+    if let Err(e) = disks::prepare(&vm.spec, &layout, uid, &vm.name_any(), &inputs).await {
+        return fail(ctx, vm, reasons::STORAGE_FAILED, &error_chain(&e)).await;
+    }
+    let domain = name.to_string();
+    if let Err(e) = ctx.libvirt.run(move |lv| lv.define(&domain, &xml)).await {
+        return fail(ctx, vm, reasons::DEFINE_FAILED, &error_chain(&e)).await;
+    }
+    publish(
+        ctx,
+        vm,
+        EventType::Normal,
+        reasons::EVENT_CREATED,
+        "VM defined.",
+    )
+    .await;
+    start(vm, ctx, name).await
+}
+
+async fn start(vm: &VirtualMachine, ctx: &Context, name: &str) -> Result<Action, Error> {
+    let domain = name.to_string();
+    if let Err(e) = ctx.libvirt.run(move |lv| lv.start(&domain)).await {
+        return fail(ctx, vm, reasons::START_FAILED, &error_chain(&e)).await;
+    }
+    publish(
+        ctx,
+        vm,
+        EventType::Normal,
+        reasons::EVENT_STARTED,
+        "VM started.",
+    )
+    .await;
+    let current = vm.status.clone().unwrap_or_default();
+    let new = status::running(&current, &ctx.settings.node, &[], Timestamp::now());
+    write_status(ctx, vm, &new).await?;
+    Ok(Action::requeue(ADDRESS_POLL))
+}
+
+async fn report(vm: &VirtualMachine, ctx: &Context, name: &str) -> Result<Action, Error> {
+    let domain = name.to_string();
+    let addresses = ctx.libvirt.run(move |lv| lv.addresses(&domain)).await?;
+    let current = vm.status.clone().unwrap_or_default();
+    let new = status::running(&current, &ctx.settings.node, &addresses, Timestamp::now());
+    write_status(ctx, vm, &new).await?;
+    let has_address = new.interfaces.iter().any(|i| i.ip_address.is_some());
+    // The test driver has no network: polling it for addresses would never end.
+    let can_have_address = ctx.settings.network.is_some() && !ctx.libvirt.uri().starts_with("test");
+    Ok(Action::requeue(if has_address || !can_have_address {
+        RESYNC
+    } else {
+        ADDRESS_POLL
+    }))
+}
+
+async fn remove_domain(ctx: &Context, name: &str) -> Result<(), Error> {
+    let domain = name.to_string();
+    ctx.libvirt
+        .run(move |lv| {
+            lv.destroy(&domain)?;
+            lv.undefine(&domain)
+        })
+        .await?;
+    Ok(())
+}
+
+/// Deletion: an ACPI shutdown, a forced stop when the grace period (counted from the
+/// deletion request, so an agent restart does not extend it) runs out, then the domain and
+/// the VM's folder are removed. Copes with apply never having run.
+async fn cleanup(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
+    let uid = vm.uid().unwrap_or_default();
+    let name = domain_name(&vm.namespace().unwrap_or_default(), &vm.name_any());
+    let lookup = name.clone();
+    let observed = ctx.libvirt.run(move |lv| lv.status(&lookup)).await?;
+    let owned = observed
+        .as_ref()
+        .is_some_and(|d| d.uuid.eq_ignore_ascii_case(&uid));
+    if owned {
+        publish(
+            ctx,
+            vm,
+            EventType::Normal,
+            reasons::EVENT_DELETED,
+            "VM stopping",
+        )
+        .await;
+        let running = |d: &Option<crate::hypervisor::DomainStatus>| {
+            d.as_ref().is_some_and(|d| {
+                matches!(
+                    d.state,
+                    DomainState::Running | DomainState::Paused | DomainState::Transient
+                )
+            })
+        };
+        if running(&observed) {
+            let grace = vm
+                .spec
+                .termination_grace_period_seconds
+                .unwrap_or(DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS)
+                .max(0);
+            let requested = vm
+                .metadata
+                .deletion_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .unwrap_or_else(Timestamp::now);
+            let deadline = requested
+                .saturating_add(SignedDuration::from_secs(grace))
+                .unwrap_or(requested);
+            if grace > 0 && Timestamp::now() < deadline {
+                let domain = name.clone();
+                ctx.libvirt.run(move |lv| lv.shutdown(&domain)).await?;
+                publish(
+                    ctx,
+                    vm,
+                    EventType::Normal,
+                    reasons::EVENT_SHUTTING_DOWN,
+                    "Signaled Graceful Shutdown",
+                )
+                .await;
+                while Timestamp::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    let lookup = name.clone();
+                    if !running(&ctx.libvirt.run(move |lv| lv.status(&lookup)).await?) {
+                        break;
+                    }
+                }
+            }
+        }
+        remove_domain(ctx, &name).await?;
+    }
+    if check_uid(&uid, "metadata.uid").is_ok() {
+        remove_vm_dir(VmLayout::new(&ctx.settings.state_dir, &uid).dir()).await?;
+    }
+    info!(vm = %key(vm), "VM cleaned up");
+    Ok(Action::await_change())
+}
