@@ -18,6 +18,7 @@ fn identity_name_uuid_and_metadata() {
     assert_has(&xml, "<nodevirt:namespace>default</nodevirt:namespace>");
     assert_has(&xml, "<nodevirt:name>testvm</nodevirt:name>");
     assert_has(&xml, &format!("<nodevirt:uid>{UID}</nodevirt:uid>"));
+    assert_has(&xml, "<nodevirt:node>node1</nodevirt:node>");
 }
 
 #[test]

@@ -2,8 +2,9 @@
 //! down, or moved away), and VM folders with neither a VM nor a domain.
 //!
 //! It only runs once the watch has listed every VM of this node: acting on a partial cache
-//! would destroy healthy VMs (KubeVirt #18763). A domain whose VM exists with another UID is
-//! left to that VM's reconcile.
+//! would destroy healthy VMs (KubeVirt #18763). It only touches domains whose metadata names
+//! this node, so agents that share a libvirtd never remove each other's domains. A domain whose
+//! VM exists with another UID is left to that VM's reconcile.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -40,7 +41,10 @@ async fn collect(
 ) -> Result<(), super::reconcile::Error> {
     let domains = ctx.libvirt.run(|lv| lv.owned_domains()).await?;
     let mut live_uids: BTreeSet<String> = store.state().iter().filter_map(|vm| vm.uid()).collect();
-    for domain in domains {
+    let mine = domains
+        .into_iter()
+        .filter(|d| d.vm.node.as_deref() == Some(ctx.settings.node.as_str()));
+    for domain in mine {
         let vm_ref = ObjectRef::<VirtualMachine>::new(&domain.vm.name).within(&domain.vm.namespace);
         if store.get(&vm_ref).is_some() {
             live_uids.insert(domain.vm.uid.clone());

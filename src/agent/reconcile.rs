@@ -312,6 +312,7 @@ async fn create(
         domain_type: ctx.settings.domain_type,
         network: ctx.settings.network.clone(),
         console_log: layout.console_log().display().to_string(),
+        node: Some(ctx.settings.node.clone()),
     };
     let xml = match render(vm, &volumes, &options).map(|d| d.to_xml()) {
         Ok(Ok(xml)) => xml,

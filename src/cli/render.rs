@@ -99,6 +99,7 @@ pub fn run(args: &RenderArgs) -> Result<String, RenderError> {
         domain_type: args.hypervisor,
         network: Some(args.network.clone()),
         console_log: layout.console_log().display().to_string(),
+        node: None,
     };
     let domain = render(&vm, &volumes, &options).map_err(invalid)?;
     domain.to_xml().map_err(|source| RenderError::Serialize {

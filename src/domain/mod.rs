@@ -72,6 +72,8 @@ pub struct RenderOptions {
     pub network: Option<String>,
     /// Where virtlogd writes everything the guest prints on its serial console.
     pub console_log: String,
+    /// The node that runs the domain, recorded in its metadata; `None` when rendering offline.
+    pub node: Option<String>,
 }
 
 /// The disk image format libvirt must open a source with.

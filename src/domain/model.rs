@@ -53,6 +53,14 @@ pub struct VmMetadata {
     pub name: String,
     #[serde(rename = "nodevirt:uid", alias = "uid")]
     pub uid: String,
+    /// The node whose agent runs the domain: an agent only ever cleans up its own.
+    #[serde(
+        rename = "nodevirt:node",
+        alias = "node",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -62,6 +62,7 @@ pub fn render(
                 namespace: namespace.to_string(),
                 name: name.to_string(),
                 uid: uid.to_string(),
+                node: options.node.clone(),
             },
         },
         memory: Memory {

@@ -301,7 +301,7 @@ mod tests {
             "<domain type='test'><name>{name}</name><uuid>{uid}</uuid><memory>65536</memory>\
              <metadata><nodevirt:vm xmlns:nodevirt='{METADATA_NAMESPACE}'>\
              <nodevirt:namespace>ns</nodevirt:namespace><nodevirt:name>vm</nodevirt:name>\
-             <nodevirt:uid>{uid}</nodevirt:uid></nodevirt:vm></metadata>\
+             <nodevirt:uid>{uid}</nodevirt:uid><nodevirt:node>n1</nodevirt:node></nodevirt:vm></metadata>\
              <os><type>hvm</type></os></domain>"
         )
     }
@@ -326,6 +326,7 @@ mod tests {
             (mine[0].vm.namespace.as_str(), mine[0].vm.uid.as_str()),
             ("ns", uid)
         );
+        assert_eq!(mine[0].vm.node.as_deref(), Some("n1"));
         lv.destroy("ns_vm").unwrap();
         lv.destroy("ns_vm").unwrap();
         assert_eq!(

@@ -2,6 +2,11 @@
 
 use std::io::Write;
 use std::process::Command;
+use std::sync::Mutex;
+
+/// test:///default keeps one driver state per process: checks of domains with the same name
+/// from parallel tests must not interleave.
+static TEST_DRIVER: Mutex<()> = Mutex::new(());
 
 /// The XML passes libvirt's schema (virt-xml-validate) and defineXML on the test driver.
 pub fn accepted_by_libvirt(xml: &str) {
@@ -19,6 +24,9 @@ pub fn accepted_by_libvirt(xml: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    let _serial = TEST_DRIVER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let conn = virt::connect::Connect::open(Some("test:///default")).expect("test driver");
     let defined = conn.define_domain_xml(xml);
     if let Ok(domain) = &defined {

@@ -92,6 +92,7 @@ impl VmBuilder {
             domain_type: DomainType::Qemu,
             network: Some("default".into()),
             console_log: layout.console_log().display().to_string(),
+            node: Some("node1".into()),
         };
         let domain = render(&vm, &volumes, &options)?;
         Ok(domain.to_xml().expect("serialize"))
