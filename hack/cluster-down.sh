@@ -9,11 +9,13 @@ name=${1:-default}
 dir=${NODEVIRT_CLUSTER_DIR:-/tmp/nodevirt-cluster/$name}
 [ -d "$dir" ] || exit 0
 
+# Stops the process whose PID was recorded in $file, if it is still the one we started (its
+# command line names the program): a stale PID may belong to someone else by now.
 stop_pid() {
   local file=$1 pid
   [ -f "$file" ] || return 0
   pid=$(cat "$file")
-  if kill -0 "$pid" 2>/dev/null; then
+  if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q "$(basename "$file")"; then
     kill "$pid" 2>/dev/null
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null

@@ -1,5 +1,7 @@
 //! Shared helpers of the integration tests. Each test binary uses a subset of them.
 #![allow(dead_code)] // each tests/*.rs binary compiles this module and uses only part of it
 
+pub mod agent;
+pub mod cluster;
 pub mod libvirt;
 pub mod vm_builder;

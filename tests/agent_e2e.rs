@@ -1,0 +1,415 @@
+//! The node agent end to end: real kube-apiserver (RBAC), real libvirtd and QEMU (TCG), the
+//! tiny guest booting from a claim and taking a DHCP lease. The agent runs with the token of
+//! its ServiceAccount from daemonset.yaml.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::agent::Agent;
+use support::cluster::{Cluster, virsh, wait_for};
+
+const BOOT: Duration = Duration::from_secs(180);
+
+struct Vm<'a> {
+    ns: &'a str,
+    name: &'a str,
+}
+
+impl Vm<'_> {
+    fn get(&self, jsonpath: &str) -> String {
+        let out = Cluster::get().kubectl(&[
+            "-n",
+            self.ns,
+            "get",
+            "vm",
+            self.name,
+            "-o",
+            &format!("jsonpath={jsonpath}"),
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn phase(&self) -> String {
+        self.get("{.status.phase}")
+    }
+
+    fn wait_phase(&self, phase: &str, timeout: Duration) {
+        wait_for(
+            timeout,
+            &format!("VM {}/{} to be {phase}", self.ns, self.name),
+            || (self.phase() == phase).then_some(()),
+        );
+    }
+
+    fn ip(&self) -> String {
+        self.get("{.status.interfaces[0].ipAddress}")
+    }
+
+    fn uid(&self) -> String {
+        self.get("{.metadata.uid}")
+    }
+
+    fn domain(&self) -> String {
+        format!("{}_{}", self.ns, self.name)
+    }
+
+    fn condition_message(&self) -> String {
+        self.get("{.status.conditions[?(@.type==\"Ready\")].message}")
+    }
+}
+
+/// A VM on `node` whose root disk is `root` (a volume source in YAML flow style), with
+/// cloud-init user-data and a scratch emptyDisk.
+fn vm_yaml(ns: &str, name: &str, node: &str, root: &str, cloud_init: &str) -> String {
+    format!(
+        r#"apiVersion: kubevirt.io/v1alpha1
+kind: VirtualMachine
+metadata:
+  name: {name}
+  namespace: {ns}
+  labels: {{kubevirt.io/nodeName: {node}}}
+spec:
+  terminationGracePeriodSeconds: 2
+  domain:
+    resources: {{requests: {{memory: 128Mi}}}}
+    devices:
+      disks:
+      - {{name: root, volumeName: root, disk: {{bus: virtio}}}}
+      - {{name: cloudinit, volumeName: cloudinit, disk: {{bus: virtio}}}}
+      - {{name: scratch, volumeName: scratch, disk: {{bus: virtio}}}}
+  volumes:
+  - {{name: root, {root}}}
+  - {{name: cloudinit, cloudInitNoCloud: {cloud_init}}}
+  - {{name: scratch, emptyDisk: {{capacity: 1Gi}}}}
+"#
+    )
+}
+
+fn user_data(script: &str) -> String {
+    format!(
+        "{{userData: {}}}",
+        serde_json::to_string(&format!("#!/bin/sh\n{script}\n")).unwrap()
+    )
+}
+
+fn console_log(agent: &Agent, uid: &str) -> String {
+    std::fs::read_to_string(agent.state_dir.join("vms").join(uid).join("console.log"))
+        .unwrap_or_default()
+}
+
+fn domain_exists(domain: &str) -> bool {
+    virsh(&["list", "--all", "--name"])
+        .lines()
+        .any(|l| l.trim() == domain)
+}
+
+#[test]
+fn seed_like_vm_runs_reports_its_lease_and_is_cleaned_up() {
+    let cluster = Cluster::get();
+    let ns = cluster.namespace("e2e-run");
+    let agent = Agent::start(cluster, "run");
+    cluster.guest_claim(&ns.name, "guest");
+    let vm = Vm {
+        ns: &ns.name,
+        name: "testvm",
+    };
+    let marker = "user-data-of-testvm-ran";
+    let applied = Instant::now();
+    cluster.apply(&vm_yaml(
+        vm.ns,
+        vm.name,
+        &agent.node,
+        "persistentVolumeClaim: {claimName: guest}",
+        &user_data(&format!("echo {marker}")),
+    ));
+    vm.wait_phase("Running", BOOT);
+    let to_running = applied.elapsed();
+    let ip = wait_for(BOOT, "an IP in status", || {
+        Some(vm.ip()).filter(|ip| !ip.is_empty())
+    });
+    let to_ip = applied.elapsed();
+    eprintln!(
+        "timing: apply->Running {:.2}s, apply->IP {:.2}s",
+        to_running.as_secs_f64(),
+        to_ip.as_secs_f64()
+    );
+
+    assert_eq!(vm.get("{.status.nodeName}"), agent.node);
+    let lease = virsh(&["domifaddr", &vm.domain(), "--source", "lease"]);
+    assert!(
+        lease.contains(&format!("{ip}/")),
+        "status IP {ip} is not the lease libvirt reports:\n{lease}"
+    );
+    let uid = vm.uid();
+    wait_for(BOOT, "the user-data's output on the serial console", || {
+        console_log(&agent, &uid).contains(marker).then_some(())
+    });
+    let describe = cluster.kubectl_ok(&["-n", vm.ns, "describe", "vm", vm.name]);
+    for line in ["Created", "VM defined.", "Started", "VM started."] {
+        assert!(
+            describe.contains(line),
+            "describe lacks {line:?}:\n{describe}"
+        );
+    }
+    let template = cluster.kubectl_ok(&[
+        "-n",
+        vm.ns,
+        "get",
+        "vm",
+        vm.name,
+        "--template",
+        "{{.status.phase}}",
+    ]);
+    assert_eq!(template, "Running");
+    let wide = cluster.kubectl_ok(&["-n", vm.ns, "get", "vms", "-o", "wide"]);
+    assert!(wide.contains(&ip) && wide.contains(&agent.node), "{wide}");
+
+    cluster.kubectl_ok(&["-n", vm.ns, "delete", "vm", vm.name, "--wait=false"]);
+    let deleted = Instant::now();
+    let state = agent.state_dir.join("vms").join(&uid);
+    wait_for(
+        Duration::from_secs(10),
+        "the domain and its folder to be gone",
+        || (!domain_exists(&vm.domain()) && !state.exists()).then_some(()),
+    );
+    eprintln!(
+        "timing: delete->domain gone {:.2}s",
+        deleted.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn guest_poweroff_is_succeeded_and_outside_destroy_is_failed() {
+    let cluster = Cluster::get();
+    let ns = cluster.namespace("e2e-stop");
+    let agent = Agent::start(cluster, "stop");
+    cluster.guest_claim(&ns.name, "guest");
+    let root = "ephemeral: {persistentVolumeClaim: {claimName: guest}}";
+    let off = Vm {
+        ns: &ns.name,
+        name: "powers-off",
+    };
+    let killed = Vm {
+        ns: &ns.name,
+        name: "destroyed",
+    };
+    cluster.apply(&vm_yaml(
+        off.ns,
+        off.name,
+        &agent.node,
+        root,
+        &user_data("sleep 2; sync; poweroff -f"),
+    ));
+    cluster.apply(&vm_yaml(
+        killed.ns,
+        killed.name,
+        &agent.node,
+        root,
+        &user_data("echo up"),
+    ));
+
+    killed.wait_phase("Running", BOOT);
+    virsh(&["destroy", &killed.domain()]);
+    let destroyed = Instant::now();
+    killed.wait_phase("Failed", Duration::from_secs(10));
+    eprintln!(
+        "timing: virsh destroy->Failed {:.2}s",
+        destroyed.elapsed().as_secs_f64()
+    );
+    assert!(
+        killed
+            .condition_message()
+            .contains("destroyed outside nodevirt"),
+        "{}",
+        killed.condition_message()
+    );
+
+    off.wait_phase("Succeeded", BOOT);
+    assert!(
+        off.condition_message().contains("shut down"),
+        "{}",
+        off.condition_message()
+    );
+    let describe = cluster.kubectl_ok(&["-n", off.ns, "describe", "vm", off.name]);
+    assert!(describe.contains("Stopped"), "{describe}");
+
+    // Mortal: an ended VM stays ended, even after the agent restarts.
+    let mut agent = agent;
+    agent.restart();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(off.phase(), "Succeeded");
+    assert_eq!(killed.phase(), "Failed");
+    let state = virsh(&["domstate", &off.domain()]);
+    assert!(!state.contains("running"), "{state}");
+}
+
+#[test]
+fn killed_agent_adopts_running_domain_and_cleans_vms_deleted_meanwhile() {
+    let cluster = Cluster::get();
+    let ns = cluster.namespace("e2e-kill");
+    let mut agent = Agent::start(cluster, "kill");
+    cluster.guest_claim(&ns.name, "guest");
+    let vm = Vm {
+        ns: &ns.name,
+        name: "survivor",
+    };
+    let root = "ephemeral: {persistentVolumeClaim: {claimName: guest}}";
+    cluster.apply(&vm_yaml(
+        vm.ns,
+        vm.name,
+        &agent.node,
+        root,
+        &user_data("echo up"),
+    ));
+    vm.wait_phase("Running", BOOT);
+    let id_before = virsh(&["domid", &vm.domain()]).trim().to_string();
+    assert!(!id_before.is_empty() && id_before != "-");
+
+    agent.kill();
+    agent.restart();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        virsh(&["domid", &vm.domain()]).trim(),
+        id_before,
+        "the domain was restarted"
+    );
+    assert_eq!(vm.phase(), "Running");
+    let describe = cluster.kubectl_ok(&["-n", vm.ns, "describe", "vm", vm.name]);
+    assert_eq!(
+        describe.matches("VM started.").count(),
+        1,
+        "started twice:\n{describe}"
+    );
+
+    // Deleted while the agent is down: the finalizer holds the VM until the agent is back.
+    agent.kill();
+    cluster.kubectl_ok(&["-n", vm.ns, "delete", "vm", vm.name, "--wait=false"]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        domain_exists(&vm.domain()),
+        "nothing may touch the domain while the agent is down"
+    );
+    agent.restart();
+    wait_for(
+        Duration::from_secs(30),
+        "the domain of the deleted VM to be cleaned up",
+        || {
+            let gone = !domain_exists(&vm.domain());
+            let vm_gone = !cluster
+                .kubectl(&["-n", vm.ns, "get", "vm", vm.name])
+                .status
+                .success();
+            (gone && vm_gone).then_some(())
+        },
+    );
+}
+
+#[test]
+fn invalid_vms_fail_with_a_readable_condition_while_a_valid_one_runs() {
+    let cluster = Cluster::get();
+    let ns = cluster.namespace("e2e-bad");
+    let agent = Agent::start(cluster, "bad");
+    cluster.guest_claim(&ns.name, "guest");
+    let root = "ephemeral: {persistentVolumeClaim: {claimName: guest}}";
+    let bad_bus = vm_yaml(&ns.name, "bad-bus", &agent.node, root, &user_data("true")).replace(
+        "disk: {bus: virtio}}\n      - {name: cloudinit",
+        "disk: {bus: usb2}}\n      - {name: cloudinit",
+    );
+    cluster.apply(&bad_bus);
+    cluster.apply(&vm_yaml(
+        &ns.name,
+        "no-secret",
+        &agent.node,
+        root,
+        "{secretRef: {name: missing}}",
+    ));
+    cluster.apply(&vm_yaml(
+        &ns.name,
+        "good",
+        &agent.node,
+        root,
+        &user_data("echo fine"),
+    ));
+
+    let bus = Vm {
+        ns: &ns.name,
+        name: "bad-bus",
+    };
+    bus.wait_phase("Failed", Duration::from_secs(30));
+    assert!(
+        bus.condition_message()
+            .contains("spec.domain.devices.disks[0].disk.bus: unknown value \"usb2\""),
+        "{}",
+        bus.condition_message()
+    );
+    let secret = Vm {
+        ns: &ns.name,
+        name: "no-secret",
+    };
+    secret.wait_phase("Failed", Duration::from_secs(30));
+    assert!(
+        secret.condition_message().contains("Secret"),
+        "{}",
+        secret.condition_message()
+    );
+    let describe = cluster.kubectl_ok(&["-n", &ns.name, "describe", "vm", "bad-bus"]);
+    assert!(
+        describe.contains("Warning") && describe.contains("usb2"),
+        "{describe}"
+    );
+    assert!(
+        !domain_exists(&bus.domain()),
+        "an invalid VM gets no domain"
+    );
+
+    Vm {
+        ns: &ns.name,
+        name: "good",
+    }
+    .wait_phase("Running", BOOT);
+    assert!(!agent.log_text().contains("panicked"));
+}
+
+#[test]
+fn ephemeral_vm_never_writes_the_claims_image() {
+    let cluster = Cluster::get();
+    let ns = cluster.namespace("e2e-eph");
+    let agent = Agent::start(cluster, "eph");
+    let image = cluster.guest_claim(&ns.name, "guest");
+    let before = std::fs::read(&image).unwrap();
+    // The user-data comes from a Secret, and overwrites the start of the root disk.
+    cluster.kubectl_ok(&[
+        "-n",
+        &ns.name,
+        "create",
+        "secret",
+        "generic",
+        "userdata",
+        "--from-literal=userdata=#!/bin/sh\ndd if=/dev/zero of=/dev/vda bs=4096 count=64 && sync && echo root-disk-overwritten\n",
+    ]);
+    let vm = Vm {
+        ns: &ns.name,
+        name: "scribbler",
+    };
+    let root = "ephemeral: {persistentVolumeClaim: {claimName: guest}}";
+    cluster.apply(&vm_yaml(
+        vm.ns,
+        vm.name,
+        &agent.node,
+        root,
+        "{secretRef: {name: userdata}}",
+    ));
+    vm.wait_phase("Running", BOOT);
+    let uid = vm.uid();
+    wait_for(BOOT, "the guest to overwrite its root disk", || {
+        console_log(&agent, &uid)
+            .contains("root-disk-overwritten")
+            .then_some(())
+    });
+    cluster.kubectl_ok(&["-n", vm.ns, "delete", "vm", vm.name]);
+    assert!(
+        std::fs::read(&image).unwrap() == before,
+        "the claim's image changed"
+    );
+}

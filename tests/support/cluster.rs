@@ -1,0 +1,245 @@
+//! The real cluster the end-to-end tests run against: the one hack/test.sh starts with
+//! hack/cluster-up.sh (its folder in $NODEVIRT_CLUSTER_DIR). Tests fail, never skip, when it
+//! is not there.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+}
+
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+impl Cluster {
+    /// The running test cluster; panics with what to do when there is none.
+    pub fn get() -> &'static Cluster {
+        static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+        CLUSTER.get_or_init(|| {
+            let dir = std::env::var_os("NODEVIRT_CLUSTER_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/tmp/nodevirt-cluster/default"));
+            let kubeconfig = dir.join("kubeconfig");
+            assert!(
+                kubeconfig.exists(),
+                "no test cluster at {}: run the tests with hack/test.sh, or start one with \
+                 hack/cluster-up.sh and `source` the env file it prints",
+                dir.display()
+            );
+            let cluster = Cluster { dir, kubeconfig };
+            cluster.kubectl_ok(&["get", "--raw", "/readyz"]);
+            cluster.kubectl_ok(&[
+                "apply",
+                "-f",
+                repo_root().join("daemonset.yaml").to_str().unwrap(),
+            ]);
+            cluster
+        })
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()
+            .expect("kubectl must be on PATH (hack/install-deps.sh builds it)")
+    }
+
+    /// Runs kubectl and returns its stdout; panics with its stderr when it fails.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn apply(&self, yaml: &str) {
+        let file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+        std::fs::write(file.path(), yaml).unwrap();
+        self.kubectl_ok(&["apply", "-f", file.path().to_str().unwrap()]);
+    }
+
+    /// A fresh namespace, deleted when the guard drops.
+    pub fn namespace(&'static self, prefix: &str) -> Namespace {
+        let name = format!("{prefix}-{}", unique_suffix());
+        self.kubectl_ok(&["create", "namespace", &name]);
+        Namespace {
+            cluster: self,
+            name,
+        }
+    }
+
+    /// A token of ServiceAccount `namespace/name`, from the TokenRequest API.
+    pub fn token(&self, namespace: &str, name: &str) -> String {
+        self.kubectl_ok(&["-n", namespace, "create", "token", name, "--duration=2h"])
+            .trim()
+            .to_string()
+    }
+
+    /// A kubeconfig file for ServiceAccount `namespace/name`.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
+        let path = self.dir.join(format!(
+            "sa-{namespace}-{name}-{}.kubeconfig",
+            unique_suffix()
+        ));
+        let raw = self.kubectl_ok(&["config", "view", "--raw", "--minify"]);
+        std::fs::write(&path, raw).unwrap();
+        let token = self.token(namespace, name);
+        let out = Command::new("kubectl")
+            .args([
+                "config",
+                "set-credentials",
+                "admin",
+                &format!("--token={token}"),
+            ])
+            .env("KUBECONFIG", &path)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        path
+    }
+
+    /// A kube Client as the cluster's admin.
+    pub async fn admin_client(&self) -> kube::Client {
+        client_from(&self.kubeconfig).await
+    }
+
+    /// A kube Client as ServiceAccount `namespace/name`.
+    pub async fn service_account_client(&self, namespace: &str, name: &str) -> kube::Client {
+        client_from(&self.service_account_kubeconfig(namespace, name)).await
+    }
+
+    /// A PersistentVolume (hostPath) + claim `name` in `namespace` whose disk.img is a fresh copy
+    /// of the tiny guest; returns the image's path.
+    pub fn guest_claim(&self, namespace: &str, name: &str) -> PathBuf {
+        let dir = self.dir.join("volumes").join(format!("{namespace}-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for d in [self.dir.as_path(), &self.dir.join("volumes"), &dir] {
+            set_mode(d, 0o755);
+        }
+        let image = dir.join("disk.img");
+        std::fs::copy(guest_image(), &image).unwrap();
+        let pv = format!("{namespace}-{name}");
+        self.apply(&format!(
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: {pv}}}\nspec:\n  capacity: {{storage: 1Gi}}\n  \
+             accessModes: [ReadWriteOnce]\n  storageClassName: \"\"\n  persistentVolumeReclaimPolicy: Retain\n  \
+             hostPath: {{path: {}}}\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {name}, namespace: {namespace}}}\n\
+             spec:\n  accessModes: [ReadWriteOnce]\n  storageClassName: \"\"\n  volumeName: {pv}\n  resources: {{requests: {{storage: 1Gi}}}}\n",
+            dir.display()
+        ));
+        wait_for(Duration::from_secs(60), "the claim to bind", || {
+            let phase = self.kubectl_ok(&[
+                "-n",
+                namespace,
+                "get",
+                "pvc",
+                name,
+                "-o",
+                "jsonpath={.status.phase}",
+            ]);
+            (phase == "Bound").then_some(())
+        });
+        image
+    }
+
+    /// A Node object, as a kubelet would register it.
+    pub fn node(&self, name: &str) {
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/hostname: {name}}}\n\
+             status:\n  capacity: {{cpu: \"2\", memory: 8Gi, pods: \"110\"}}\n  allocatable: {{cpu: \"2\", memory: 8Gi, pods: \"110\"}}\n"
+        ));
+    }
+}
+
+pub struct Namespace {
+    cluster: &'static Cluster,
+    pub name: String,
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = self
+            .cluster
+            .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
+
+async fn client_from(path: &Path) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The tiny guest's disk image (hack/guest-image.sh builds it once and caches it).
+pub fn guest_image() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(repo_root().join("hack/guest-image.sh"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "hack/guest-image.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        PathBuf::from(stdout.lines().last().expect("image path").trim())
+    })
+}
+
+pub fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{:x}{}",
+        (nanos ^ std::process::id()) & 0xfffff,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Polls `check` every 200 ms until it returns Some, or panics naming `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `virsh` on the test cluster's libvirtd.
+pub fn virsh(args: &[&str]) -> String {
+    let out = Command::new("virsh")
+        .arg("-c")
+        .arg("qemu:///system")
+        .args(args)
+        .output()
+        .expect("virsh (libvirt-clients)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
