@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs every test, unit to end-to-end.
-# The end-to-end tests start their own control plane and libvirtd (tests/support/cluster.rs
-# calls hack/cluster-up.sh) and stop them when they finish.
+# The end-to-end tests run against a cluster this script starts (hack/cluster-up.sh test:
+# etcd, kube-apiserver, kube-controller-manager, libvirtd in its network namespace) and stops
+# when it exits, whatever the outcome.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
@@ -12,6 +13,13 @@ log "cargo fmt --check / clippy"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 
+log "building"
+cargo build --locked --all-targets
+
+export NODEVIRT_CLUSTER_DIR=${NODEVIRT_CLUSTER_DIR:-/tmp/nodevirt-cluster/test}
+trap '"$REPO_ROOT/hack/cluster-down.sh" test' EXIT
+"$REPO_ROOT/hack/cluster-up.sh" test >/dev/null
+source "$NODEVIRT_CLUSTER_DIR/env"
+
 log "cargo test"
-# One test binary at a time: the end-to-end binaries each start a whole cluster.
 cargo test --locked --all-targets -- --test-threads="${NODEVIRT_TEST_THREADS:-4}"
