@@ -9,13 +9,15 @@ name=${1:-default}
 dir=${NODEVIRT_CLUSTER_DIR:-/tmp/nodevirt-cluster/$name}
 [ -d "$dir" ] || exit 0
 
-# Stops the process whose PID was recorded in $file, if it is still the one we started (its
-# command line names the program): a stale PID may belong to someone else by now.
+# Stops the process whose PID was recorded in $file, if it is still the one we started: its
+# command line names the program ($file's name up to the first '.'); a stale PID may belong
+# to someone else by now.
 stop_pid() {
-  local file=$1 pid
+  local file=$1 pid program
   [ -f "$file" ] || return 0
   pid=$(cat "$file")
-  if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q "$(basename "$file")"; then
+  program=$(basename "$file"); program=${program%%.*}
+  if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q "$program"; then
     kill "$pid" 2>/dev/null
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null
@@ -29,6 +31,8 @@ if [ -f "$dir/pids/libvirtd" ]; then
   done
   virsh -c qemu:///system net-destroy nodevirt >/dev/null 2>&1
 fi
+# nodevirt agents and controllers first (hack/demo.sh records them), then the control plane.
+for f in "$dir"/pids/nodevirt.*; do stop_pid "$f"; done
 for p in kube-controller-manager kube-apiserver etcd libvirtd virtlogd; do
   stop_pid "$dir/pids/$p"
 done

@@ -25,12 +25,19 @@ fn apiserver_serves_the_four_crds_and_kubectl_uses_them() {
         ("virtualmachinereplicasets", "vmrs"),
         ("virtualmachinepresets", "vmpreset"),
     ] {
-        assert!(resources.contains(plural) && resources.contains(short), "{plural}:\n{resources}");
+        assert!(
+            resources.contains(plural) && resources.contains(short),
+            "{plural}:\n{resources}"
+        );
     }
     let ns = cluster.namespace("e2e-kubectl");
     for kind in ["vms", "ovms", "vmrs", "vmpreset"] {
         let out = cluster.kubectl(&["-n", &ns.name, "get", kind]);
-        assert!(out.status.success(), "kubectl get {kind}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl get {kind}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     cluster.kubectl_ok(&["-n", &ns.name, "apply", "-f", "examples/preset.yaml"]);
     let listed = cluster.kubectl_ok(&["-n", &ns.name, "get", "vmpreset"]);
@@ -40,18 +47,37 @@ fn apiserver_serves_the_four_crds_and_kubectl_uses_them() {
 #[tokio::test]
 async fn a_service_account_is_refused_what_rbac_does_not_grant() {
     let cluster = Cluster::get();
-    let agent = cluster.service_account_client("nodevirt", "nodevirt-agent").await;
+    let agent = cluster
+        .service_account_client("nodevirt", "nodevirt-agent")
+        .await;
     let vms: Api<VirtualMachine> = Api::all(agent.clone());
-    vms.list(&ListParams::default()).await.expect("the agent may list VMs");
+    vms.list(&ListParams::default())
+        .await
+        .expect("the agent may list VMs");
     let secrets: Api<Secret> = Api::namespaced(agent.clone(), "default");
-    let err = secrets.list(&ListParams::default()).await.expect_err("listing Secrets must be refused");
-    assert!(matches!(&err, kube::Error::Api(s) if s.code == 403), "{err}");
+    let err = secrets
+        .list(&ListParams::default())
+        .await
+        .expect_err("listing Secrets must be refused");
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 403),
+        "{err}"
+    );
     let vms: Api<VirtualMachine> = Api::namespaced(agent, "default");
     let vm = VirtualMachine::new("not-allowed", VirtualMachineSpec::default());
-    let err = vms.create(&Default::default(), &vm).await.expect_err("creating VMs must be refused");
-    assert!(matches!(&err, kube::Error::Api(s) if s.code == 403), "{err}");
+    let err = vms
+        .create(&Default::default(), &vm)
+        .await
+        .expect_err("creating VMs must be refused");
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 403),
+        "{err}"
+    );
     let admin = cluster.admin_client().await;
-    Api::<Secret>::namespaced(admin, "default").list(&ListParams::default()).await.expect("admin may");
+    Api::<Secret>::namespaced(admin, "default")
+        .list(&ListParams::default())
+        .await
+        .expect("admin may");
 }
 
 #[tokio::test]
@@ -71,7 +97,10 @@ async fn libvirt_boots_the_tiny_guest_to_a_lease_under_tcg() {
     ))
     .unwrap();
     vm.metadata.uid = Some(uid.into());
-    let claim = ResolvedVolume::File { path: image.display().to_string(), format: ImageFormat::Raw };
+    let claim = ResolvedVolume::File {
+        path: image.display().to_string(),
+        format: ImageFormat::Raw,
+    };
     let volumes = resolve_volumes(&vm.spec, &layout, |_| Some(claim.clone()));
     let options = RenderOptions {
         domain_type: DomainType::Qemu,
@@ -82,11 +111,15 @@ async fn libvirt_boots_the_tiny_guest_to_a_lease_under_tcg() {
     let xml = render(&vm, &volumes, &options).unwrap().to_xml().unwrap();
     files::ensure_vm_dir(&layout).await.unwrap();
     let iso = layout.volume_file(1, nodevirt::api::volume::VolumeKind::CloudInitNoCloud);
-    files::ensure_cloud_init_iso(&iso, uid, name, b"#!/bin/sh\necho direct-boot-user-data\n").await.unwrap();
+    files::ensure_cloud_init_iso(&iso, uid, name, b"#!/bin/sh\necho direct-boot-user-data\n")
+        .await
+        .unwrap();
 
     let libvirt = Libvirt::open("qemu:///system").unwrap();
     let domain = format!("default_{name}");
-    let _ = libvirt.destroy(&domain).and_then(|_| libvirt.undefine(&domain));
+    let _ = libvirt
+        .destroy(&domain)
+        .and_then(|_| libvirt.undefine(&domain));
     libvirt.define(&domain, &xml).unwrap();
     libvirt.start(&domain).unwrap();
     let started = std::time::Instant::now();
@@ -94,12 +127,19 @@ async fn libvirt_boots_the_tiny_guest_to_a_lease_under_tcg() {
         let out = virsh(&["domifaddr", &domain, "--source", "lease"]);
         out.contains("ipv4").then_some(out)
     });
-    eprintln!("timing: virsh start -> lease {:.2}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "timing: virsh start -> lease {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
     assert!(lease.contains("10.213.0."), "{lease}");
-    wait_for(Duration::from_secs(60), "the user-data's output in the serial log", || {
-        let log = std::fs::read_to_string(layout.console_log()).unwrap_or_default();
-        log.contains("direct-boot-user-data").then_some(())
-    });
+    wait_for(
+        Duration::from_secs(60),
+        "the user-data's output in the serial log",
+        || {
+            let log = std::fs::read_to_string(layout.console_log()).unwrap_or_default();
+            log.contains("direct-boot-user-data").then_some(())
+        },
+    );
     libvirt.destroy(&domain).unwrap();
     libvirt.undefine(&domain).unwrap();
     files::remove_vm_dir(layout.dir()).await.unwrap();
