@@ -6,4 +6,5 @@ pub mod cli;
 pub mod controller;
 pub mod domain;
 pub mod hypervisor;
+pub mod k8s;
 pub mod storage;

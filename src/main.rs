@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 use nodevirt::agent::{self, AgentArgs};
 use nodevirt::cli::render::{self, RenderArgs};
+use nodevirt::k8s::error_chain;
 
 /// Runs KubeVirt v1alpha1 VirtualMachines on libvirt.
 #[derive(Debug, Parser)]
@@ -101,19 +102,4 @@ fn run_async<E: std::error::Error>(
             ExitCode::FAILURE
         }
     }
-}
-
-/// "outer: inner: innermost", skipping sources already quoted by their parent.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(inner) = source {
-        let text = inner.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = inner.source();
-    }
-    out
 }

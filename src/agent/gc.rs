@@ -19,7 +19,9 @@ use crate::domain::names::check_uid;
 use crate::storage::files::remove_vm_dir;
 use crate::storage::layout::VmLayout;
 
-use super::reconcile::{Context, error_chain};
+use crate::k8s::error_chain;
+
+use super::reconcile::Context;
 
 const INTERVAL: Duration = Duration::from_secs(60);
 

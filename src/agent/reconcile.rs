@@ -11,9 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{Instrument, info, warn};
@@ -23,6 +22,7 @@ use crate::api::{Phase, VirtualMachine, VirtualMachineStatus};
 use crate::domain::names::check_uid;
 use crate::domain::{DomainType, RenderOptions, domain_name, render};
 use crate::hypervisor::{DomainState, HypervisorError, Libvirt};
+use crate::k8s::{self, error_chain};
 use crate::storage::files::{StorageError, remove_vm_dir};
 use crate::storage::layout::{VmLayout, resolve_volumes};
 
@@ -159,31 +159,8 @@ pub fn error_policy(vm: Arc<VirtualMachine>, _err: &ReconcileError, ctx: Arc<Con
     Action::requeue(delay)
 }
 
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(inner) = source {
-        let text = inner.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = inner.source();
-    }
-    out
-}
-
 async fn publish(ctx: &Context, vm: &VirtualMachine, type_: EventType, reason: &str, note: &str) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: reason.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &vm.object_ref(&())).await {
-        warn!(vm = %key(vm), error = %e, "cannot record event {reason}");
-    }
+    k8s::publish(&ctx.recorder, &vm.object_ref(&()), type_, reason, note).await;
 }
 
 async fn write_status(
@@ -197,14 +174,9 @@ async fn write_status(
     }
     let api: Api<VirtualMachine> =
         Api::namespaced(ctx.client.clone(), &vm.namespace().unwrap_or_default());
-    let patch = serde_json::json!({ "status": new });
-    api.patch_status(
-        &vm.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map(drop)
+    k8s::patch_status(&api, &vm.name_any(), new)
+        .await
+        .map(drop)
     .map_err(|source| Error::Status {
         vm: key(vm),
         source,

@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::virtual_machine::{Condition, VirtualMachineSpec};
+use super::virtual_machine::{Condition, VirtualMachine, VirtualMachineSpec};
 
 // kube's printcolumn(...) entries repeat `type_ = ...` by design.
 #[allow(clippy::duplicated_attributes)]
@@ -59,4 +59,17 @@ pub struct OfflineVirtualMachineStatus {
     pub ready: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+impl VirtualMachineTemplateSpec {
+    /// The VirtualMachine this template describes, named `name` in `namespace`, with the
+    /// template's labels and annotations.
+    pub fn instantiate(&self, name: &str, namespace: Option<String>) -> VirtualMachine {
+        let mut vm = VirtualMachine::new(name, self.spec.clone());
+        let metadata = self.metadata.clone().unwrap_or_default();
+        vm.metadata.namespace = namespace;
+        vm.metadata.labels = metadata.labels;
+        vm.metadata.annotations = metadata.annotations;
+        vm
+    }
 }

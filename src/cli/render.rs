@@ -2,9 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
+use kube::ResourceExt;
+
 use crate::api::{
     OfflineVirtualMachine, VirtualMachine, VirtualMachinePreset, VirtualMachineReplicaSet,
-    VirtualMachineTemplateSpec,
 };
 use crate::controller::presets::{self, PresetError};
 use crate::domain::names::check_uid;
@@ -112,21 +113,13 @@ const RENDERABLE: &str = "VirtualMachine, OfflineVirtualMachine or VirtualMachin
 
 fn load_vm(path: &Path) -> Result<VirtualMachine, ManifestError> {
     let manifest = Manifest::read(path)?;
-    let from_template = |owner: &kube::api::ObjectMeta, template: VirtualMachineTemplateSpec| {
-        let mut vm = VirtualMachine::new(owner.name.as_deref().unwrap_or_default(), template.spec);
-        let metadata = template.metadata.unwrap_or_default();
-        vm.metadata.namespace = owner.namespace.clone();
-        vm.metadata.labels = metadata.labels;
-        vm.metadata.annotations = metadata.annotations;
-        vm
-    };
     if manifest.is::<OfflineVirtualMachine>() {
         let ovm: OfflineVirtualMachine = manifest.parse(RENDERABLE)?;
-        return Ok(from_template(&ovm.metadata, ovm.spec.template));
+        return Ok(ovm.spec.template.instantiate(&ovm.name_any(), ovm.metadata.namespace.clone()));
     }
     if manifest.is::<VirtualMachineReplicaSet>() {
         let vmrs: VirtualMachineReplicaSet = manifest.parse(RENDERABLE)?;
-        return Ok(from_template(&vmrs.metadata, vmrs.spec.template));
+        return Ok(vmrs.spec.template.instantiate(&vmrs.name_any(), vmrs.metadata.namespace.clone()));
     }
     manifest.parse(RENDERABLE)
 }

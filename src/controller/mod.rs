@@ -1,3 +1,4 @@
 //! The cluster-wide controller: presets, OfflineVirtualMachines, ReplicaSets, placement.
 
+pub mod placement;
 pub mod presets;
