@@ -1,5 +1,7 @@
 //! Small helpers shared by the agent and the controller: events, status patches, error text.
 
+use std::path::Path;
+
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -56,4 +58,46 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     out
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("loading the Kubernetes client configuration")]
+    Config(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("creating the Kubernetes client")]
+    Client(#[source] kube::Error),
+}
+
+/// A client from `kubeconfig`, or else $KUBECONFIG, ~/.kube/config or the in-cluster config.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientError> {
+    let boxed = |e: &dyn std::fmt::Display| ClientError::Config(e.to_string().into());
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| boxed(&e))?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .map_err(|e| boxed(&e))?
+        }
+        None => kube::Config::infer().await.map_err(|e| boxed(&e))?,
+    };
+    kube::Client::try_from(config).map_err(ClientError::Client)
+}
+
+/// This machine's host name, for identities in events and Leases.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Resolves on SIGTERM (a Pod being stopped) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
 }

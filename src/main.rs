@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use nodevirt::agent::{self, AgentArgs};
+use nodevirt::cli::power::{PowerArgs, set_running};
 use nodevirt::cli::render::{self, RenderArgs};
+use nodevirt::controller::{self, ControllerArgs};
 use nodevirt::k8s::error_chain;
 
 /// Runs KubeVirt v1alpha1 VirtualMachines on libvirt.
@@ -46,6 +48,12 @@ enum Command {
     Crds,
     /// Run the node agent: watch this node's VMs and run them on libvirt.
     Agent(AgentArgs),
+    /// Run the cluster-wide controller: placement, presets, OfflineVirtualMachines, ReplicaSets.
+    Controller(ControllerArgs),
+    /// Start an OfflineVirtualMachine (set spec.running to true).
+    Start(PowerArgs),
+    /// Stop an OfflineVirtualMachine (set spec.running to false).
+    Stop(PowerArgs),
 }
 
 /// Exit code for input the user must fix (a bad manifest or flag).
@@ -58,6 +66,12 @@ fn main() -> ExitCode {
             init_tracing(cli.log_format);
             run_async(agent::run(args))
         }
+        Command::Controller(args) => {
+            init_tracing(cli.log_format);
+            run_async(controller::run(args))
+        }
+        Command::Start(args) => run_async(set_running(args, true)),
+        Command::Stop(args) => run_async(set_running(args, false)),
         Command::Render(args) => match render::run(&args) {
             Ok(xml) => {
                 print!("{xml}");

@@ -1,5 +1,5 @@
 //! The agent's heartbeat on its Node: label `kubevirt.io/schedulable=true` and annotation
-//! `kubevirt.io/heartbeat=<RFC 3339 time>` every minute (jittered), so the controller places
+//! `kubevirt.io/heartbeat=<RFC 3339 time>` every minute by default (jittered), so the controller places
 //! VMs only on nodes whose agent is alive; `schedulable=false` on a clean exit.
 
 use std::time::Duration;
@@ -12,7 +12,6 @@ use tracing::warn;
 
 pub const SCHEDULABLE_LABEL: &str = "kubevirt.io/schedulable";
 pub const HEARTBEAT_ANNOTATION: &str = "kubevirt.io/heartbeat";
-const INTERVAL: Duration = Duration::from_secs(60);
 
 pub async fn beat(client: &Client, node: &str, schedulable: bool) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
@@ -28,14 +27,16 @@ pub async fn beat(client: &Client, node: &str, schedulable: bool) -> Result<(), 
         .map(drop)
 }
 
-/// Beats until the task is dropped. A missing Node (no kubelet yet) is logged and retried.
-pub async fn run(client: Client, node: String) {
+/// Beats every `interval` until the task is dropped. A missing Node (no kubelet yet) is
+/// logged and retried.
+pub async fn run(client: Client, node: String, interval: Duration) {
     loop {
         if let Err(e) = beat(&client, &node, true).await {
             warn!(node, error = %e, "cannot update the node's heartbeat");
         }
         // Up to 10% jitter, so many agents do not write in step.
-        let jitter_ms = u64::from(Timestamp::now().subsec_nanosecond().unsigned_abs()) % 6_000;
-        tokio::time::sleep(INTERVAL + Duration::from_millis(jitter_ms)).await;
+        let spread = (interval.as_millis() as u64 / 10).max(1);
+        let jitter_ms = u64::from(Timestamp::now().subsec_nanosecond().unsigned_abs()) % spread;
+        tokio::time::sleep(interval + Duration::from_millis(jitter_ms)).await;
     }
 }

@@ -18,12 +18,13 @@ pub mod status;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
+use kube::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
-use kube::{Api, Client};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{info, warn};
 
@@ -60,14 +61,15 @@ pub struct AgentArgs {
     /// The libvirt network of each guest's NIC; "none" gives guests no NIC.
     #[arg(long, env = "NODEVIRT_NETWORK", default_value = "default")]
     pub network: String,
+    /// Seconds between heartbeats on the Node (jittered by up to 10%).
+    #[arg(long, default_value_t = 60)]
+    pub heartbeat_interval: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("loading the Kubernetes client configuration")]
-    KubeConfig(#[source] Box<dyn std::error::Error + Send + Sync>),
-    #[error("creating the Kubernetes client")]
-    Client(#[source] kube::Error),
+    #[error(transparent)]
+    Client(#[from] crate::k8s::ClientError),
     #[error(transparent)]
     Events(#[from] events::EventError),
     #[error(transparent)]
@@ -94,22 +96,6 @@ fn domain_type(choice: Hypervisor) -> DomainType {
     }
 }
 
-async fn client(args: &AgentArgs) -> Result<Client, AgentError> {
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| AgentError::KubeConfig(Box::new(e)))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .map_err(|e| AgentError::KubeConfig(Box::new(e)))?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| AgentError::KubeConfig(Box::new(e)))?,
-    };
-    Client::try_from(config).map_err(AgentError::Client)
-}
-
 /// The VM a domain named `<namespace>_<name>` belongs to.
 fn vm_of_domain(domain: &str) -> Option<ObjectRef<VirtualMachine>> {
     let (namespace, name) = domain.split_once('_')?;
@@ -117,7 +103,7 @@ fn vm_of_domain(domain: &str) -> Option<ObjectRef<VirtualMachine>> {
 }
 
 pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
-    let client = client(&args).await?;
+    let client = crate::k8s::client(args.kubeconfig.as_deref()).await?;
     std::fs::create_dir_all(&args.state_dir)
         .map_err(|e| AgentError::StateDir(args.state_dir.clone(), e))?;
     events::start_event_loop()?;
@@ -156,10 +142,14 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         UnboundedReceiverStream::new(rx).filter_map(|e| async move { vm_of_domain(&e.domain) });
 
     let gc = tokio::spawn(gc::run(store, Arc::clone(&ctx)));
-    let heartbeat = tokio::spawn(heartbeat::run(client.clone(), args.node_name.clone()));
+    let heartbeat = tokio::spawn(heartbeat::run(
+        client.clone(),
+        args.node_name.clone(),
+        Duration::from_secs(args.heartbeat_interval),
+    ));
     controller
         .reconcile_on(domain_events)
-        .graceful_shutdown_on(shutdown_signal())
+        .graceful_shutdown_on(crate::k8s::shutdown_signal())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|_| async {})
         .await;
@@ -170,17 +160,6 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     }
     info!("agent stopped; running VMs keep running");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
-    }
 }
 
 #[cfg(test)]

@@ -177,10 +177,10 @@ async fn write_status(
     k8s::patch_status(&api, &vm.name_any(), new)
         .await
         .map(drop)
-    .map_err(|source| Error::Status {
-        vm: key(vm),
-        source,
-    })
+        .map_err(|source| Error::Status {
+            vm: key(vm),
+            source,
+        })
 }
 
 /// Records that the VM failed for good, with a condition and a Warning event.

@@ -1,4 +1,5 @@
 //! The offline commands of the binary (render, crds) and shared CLI plumbing.
 
 pub mod manifest;
+pub mod power;
 pub mod render;

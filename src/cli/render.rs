@@ -115,11 +115,17 @@ fn load_vm(path: &Path) -> Result<VirtualMachine, ManifestError> {
     let manifest = Manifest::read(path)?;
     if manifest.is::<OfflineVirtualMachine>() {
         let ovm: OfflineVirtualMachine = manifest.parse(RENDERABLE)?;
-        return Ok(ovm.spec.template.instantiate(&ovm.name_any(), ovm.metadata.namespace.clone()));
+        return Ok(ovm
+            .spec
+            .template
+            .instantiate(&ovm.name_any(), ovm.metadata.namespace.clone()));
     }
     if manifest.is::<VirtualMachineReplicaSet>() {
         let vmrs: VirtualMachineReplicaSet = manifest.parse(RENDERABLE)?;
-        return Ok(vmrs.spec.template.instantiate(&vmrs.name_any(), vmrs.metadata.namespace.clone()));
+        return Ok(vmrs
+            .spec
+            .template
+            .instantiate(&vmrs.name_any(), vmrs.metadata.namespace.clone()));
     }
     manifest.parse(RENDERABLE)
 }

@@ -77,9 +77,15 @@ async fn try_acquire(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool, kub
     let spec = existing.spec.clone().unwrap_or_default();
     let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);
     let mut lease = existing;
-    lease.spec = Some(fresh_spec(transitions, if ours { spec.acquire_time } else { None }));
+    lease.spec = Some(fresh_spec(
+        transitions,
+        if ours { spec.acquire_time } else { None },
+    ));
     // The resourceVersion in `lease` makes this fail with 409 if anyone wrote it meanwhile.
-    match api.replace(&config.name, &PostParams::default(), &lease).await {
+    match api
+        .replace(&config.name, &PostParams::default(), &lease)
+        .await
+    {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
         Err(e) => Err(e),
@@ -143,8 +149,14 @@ mod tests {
     #[test]
     fn expiry() {
         let now = Timestamp::from_second(1_800_000_000).unwrap();
-        assert!(!expired(&lease("a", now - SignedDuration::from_secs(10), 15), now));
-        assert!(expired(&lease("a", now - SignedDuration::from_secs(16), 15), now));
+        assert!(!expired(
+            &lease("a", now - SignedDuration::from_secs(10), 15),
+            now
+        ));
+        assert!(expired(
+            &lease("a", now - SignedDuration::from_secs(16), 15),
+            now
+        ));
         assert!(expired(&Lease::default(), now));
         assert_eq!(holder(&lease("a", now, 15)), Some("a"));
     }

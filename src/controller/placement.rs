@@ -6,8 +6,9 @@
 //!    against allocatable minus the requests of the VMs already placed there.
 //! 3. Among the nodes left, the highest sum of preferred-affinity weights wins; ties go to the
 //!    node with the most free memory, then to the name.
+//!
 //! When none is left, the error counts why each node was refused, as the kube-scheduler does:
-//! "0/3 nodes are available: 2 don't match nodeSelector, 1 has too little memory".
+//! "0/3 nodes are available: 2 don't match nodeSelector, 1 have too little memory".
 
 use std::collections::BTreeMap;
 

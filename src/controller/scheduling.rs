@@ -100,11 +100,15 @@ pub fn node_info(node: &Node) -> NodeInfo {
 fn usage_by_node(vms: &[Arc<VirtualMachine>]) -> BTreeMap<String, Usage> {
     let mut usage: BTreeMap<String, Usage> = BTreeMap::new();
     for vm in vms {
-        let Some(node) = vm.labels().get(NODE_NAME_LABEL) else { continue };
+        let Some(node) = vm.labels().get(NODE_NAME_LABEL) else {
+            continue;
+        };
         if vm.phase().is_final() {
             continue;
         }
-        let Ok(requests) = placement::requests(&vm.spec) else { continue };
+        let Ok(requests) = placement::requests(&vm.spec) else {
+            continue;
+        };
         let entry = usage.entry(node.clone()).or_default();
         entry.memory = entry.memory.saturating_add(requests.memory);
         entry.millicores = entry.millicores.saturating_add(requests.millicores);
@@ -132,7 +136,13 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
     };
     let nodes: Vec<NodeInfo> = ctx.nodes.state().iter().map(|n| node_info(n)).collect();
     let usage = usage_by_node(&ctx.vms.state());
-    let node = match placement::choose_node(&merged.spec, &nodes, &usage, Timestamp::now(), ctx.heartbeat_timeout) {
+    let node = match placement::choose_node(
+        &merged.spec,
+        &nodes,
+        &usage,
+        Timestamp::now(),
+        ctx.heartbeat_timeout,
+    ) {
         Ok(node) => node,
         Err(PlacementError::InvalidSpec(message)) => {
             return fail(&api, &vm, &ctx, reasons::UNSCHEDULABLE, &message).await;
@@ -140,12 +150,30 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
         Err(e @ PlacementError::NoNode { .. }) => {
             let message = e.to_string();
             let mut status = vm.status.clone().unwrap_or_default();
-            let changed = status.conditions.iter().all(|c| c.message.as_deref() != Some(message.as_str()));
+            let changed = status
+                .conditions
+                .iter()
+                .all(|c| c.message.as_deref() != Some(message.as_str()));
             status.phase = Some(Phase::Pending);
-            set_ready(&mut status, false, reasons::UNSCHEDULABLE, &message, Timestamp::now());
+            set_ready(
+                &mut status,
+                false,
+                reasons::UNSCHEDULABLE,
+                &message,
+                Timestamp::now(),
+            );
             if changed {
-                k8s::patch_status(&api, &vm.name_any(), &status).await.map_err(write_error(&vm))?;
-                k8s::publish(&ctx.recorder, &vm.object_ref(&()), EventType::Warning, reasons::FAILED_SCHEDULING, &message).await;
+                k8s::patch_status(&api, &vm.name_any(), &status)
+                    .await
+                    .map_err(write_error(&vm))?;
+                k8s::publish(
+                    &ctx.recorder,
+                    &vm.object_ref(&()),
+                    EventType::Warning,
+                    reasons::FAILED_SCHEDULING,
+                    &message,
+                )
+                .await;
             }
             return Ok(Action::requeue(UNSCHEDULABLE_RETRY));
         }
@@ -154,12 +182,19 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
     status.phase = Some(Phase::Scheduled);
     status.node_name = Some(node.clone());
     status.conditions.clear();
-    let written = k8s::patch_status(&api, &vm.name_any(), &status).await.map_err(write_error(&vm))?;
+    let written = k8s::patch_status(&api, &vm.name_any(), &status)
+        .await
+        .map_err(write_error(&vm))?;
     let mut labelled = written;
     labelled.spec = merged.spec;
     labelled.metadata.annotations = merged.metadata.annotations;
-    labelled.labels_mut().insert(NODE_NAME_LABEL.into(), node.clone());
-    match api.replace(&vm.name_any(), &PostParams::default(), &labelled).await {
+    labelled
+        .labels_mut()
+        .insert(NODE_NAME_LABEL.into(), node.clone());
+    match api
+        .replace(&vm.name_any(), &PostParams::default(), &labelled)
+        .await
+    {
         Ok(_) => {}
         // Someone changed the VM meanwhile: look again with the new version.
         Err(kube::Error::Api(s)) if s.code == 409 => return Ok(Action::requeue(Duration::ZERO)),
@@ -167,16 +202,38 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
     }
     info!(vm = %key(&vm), node, "placed");
     let note = format!("Placed on node {node}.");
-    k8s::publish(&ctx.recorder, &vm.object_ref(&()), EventType::Normal, reasons::SCHEDULED, &note).await;
+    k8s::publish(
+        &ctx.recorder,
+        &vm.object_ref(&()),
+        EventType::Normal,
+        reasons::SCHEDULED,
+        &note,
+    )
+    .await;
     Ok(Action::await_change())
 }
 
-async fn fail(api: &Api<VirtualMachine>, vm: &VirtualMachine, ctx: &Context, reason: &str, message: &str) -> Result<Action, Error> {
+async fn fail(
+    api: &Api<VirtualMachine>,
+    vm: &VirtualMachine,
+    ctx: &Context,
+    reason: &str,
+    message: &str,
+) -> Result<Action, Error> {
     let mut status = vm.status.clone().unwrap_or_default();
     status.phase = Some(Phase::Failed);
     set_ready(&mut status, false, reason, message, Timestamp::now());
-    k8s::patch_status(api, &vm.name_any(), &status).await.map_err(write_error(vm))?;
-    k8s::publish(&ctx.recorder, &vm.object_ref(&()), EventType::Warning, reason, message).await;
+    k8s::patch_status(api, &vm.name_any(), &status)
+        .await
+        .map_err(write_error(vm))?;
+    k8s::publish(
+        &ctx.recorder,
+        &vm.object_ref(&()),
+        EventType::Warning,
+        reason,
+        message,
+    )
+    .await;
     Ok(Action::await_change())
 }
 
@@ -197,15 +254,22 @@ pub async fn watch_node_health(ctx: Arc<Context>) {
             .state()
             .iter()
             .map(|n| node_info(n))
-            .filter(|n| n.heartbeat.is_none_or(|beat| now.duration_since(beat) > ctx.heartbeat_timeout))
+            .filter(|n| {
+                n.heartbeat
+                    .is_none_or(|beat| now.duration_since(beat) > ctx.heartbeat_timeout)
+            })
             .map(|n| n.name)
             .collect();
         for vm in ctx.vms.state() {
-            let on_stale_node = vm.labels().get(NODE_NAME_LABEL).is_some_and(|n| stale.contains(n));
+            let on_stale_node = vm
+                .labels()
+                .get(NODE_NAME_LABEL)
+                .is_some_and(|n| stale.contains(n));
             if !on_stale_node || !matches!(vm.phase(), Phase::Scheduled | Phase::Running) {
                 continue;
             }
-            let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &vm.namespace().unwrap_or_default());
+            let api: Api<VirtualMachine> =
+                Api::namespaced(ctx.client.clone(), &vm.namespace().unwrap_or_default());
             let mut status = vm.status.clone().unwrap_or_default();
             status.phase = Some(Phase::Unknown);
             let message = "The node's nodevirt agent stopped reporting; the VM's state is unknown.";
@@ -213,7 +277,14 @@ pub async fn watch_node_health(ctx: Arc<Context>) {
             match k8s::patch_status(&api, &vm.name_any(), &status).await {
                 Ok(_) => {
                     warn!(vm = %key(&vm), "node unresponsive: VM Unknown");
-                    k8s::publish(&ctx.recorder, &vm.object_ref(&()), EventType::Warning, reasons::NODE_UNRESPONSIVE, message).await;
+                    k8s::publish(
+                        &ctx.recorder,
+                        &vm.object_ref(&()),
+                        EventType::Warning,
+                        reasons::NODE_UNRESPONSIVE,
+                        message,
+                    )
+                    .await;
                 }
                 Err(e) => warn!(vm = %key(&vm), error = %e, "cannot mark VM Unknown"),
             }

@@ -20,7 +20,9 @@ use crate::api::offline_virtual_machine::OfflineVirtualMachineStatus;
 use crate::api::replica_set::VirtualMachineReplicaSetStatus;
 use crate::api::selector::matches;
 use crate::api::virtual_machine::Condition;
-use crate::api::{OfflineVirtualMachine, Phase, VirtualMachine, VirtualMachineReplicaSet, VirtualMachineStatus};
+use crate::api::{
+    OfflineVirtualMachine, Phase, VirtualMachine, VirtualMachineReplicaSet, VirtualMachineStatus,
+};
 use crate::k8s::{self, error_chain};
 
 pub mod reasons {
@@ -45,8 +47,16 @@ pub struct Error {
 }
 
 fn api_error(action: &'static str, owner: &impl ResourceExt) -> impl FnOnce(kube::Error) -> Error {
-    let owner = format!("{}/{}", owner.namespace().unwrap_or_default(), owner.name_any());
-    move |source| Error { action, owner, source }
+    let owner = format!(
+        "{}/{}",
+        owner.namespace().unwrap_or_default(),
+        owner.name_any()
+    );
+    move |source| Error {
+        action,
+        owner,
+        source,
+    }
 }
 
 pub fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
@@ -55,7 +65,9 @@ pub fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action 
 }
 
 fn owned_by(vm: &VirtualMachine, uid: &str) -> bool {
-    vm.owner_references().iter().any(|r| r.uid == uid && r.controller == Some(true))
+    vm.owner_references()
+        .iter()
+        .any(|r| r.uid == uid && r.controller == Some(true))
 }
 
 fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> Option<OwnerReference> {
@@ -88,10 +100,20 @@ async fn create_vm<K: Resource<DynamicType = ()> + ResourceExt>(
     mut vm: VirtualMachine,
 ) -> Result<(), Error> {
     vm.metadata.owner_references = controller_ref(owner).map(|r| vec![r]);
-    let created = api.create(&PostParams::default(), &vm).await.map_err(api_error("creating a VirtualMachine", owner))?;
+    let created = api
+        .create(&PostParams::default(), &vm)
+        .await
+        .map_err(api_error("creating a VirtualMachine", owner))?;
     let note = format!("Created virtual machine {}", created.name_any());
     info!(owner = %owner.name_any(), vm = %created.name_any(), "created VM");
-    k8s::publish(&ctx.recorder, &owner.object_ref(&()), EventType::Normal, reasons::SUCCESSFUL_CREATE, &note).await;
+    k8s::publish(
+        &ctx.recorder,
+        &owner.object_ref(&()),
+        EventType::Normal,
+        reasons::SUCCESSFUL_CREATE,
+        &note,
+    )
+    .await;
     Ok(())
 }
 
@@ -107,7 +129,14 @@ async fn delete_vm<K: Resource<DynamicType = ()> + ResourceExt>(
         Err(e) => return Err(api_error("deleting a VirtualMachine", owner)(e)),
     }
     let note = format!("Deleted virtual machine {}", vm.name_any());
-    k8s::publish(&ctx.recorder, &owner.object_ref(&()), EventType::Normal, reasons::SUCCESSFUL_DELETE, &note).await;
+    k8s::publish(
+        &ctx.recorder,
+        &owner.object_ref(&()),
+        EventType::Normal,
+        reasons::SUCCESSFUL_DELETE,
+        &note,
+    )
+    .await;
     Ok(())
 }
 
@@ -118,40 +147,61 @@ fn problem(reason: &str, message: &str) -> Vec<Condition> {
     status.conditions
 }
 
-pub async fn reconcile_offline(ovm: Arc<OfflineVirtualMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile_offline(
+    ovm: Arc<OfflineVirtualMachine>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let namespace = ovm.namespace().unwrap_or_default();
     let name = ovm.name_any();
     let uid = ovm.uid().unwrap_or_default();
     let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
-    let vm = vms.get_opt(&name).await.map_err(api_error("reading the VirtualMachine", &*ovm))?;
+    let vm = vms
+        .get_opt(&name)
+        .await
+        .map_err(api_error("reading the VirtualMachine", &*ovm))?;
     let mut conditions = Vec::new();
     match &vm {
         Some(vm) if !owned_by(vm, &uid) => {
             conditions = problem(
                 reasons::NAME_TAKEN,
-                &format!("A VirtualMachine named {name} exists and does not belong to this OfflineVirtualMachine."),
+                &format!(
+                    "A VirtualMachine named {name} exists and does not belong to this OfflineVirtualMachine."
+                ),
             );
         }
         None if ovm.spec.running && ovm.metadata.deletion_timestamp.is_none() => {
-            let vm = ovm.spec.template.instantiate(&name, Some(namespace.clone()));
+            let vm = ovm
+                .spec
+                .template
+                .instantiate(&name, Some(namespace.clone()));
             create_vm(&ctx, &vms, &*ovm, vm).await?;
         }
         // Ended, or not wanted: delete it; while running it is created again once gone.
-        Some(vm) if vm.metadata.deletion_timestamp.is_none() && (!ovm.spec.running || vm.phase().is_final()) => {
+        Some(vm)
+            if vm.metadata.deletion_timestamp.is_none()
+                && (!ovm.spec.running || vm.phase().is_final()) =>
+        {
             delete_vm(&ctx, &vms, &*ovm, vm).await?;
         }
         _ => {}
     }
-    let vm = vms.get_opt(&name).await.map_err(api_error("reading the VirtualMachine", &*ovm))?;
+    let vm = vms
+        .get_opt(&name)
+        .await
+        .map_err(api_error("reading the VirtualMachine", &*ovm))?;
     let vm = vm.filter(|v| owned_by(v, &uid));
     let status = OfflineVirtualMachineStatus {
         created: vm.as_ref().is_some_and(is_live),
-        ready: vm.as_ref().is_some_and(|v| is_live(v) && v.phase() == Phase::Running),
+        ready: vm
+            .as_ref()
+            .is_some_and(|v| is_live(v) && v.phase() == Phase::Running),
         conditions,
     };
     if ovm.status.as_ref() != Some(&status) {
         let api: Api<OfflineVirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
-        k8s::patch_status(&api, &name, &status).await.map_err(api_error("writing the status", &*ovm))?;
+        k8s::patch_status(&api, &name, &status)
+            .await
+            .map_err(api_error("writing the status", &*ovm))?;
     }
     Ok(Action::requeue(Duration::from_secs(60)))
 }
@@ -168,13 +218,22 @@ fn pick_excess(mut live: Vec<VirtualMachine>, excess: usize) -> Vec<VirtualMachi
     live.into_iter().take(excess).collect()
 }
 
-pub async fn reconcile_replica_set(rs: Arc<VirtualMachineReplicaSet>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile_replica_set(
+    rs: Arc<VirtualMachineReplicaSet>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let namespace = rs.namespace().unwrap_or_default();
     let name = rs.name_any();
     let uid = rs.uid().unwrap_or_default();
     let api: Api<VirtualMachineReplicaSet> = Api::namespaced(ctx.client.clone(), &namespace);
     let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
-    let template_labels = rs.spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+    let template_labels = rs
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
     let selector_ok = matches(&rs.spec.selector, &template_labels, "spec.selector");
     if !matches!(selector_ok, Ok(true)) {
         let message = match selector_ok {
@@ -186,8 +245,17 @@ pub async fn reconcile_replica_set(rs: Arc<VirtualMachineReplicaSet>, ctx: Arc<C
             ..rs.status.clone().unwrap_or_default()
         };
         if rs.status.as_ref() != Some(&status) {
-            k8s::patch_status(&api, &name, &status).await.map_err(api_error("writing the status", &*rs))?;
-            k8s::publish(&ctx.recorder, &rs.object_ref(&()), EventType::Warning, reasons::INVALID_SELECTOR, &message).await;
+            k8s::patch_status(&api, &name, &status)
+                .await
+                .map_err(api_error("writing the status", &*rs))?;
+            k8s::publish(
+                &ctx.recorder,
+                &rs.object_ref(&()),
+                EventType::Warning,
+                reasons::INVALID_SELECTOR,
+                &message,
+            )
+            .await;
         }
         return Ok(Action::await_change());
     }
@@ -204,21 +272,29 @@ pub async fn reconcile_replica_set(rs: Arc<VirtualMachineReplicaSet>, ctx: Arc<C
         .filter(|vm| vm.metadata.deletion_timestamp.is_none())
         .partition(|vm| !vm.phase().is_final());
     let wanted = rs.spec.replicas.unwrap_or(1).max(0) as usize;
-    let ready = live.iter().filter(|vm| vm.phase() == Phase::Running).count();
+    let ready = live
+        .iter()
+        .filter(|vm| vm.phase() == Phase::Running)
+        .count();
     let replicas = live.len();
     if !rs.spec.paused && rs.metadata.deletion_timestamp.is_none() {
         for vm in &ended {
             delete_vm(&ctx, &vms, &*rs, vm).await?;
         }
         for _ in replicas..wanted {
-            let vm = rs.spec.template.instantiate(&generated_name(&name), Some(namespace.clone()));
+            let vm = rs
+                .spec
+                .template
+                .instantiate(&generated_name(&name), Some(namespace.clone()));
             create_vm(&ctx, &vms, &*rs, vm).await?;
         }
         for vm in pick_excess(live, replicas.saturating_sub(wanted)) {
             delete_vm(&ctx, &vms, &*rs, &vm).await?;
         }
     }
-    let selector = kube::core::Selector::try_from(rs.spec.selector.clone()).map(|s| s.to_string()).ok();
+    let selector = kube::core::Selector::try_from(rs.spec.selector.clone())
+        .map(|s| s.to_string())
+        .ok();
     let status = VirtualMachineReplicaSetStatus {
         replicas: replicas as i32,
         ready_replicas: ready as i32,
@@ -226,7 +302,9 @@ pub async fn reconcile_replica_set(rs: Arc<VirtualMachineReplicaSet>, ctx: Arc<C
         conditions: Vec::new(),
     };
     if rs.status.as_ref() != Some(&status) {
-        k8s::patch_status(&api, &name, &status).await.map_err(api_error("writing the status", &*rs))?;
+        k8s::patch_status(&api, &name, &status)
+            .await
+            .map_err(api_error("writing the status", &*rs))?;
     }
     Ok(Action::requeue(Duration::from_secs(60)))
 }
@@ -239,7 +317,10 @@ mod tests {
     fn generated_names_have_five_lowercase_letters() {
         let a = generated_name("replica");
         assert_eq!(a.len(), "replica".len() + 5);
-        assert!(a["replica".len()..].bytes().all(|b| b.is_ascii_lowercase()), "{a}");
+        assert!(
+            a["replica".len()..].bytes().all(|b| b.is_ascii_lowercase()),
+            "{a}"
+        );
         let names: std::collections::BTreeSet<_> = (0..50).map(|_| generated_name("r")).collect();
         assert!(names.len() > 45, "names repeat too often: {names:?}");
     }
@@ -248,10 +329,14 @@ mod tests {
     fn excess_prefers_not_running_then_newest() {
         let vm = |name: &str, phase: Phase, second: i64| {
             let mut vm = VirtualMachine::new(name, Default::default());
-            vm.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                Timestamp::from_second(1_800_000_000 + second).unwrap(),
-            ));
-            vm.status = Some(VirtualMachineStatus { phase: Some(phase), ..Default::default() });
+            vm.metadata.creation_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    Timestamp::from_second(1_800_000_000 + second).unwrap(),
+                ));
+            vm.status = Some(VirtualMachineStatus {
+                phase: Some(phase),
+                ..Default::default()
+            });
             vm
         };
         let live = vec![
