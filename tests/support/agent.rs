@@ -1,62 +1,29 @@
-//! A `nodevirt agent` process for one test node, running with the token of the agent's
-//! ServiceAccount from daemonset.yaml, so the tests prove that role is enough.
+//! nodevirt processes for tests: agents for test nodes and controller replicas, each running
+//! with the token of its ServiceAccount from daemonset.yaml, so the tests prove those roles
+//! are enough.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::cluster::{Cluster, wait_for};
+use super::cluster::{Cluster, unique_suffix, wait_for};
 
-pub struct Agent {
+/// A nodevirt subcommand running in the background; killed when dropped.
+pub struct Daemon {
     child: Option<Child>,
-    pub node: String,
-    pub state_dir: PathBuf,
-    pub log: PathBuf,
     args: Vec<String>,
+    pub log: PathBuf,
 }
 
-impl Agent {
-    /// Starts an agent for a new node (Node object included) on the real libvirtd.
-    pub fn start(cluster: &'static Cluster, node_prefix: &str) -> Agent {
-        let node = format!("{node_prefix}-{}", super::cluster::unique_suffix());
-        cluster.node(&node);
-        let state_dir = cluster.dir.join("state").join(&node);
-        std::fs::create_dir_all(&state_dir).unwrap();
-        let kubeconfig = cluster.service_account_kubeconfig("nodevirt", "nodevirt-agent");
-        let args = vec![
-            "agent".to_string(),
-            format!("--node-name={node}"),
-            format!("--kubeconfig={}", kubeconfig.display()),
-            "--libvirt-uri=qemu:///system".into(),
-            "--hypervisor=qemu".into(),
-            "--network=nodevirt".into(),
-            format!("--state-dir={}", state_dir.display()),
-        ];
-        let log = cluster.dir.join(format!("agent-{node}.log"));
-        let mut agent = Agent {
+impl Daemon {
+    pub fn start(args: Vec<String>, log: PathBuf) -> Daemon {
+        let mut daemon = Daemon {
             child: None,
-            node,
-            state_dir,
-            log,
             args,
+            log,
         };
-        agent.spawn();
-        // Ready once it has marked its node schedulable.
-        wait_for(
-            Duration::from_secs(30),
-            "the agent's first heartbeat",
-            || {
-                let label = cluster.kubectl_ok(&[
-                    "get",
-                    "node",
-                    &agent.node,
-                    "-o",
-                    "jsonpath={.metadata.labels.kubevirt\\.io/schedulable}",
-                ]);
-                (label == "true").then_some(())
-            },
-        );
-        agent
+        daemon.spawn();
+        daemon
     }
 
     fn spawn(&mut self) {
@@ -71,7 +38,7 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("start nodevirt agent");
+            .expect("start nodevirt");
         self.child = Some(child);
     }
 
@@ -93,8 +60,105 @@ impl Agent {
     }
 }
 
-impl Drop for Agent {
+impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// How a test node and its agent look.
+pub struct NodeOptions<'a> {
+    pub libvirt_uri: &'a str,
+    pub labels: &'a [(&'a str, &'a str)],
+    pub memory: &'a str,
+    pub heartbeat_seconds: u32,
+}
+
+impl Default for NodeOptions<'_> {
+    fn default() -> Self {
+        NodeOptions {
+            libvirt_uri: "qemu:///system",
+            labels: &[],
+            memory: "8Gi",
+            heartbeat_seconds: 60,
+        }
+    }
+}
+
+pub struct Agent {
+    daemon: Daemon,
+    pub node: String,
+    pub state_dir: PathBuf,
+}
+
+impl Agent {
+    /// Starts an agent for a new node (Node object included) on the real libvirtd.
+    pub fn start(cluster: &'static Cluster, node_prefix: &str) -> Agent {
+        Agent::start_with(cluster, node_prefix, NodeOptions::default())
+    }
+
+    pub fn start_with(cluster: &'static Cluster, node_prefix: &str, options: NodeOptions) -> Agent {
+        let node = format!("{node_prefix}-{}", unique_suffix());
+        cluster.node_with(&node, options.labels, options.memory);
+        let state_dir = cluster.dir.join("state").join(&node);
+        std::fs::create_dir_all(&state_dir).unwrap();
+        let kubeconfig = cluster.service_account_kubeconfig("nodevirt", "nodevirt-agent");
+        let args = vec![
+            "agent".to_string(),
+            format!("--node-name={node}"),
+            format!("--kubeconfig={}", kubeconfig.display()),
+            format!("--libvirt-uri={}", options.libvirt_uri),
+            "--hypervisor=qemu".into(),
+            "--network=nodevirt".into(),
+            format!("--state-dir={}", state_dir.display()),
+            format!("--heartbeat-interval={}", options.heartbeat_seconds),
+        ];
+        let log = cluster.dir.join(format!("agent-{node}.log"));
+        let agent = Agent {
+            daemon: Daemon::start(args, log),
+            node,
+            state_dir,
+        };
+        // Ready once it has marked its node schedulable.
+        wait_for(
+            Duration::from_secs(30),
+            "the agent's first heartbeat",
+            || {
+                let label = cluster.kubectl_ok(&[
+                    "get",
+                    "node",
+                    &agent.node,
+                    "-o",
+                    "jsonpath={.metadata.labels.kubevirt\\.io/schedulable}",
+                ]);
+                (label == "true").then_some(())
+            },
+        );
+        agent
+    }
+
+    pub fn kill(&mut self) {
+        self.daemon.kill();
+    }
+
+    pub fn restart(&mut self) {
+        self.daemon.restart();
+    }
+
+    pub fn log_text(&self) -> String {
+        self.daemon.log_text()
+    }
+}
+
+/// A controller replica named `identity`.
+pub fn controller(cluster: &'static Cluster, identity: &str, heartbeat_timeout: u32) -> Daemon {
+    let kubeconfig = cluster.service_account_kubeconfig("nodevirt", "nodevirt-controller");
+    let args = vec![
+        "controller".to_string(),
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--identity={identity}"),
+        "--lease-duration=6".into(),
+        format!("--node-heartbeat-timeout={heartbeat_timeout}"),
+    ];
+    Daemon::start(args, cluster.dir.join(format!("controller-{identity}.log")))
 }

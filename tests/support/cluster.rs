@@ -151,11 +151,15 @@ impl Cluster {
         image
     }
 
-    /// A Node object, as a kubelet would register it.
-    pub fn node(&self, name: &str) {
+    /// A Node object with `labels` and `memory` allocatable, as a kubelet would register it.
+    pub fn node_with(&self, name: &str, labels: &[(&str, &str)], memory: &str) {
+        let labels: String = labels
+            .iter()
+            .map(|(k, v)| format!(", {k}: \"{v}\""))
+            .collect();
         self.apply(&format!(
-            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/hostname: {name}}}\n\
-             status:\n  capacity: {{cpu: \"2\", memory: 8Gi, pods: \"110\"}}\n  allocatable: {{cpu: \"2\", memory: 8Gi, pods: \"110\"}}\n"
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/hostname: {name}{labels}}}\n\
+             status:\n  capacity: {{cpu: \"2\", memory: {memory}, pods: \"110\"}}\n  allocatable: {{cpu: \"2\", memory: {memory}, pods: \"110\"}}\n"
         ));
     }
 }

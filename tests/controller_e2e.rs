@@ -1,0 +1,379 @@
+//! The cluster-wide controller end to end, with two real agents (one on QEMU, one on libvirt's
+//! test driver): placement, presets, OfflineVirtualMachines, ReplicaSets, Unknown for a silent
+//! node, and leader election. Every kubectl command of the API text is run as written there.
+//!
+//! One controller may lead a cluster, so the scenarios run in order inside one test. All VMs
+//! select the nodes of this run (label `e2e-group`), so nodes left by other tests never count.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::agent::{Agent, NodeOptions, controller};
+use support::cluster::{Cluster, unique_suffix, wait_for};
+
+const HEARTBEAT_TIMEOUT: u32 = 10;
+
+struct Scenario {
+    cluster: &'static Cluster,
+    ns: String,
+    group: String,
+}
+
+impl Scenario {
+    fn kubectl(&self, args: &[&str]) -> String {
+        let mut full = vec!["-n", self.ns.as_str()];
+        full.extend_from_slice(args);
+        self.cluster.kubectl_ok(&full)
+    }
+
+    fn get(&self, kind: &str, name: &str, jsonpath: &str) -> String {
+        let out = self.cluster.kubectl(&[
+            "-n",
+            &self.ns,
+            "get",
+            kind,
+            name,
+            "-o",
+            &format!("jsonpath={jsonpath}"),
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn wait(&self, what: &str, mut check: impl FnMut() -> bool) {
+        wait_for(Duration::from_secs(90), what, || check().then_some(()));
+    }
+
+    /// A VM of this run's node group, with `extra` spec lines (YAML, indented two spaces).
+    fn vm(&self, name: &str, labels: &str, domain: &str, extra: &str) {
+        self.cluster.apply(&format!(
+            "apiVersion: kubevirt.io/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{{labels}}}\n\
+             spec:\n  terminationGracePeriodSeconds: 0\n  nodeSelector: {{e2e-group: {group}}}\n{extra}  domain: {domain}\n",
+            ns = self.ns,
+            group = self.group
+        ));
+    }
+
+    fn node_of(&self, vm: &str) -> String {
+        let mut node = String::new();
+        self.wait(&format!("VM {vm} to be placed"), || {
+            node = self.get("vm", vm, "{.metadata.labels.kubevirt\\.io/nodeName}");
+            !node.is_empty()
+        });
+        assert_eq!(self.get("vm", vm, "{.status.nodeName}"), node);
+        node
+    }
+
+    fn vm_names(&self) -> Vec<String> {
+        self.kubectl(&["get", "vms", "-o", "jsonpath={.items[*].metadata.name}"])
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    }
+}
+
+const SMALL: &str = "{resources: {requests: {memory: 64Mi}}}";
+
+#[test]
+fn controller_places_presets_offline_vms_replica_sets_and_fails_over() {
+    let cluster = Cluster::get();
+    let ns = cluster.namespace("e2e-ctl");
+    let group = format!("g{}", unique_suffix());
+    let s = Scenario {
+        cluster,
+        ns: ns.name.clone(),
+        group: group.clone(),
+    };
+    let real = Agent::start_with(
+        cluster,
+        "ctl-real",
+        NodeOptions {
+            labels: &[("e2e-group", &group), ("zone", "z1"), ("disk", "ssd")],
+            memory: "8Gi",
+            heartbeat_seconds: 2,
+            ..Default::default()
+        },
+    );
+    let mut fake = Agent::start_with(
+        cluster,
+        "ctl-fake",
+        NodeOptions {
+            libvirt_uri: "test:///default",
+            labels: &[("e2e-group", &group), ("zone", "z2"), ("disk", "hdd")],
+            memory: "1Gi",
+            heartbeat_seconds: 2,
+        },
+    );
+    let mut leader = controller(cluster, "replica-a", HEARTBEAT_TIMEOUT);
+    cluster.guest_claim(&s.ns, "guest");
+
+    // Placement: nodeSelector, required affinity, preferred affinity, memory requests.
+    let guest =
+        "  volumes: [{name: root, ephemeral: {persistentVolumeClaim: {claimName: guest}}}]\n";
+    let boots = "{resources: {requests: {memory: 128Mi}}, devices: {disks: [{name: root, volumeName: root}]}}";
+    s.vm(
+        "by-selector",
+        "",
+        boots,
+        &format!("  nodeSelector: {{e2e-group: {group}, disk: ssd}}\n{guest}"),
+    );
+    s.vm(
+        "by-required",
+        "",
+        SMALL,
+        "  affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: [{matchExpressions: [{key: zone, operator: In, values: [z2]}]}]}}}\n",
+    );
+    s.vm(
+        "by-preferred",
+        "",
+        SMALL,
+        "  affinity: {nodeAffinity: {preferredDuringSchedulingIgnoredDuringExecution: [{weight: 50, preference: {matchExpressions: [{key: disk, operator: In, values: [hdd]}]}}]}}\n",
+    );
+    s.vm(
+        "by-memory",
+        "",
+        "{resources: {requests: {memory: 1536Mi}}}",
+        "",
+    );
+    s.vm("too-big", "", "{resources: {requests: {memory: 64Gi}}}", "");
+    assert_eq!(s.node_of("by-selector"), real.node);
+    assert_eq!(s.node_of("by-required"), fake.node);
+    assert_eq!(
+        s.node_of("by-preferred"),
+        fake.node,
+        "the preferred weight beats free memory"
+    );
+    assert_eq!(
+        s.node_of("by-memory"),
+        real.node,
+        "only the 8Gi node fits 1536Mi"
+    );
+    s.wait("the oversized VM to say why it is Pending", || {
+        s.get("vm", "too-big", "{.status.conditions[0].message}")
+            .contains("have too little memory")
+    });
+    assert_eq!(s.get("vm", "too-big", "{.status.phase}"), "Pending");
+    let message = s.get("vm", "too-big", "{.status.conditions[0].message}");
+    assert!(
+        message.starts_with("0/") && message.contains("nodes are available"),
+        "{message}"
+    );
+    s.wait("by-selector to run on QEMU", || {
+        s.get("vm", "by-selector", "{.status.phase}") == "Running"
+    });
+    s.wait("by-required to run on the test driver", || {
+        s.get("vm", "by-required", "{.status.phase}") == "Running"
+    });
+
+    // Presets: m1.small applies to matching VMs only, once, recorded in an annotation.
+    s.kubectl(&["apply", "-f", "examples/preset.yaml"]);
+    assert!(s.kubectl(&["get", "vmpreset"]).contains("m1.small"));
+    s.vm("small", "kubevirt.io/size: small", "{cpu: {cores: 2}}", "");
+    s.vm("plain", "", "{resources: {requests: {memory: 96Mi}}}", "");
+    s.node_of("small");
+    s.node_of("plain");
+    assert_eq!(
+        s.get("vm", "small", "{.spec.domain.resources.requests.memory}"),
+        "128Mi"
+    );
+    assert_eq!(
+        s.get("vm", "small", "{.spec.domain.cpu.cores}"),
+        "2",
+        "the VM's own value wins"
+    );
+    assert_eq!(
+        s.get(
+            "vm",
+            "small",
+            "{.metadata.annotations.virtualmachinepreset\\.kubevirt\\.io/m1\\.small}"
+        ),
+        "kubevirt.io/v1alpha1"
+    );
+    assert_eq!(
+        s.get("vm", "plain", "{.spec.domain.resources.requests.memory}"),
+        "96Mi"
+    );
+    let annotations = s.get("vm", "plain", "{.metadata.annotations}");
+    assert!(
+        !annotations.contains("virtualmachinepreset"),
+        "{annotations}"
+    );
+
+    // OfflineVirtualMachine: the API text's kubectl patch, and nodevirt start/stop.
+    let ovm = format!(
+        "apiVersion: kubevirt.io/v1alpha1\nkind: OfflineVirtualMachine\nmetadata: {{name: mongodb, namespace: {}}}\n\
+         spec:\n  running: false\n  template:\n    metadata: {{labels: {{guest: mongodb}}}}\n    spec:\n\
+         \x20     nodeSelector: {{e2e-group: {group}, zone: z2}}\n      domain: {SMALL}\n",
+        s.ns
+    );
+    cluster.apply(&ovm);
+    assert!(s.kubectl(&["get", "ovms"]).contains("mongodb"));
+    s.kubectl(&[
+        "patch",
+        "offlinevirtualmachine",
+        "mongodb",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"running":true }}"#,
+    ]);
+    s.wait("the OVM's VM to appear and run", || {
+        s.get("vm", "mongodb", "{.status.phase}") == "Running"
+    });
+    s.wait("status.ready", || {
+        s.kubectl(&["get", "ovm", "mongodb", "--template", "{{.status.ready}}"]) == "true"
+    });
+    assert!(
+        s.kubectl(&["-o", "yaml", "get", "ovms", "mongodb"])
+            .contains("created: true")
+    );
+    s.kubectl(&[
+        "patch",
+        "offlinevirtualmachine",
+        "mongodb",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"running":false }}"#,
+    ]);
+    s.wait("the OVM's VM to disappear", || {
+        !s.vm_names().contains(&"mongodb".to_string())
+    });
+    s.wait("status.created false", || {
+        s.get("ovm", "mongodb", "{.status.created}") == "false"
+    });
+    let start = std::process::Command::new(env!("CARGO_BIN_EXE_nodevirt"))
+        .args(["start", "mongodb", "-n", &s.ns])
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        start.status.success(),
+        "{}",
+        String::from_utf8_lossy(&start.stderr)
+    );
+    s.wait("nodevirt start to create the VM", || {
+        s.get("vm", "mongodb", "{.status.phase}") == "Running"
+    });
+    // Deleted by accident: created again while running is true.
+    s.kubectl(&["delete", "vm", "mongodb", "--wait=true"]);
+    s.wait("the OVM to re-create its VM", || {
+        s.get("vm", "mongodb", "{.status.phase}") == "Running"
+    });
+
+    // ReplicaSet: 2 -> 5 -> 1, replaces a deleted VM, holds still while paused.
+    let vmrs = format!(
+        "apiVersion: kubevirt.io/v1alpha1\nkind: VirtualMachineReplicaSet\nmetadata: {{name: replica, namespace: {}}}\n\
+         spec:\n  replicas: 2\n  selector: {{matchLabels: {{guest: replica}}}}\n  template:\n    metadata: {{labels: {{guest: replica}}}}\n\
+         \x20   spec:\n      nodeSelector: {{e2e-group: {group}, zone: z2}}\n      domain: {{resources: {{requests: {{memory: 16Mi}}}}}}\n",
+        s.ns
+    );
+    cluster.apply(&vmrs);
+    let replicas = |s: &Scenario| {
+        s.vm_names()
+            .into_iter()
+            .filter(|n| n.starts_with("replica"))
+            .collect::<Vec<_>>()
+    };
+    let ready = |s: &Scenario, n: &str| {
+        s.kubectl(&[
+            "get",
+            "vmrs",
+            "replica",
+            "--template",
+            "{{.status.readyReplicas}}",
+        ]) == n
+            && s.kubectl(&[
+                "get",
+                "vmrs",
+                "replica",
+                "--template",
+                "{{.status.replicas}}",
+            ]) == n
+    };
+    s.wait("2 replicas ready", || ready(&s, "2"));
+    for name in replicas(&s) {
+        let suffix = &name["replica".len()..];
+        assert!(
+            suffix.len() == 5 && suffix.bytes().all(|b| b.is_ascii_lowercase()),
+            "{name}"
+        );
+    }
+    assert!(s.kubectl(&["get", "vmrs"]).contains("replica"));
+    s.kubectl(&["scale", "vmrs", "replica", "--replicas=5"]);
+    s.wait("5 replicas ready", || ready(&s, "5"));
+    let victim = replicas(&s)[0].clone();
+    s.kubectl(&["delete", "vm", &victim, "--wait=true"]);
+    s.wait("the deleted replica to be replaced", || {
+        ready(&s, "5") && !replicas(&s).contains(&victim)
+    });
+    s.kubectl(&[
+        "patch",
+        "vmrs",
+        "replica",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"paused":true,"replicas":1}}"#,
+    ]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(replicas(&s).len(), 5, "a paused ReplicaSet must not delete");
+    s.kubectl(&[
+        "patch",
+        "vmrs",
+        "replica",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"paused":false}}"#,
+    ]);
+    s.wait("1 replica left", || {
+        ready(&s, "1") && replicas(&s).len() == 1
+    });
+    let bad = vmrs.replace("name: replica,", "name: mismatch,").replace(
+        "matchLabels: {guest: replica}",
+        "matchLabels: {guest: other}",
+    );
+    cluster.apply(&bad);
+    s.wait("a mismatched selector to be reported", || {
+        s.get("vmrs", "mismatch", "{.status.conditions[0].reason}") == "InvalidSelector"
+    });
+
+    // Leader election: a second replica waits; when the leader dies it takes over.
+    let mut standby = controller(cluster, "replica-b", HEARTBEAT_TIMEOUT);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !standby.log_text().contains("controller running"),
+        "two leaders"
+    );
+    leader.kill();
+    let killed = Instant::now();
+    s.vm("after-failover", "", SMALL, "");
+    s.node_of("after-failover");
+    let takeover = killed.elapsed();
+    eprintln!(
+        "timing: failover, leader killed -> next VM placed {:.1}s",
+        takeover.as_secs_f64()
+    );
+    assert!(takeover < Duration::from_secs(30), "{takeover:?}");
+
+    // A silent node: its VMs go Unknown after the heartbeat timeout.
+    fake.kill();
+    let silent = Instant::now();
+    s.wait("the silent node's VM to be Unknown", || {
+        s.get("vm", "by-required", "{.status.phase}") == "Unknown"
+    });
+    eprintln!(
+        "timing: agent killed -> Unknown {:.1}s",
+        silent.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        s.get("vm", "by-selector", "{.status.phase}"),
+        "Running",
+        "the live node's VM is untouched"
+    );
+    standby.kill();
+    for log in [leader.log_text(), standby.log_text(), real.log_text()] {
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}
