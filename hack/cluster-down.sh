@@ -17,7 +17,7 @@ stop_pid() {
   [ -f "$file" ] || return 0
   pid=$(cat "$file")
   program=$(basename "$file"); program=${program%%.*}
-  if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q "$program"; then
+  if kill -0 "$pid" 2>/dev/null && [[ $(tr '\0' ' ' < "/proc/$pid/cmdline") == *"$program"* ]]; then
     kill "$pid" 2>/dev/null
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null

@@ -127,7 +127,9 @@ fi
 if ! virsh net-info nodevirt >/dev/null 2>&1; then
   virsh net-define "$REPO_ROOT/hack/libvirt-network.xml" >/dev/null
 fi
-virsh net-info nodevirt | grep -q 'Active:.*yes' || virsh net-start nodevirt >/dev/null
+# Read the output whole: with pipefail, `virsh | grep -q` fails when grep exits first.
+net_info=$(virsh net-info nodevirt)
+grep -q 'Active:.*yes' <<<"$net_info" || virsh net-start nodevirt >/dev/null
 
 cat > env <<ENV
 export KUBECONFIG=$dir/kubeconfig

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # From a fresh machine: a local control plane and libvirtd (hack/cluster-up.sh demo), the
-# node agent for node "node1", the tiny guest on a PersistentVolumeClaim, and examples/vm.yaml
-# booted to Running with its IP. Stop it all with: hack/cluster-down.sh demo
+# node agent for node "node1" and the controller, the tiny guest on a PersistentVolumeClaim,
+# and examples/ applied: the preset m1.small, testvm booted to Running with its IP, the
+# OfflineVirtualMachine mongodb (stopped), the ReplicaSet replica of 2 VMs.
+# Stop it all with: hack/cluster-down.sh demo
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
@@ -60,11 +62,16 @@ KUBECONFIG=$dir/agent.kubeconfig kubectl config set-credentials admin \
   >"$dir/logs/agent.log" 2>&1 &
 echo $! > "$dir/pids/nodevirt.agent"
 
-log "applying examples/preset.yaml and examples/vm.yaml"
-kubectl apply -f examples/preset.yaml -f examples/vm.yaml
-# Until the cluster-wide controller places VMs, the demo assigns it to node1 itself, with the
-# label the agent watches (as the API text's VMs carry).
-kubectl label vm testvm kubevirt.io/nodeName=node1 --overwrite >/dev/null
+log "starting the controller, with its ServiceAccount's token"
+kubectl config view --raw --minify > "$dir/controller.kubeconfig"
+KUBECONFIG=$dir/controller.kubeconfig kubectl config set-credentials admin \
+  --token="$(kubectl -n nodevirt create token nodevirt-controller --duration=24h)" >/dev/null
+"$NODEVIRT_BIN" controller --kubeconfig "$dir/controller.kubeconfig" \
+  >"$dir/logs/controller.log" 2>&1 &
+echo $! > "$dir/pids/nodevirt.controller"
+
+log "applying examples/ (a preset, a VM, an OfflineVirtualMachine, a ReplicaSet of 2)"
+kubectl apply -f examples/
 
 log "waiting for testvm to be Running with an IP (the guest boots under TCG: ~20-30 s)"
 for _ in $(seq 300); do
@@ -78,6 +85,8 @@ done
 echo
 kubectl get vms -o wide
 echo
+kubectl get ovms,vmrs,vmpreset
+echo
 uid=$(kubectl get vm testvm -o jsonpath='{.metadata.uid}')
 echo "The guest's serial console ($dir/state/vms/$uid/console.log):"
 grep '^nodevirt-guest\|^hello' "$dir/state/vms/$uid/console.log" | sed 's/^/  /'
@@ -85,5 +94,6 @@ cat <<MSG
 
 Use it:   source $dir/env
           kubectl describe vm testvm; virsh list; virsh console default_testvm
+          $NODEVIRT_BIN start mongodb; kubectl get vms -w
 Stop it:  hack/cluster-down.sh demo
 MSG

@@ -19,8 +19,10 @@ APT_PACKAGES=(
 
 install_apt() {
   local missing=()
+  local status
   for p in "${APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+    [ "$status" = "install ok installed" ] || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   log "apt: installing ${missing[*]}"
@@ -65,8 +67,11 @@ build_etcd() {
 # rustfmt and clippy run in hack/test.sh; a minimal rustup profile lacks them.
 install_rust_components() {
   command -v rustup >/dev/null || return 0
-  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
-  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+  # Read the list whole: with pipefail, `rustup | grep -q` can fail when grep exits first.
+  local installed
+  installed=$(rustup component list --installed 2>/dev/null || true)
+  grep -q '^clippy' <<<"$installed" || rustup component add clippy
+  grep -q '^rustfmt' <<<"$installed" || rustup component add rustfmt
 }
 
 case "${1:-all}" in
