@@ -102,6 +102,7 @@ fn controller_places_presets_offline_vms_replica_sets_and_fails_over() {
             labels: &[("e2e-group", &group), ("zone", "z2"), ("disk", "hdd")],
             memory: "1Gi",
             heartbeat_seconds: 2,
+            ..Default::default()
         },
     );
     let mut leader = controller(cluster, "replica-a", HEARTBEAT_TIMEOUT);

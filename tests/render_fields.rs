@@ -284,6 +284,10 @@ fn disk_buses_and_target_names() {
     assert_has(&xml, "<target dev=\"vda\" bus=\"virtio\"/>");
     assert_has(&xml, "<target dev=\"sda\" bus=\"sata\"/>");
     assert_has(&xml, "<target dev=\"sdb\" bus=\"scsi\"/>");
+    assert_has(
+        &xml,
+        "<controller type=\"scsi\" index=\"0\" model=\"virtio-scsi\"/>",
+    );
     assert_has(&xml, "<target dev=\"hda\" bus=\"ide\"/>");
     assert_has(&xml, "<target dev=\"vdb\" bus=\"virtio\"/>");
 }

@@ -1,7 +1,7 @@
 //! Making the files a VM's volumes need, before its domain is defined.
 
 use crate::api::VirtualMachineSpec;
-use crate::api::quantity::parse_bytes;
+use crate::api::quantity::{HumanBytes, parse_bytes};
 use crate::api::volume::VolumeKind;
 use crate::storage::files::{self, StorageError};
 use crate::storage::layout::VmLayout;
@@ -14,6 +14,47 @@ pub enum DiskError {
     Storage(#[from] StorageError),
     #[error("{0}")]
     Unsupported(String),
+    #[error("{field}: {capacity} is more than the {free} free in the state folder {dir}")]
+    NoSpace {
+        field: String,
+        capacity: HumanBytes,
+        free: HumanBytes,
+        dir: String,
+    },
+}
+
+/// Free bytes of the filesystem holding `dir`; `None` when it cannot be told.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    let stat = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(stat.blocks_available().saturating_mul(stat.fragment_size()))
+}
+
+/// Refuses emptyDisks larger than the free space of the state folder, before anything is
+/// written: a sparse disk that could never be filled would fail the guest later, mid-write.
+fn check_capacity(spec: &VirtualMachineSpec, layout: &VmLayout) -> Result<(), DiskError> {
+    let Some(dir) = layout.dir().parent() else {
+        return Ok(());
+    };
+    let Some(free) = free_bytes(dir) else {
+        return Ok(());
+    };
+    for (index, volume) in spec.volumes.iter().enumerate() {
+        let Some(empty) = &volume.empty_disk else {
+            continue;
+        };
+        let field = format!("spec.volumes[{index}].emptyDisk.capacity");
+        let bytes = parse_bytes(&empty.capacity.0, &field)
+            .map_err(|e| DiskError::Unsupported(e.to_string()))?;
+        if bytes > free {
+            return Err(DiskError::NoSpace {
+                field,
+                capacity: HumanBytes(bytes),
+                free: HumanBytes(free),
+                dir: dir.display().to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Creates every generated disk of `spec` in the VM's folder. Idempotent: files that exist are
@@ -25,6 +66,14 @@ pub async fn prepare(
     hostname: &str,
     inputs: &Inputs,
 ) -> Result<(), DiskError> {
+    tokio::fs::create_dir_all(layout.dir().parent().unwrap_or(layout.dir()))
+        .await
+        .map_err(|source| StorageError::Io {
+            action: "creating",
+            path: layout.dir().to_path_buf(),
+            source,
+        })?;
+    check_capacity(spec, layout)?;
     files::ensure_vm_dir(layout).await?;
     for (index, volume) in spec.volumes.iter().enumerate() {
         let Some(&kind) = volume.kinds().first() else {
@@ -63,9 +112,9 @@ pub async fn prepare(
                 }
             }
             VolumeKind::RegistryDisk => {
-                return Err(DiskError::Unsupported(format!(
-                    "spec.volumes[{index}].registryDisk: this agent cannot pull registry disks yet"
-                )));
+                if let Some(image) = inputs.images.get(&index) {
+                    files::ensure_overlay(&path, image).await?;
+                }
             }
             VolumeKind::PersistentVolumeClaim => {}
         }

@@ -9,6 +9,8 @@ use kube::{Api, Client};
 
 use crate::api::VirtualMachine;
 use crate::domain::{ImageFormat, ResolvedVolume};
+use crate::k8s::error_chain;
+use crate::storage::registry::{Credentials, Fetch, Puller};
 
 /// Keys of a Secret that may hold user-data, in the order they are tried.
 const SECRET_KEYS: [&str; 2] = ["userdata", "userData"];
@@ -35,13 +37,19 @@ pub struct Inputs {
     pub claims: BTreeMap<String, ResolvedVolume>,
     /// Volume index -> user-data bytes.
     pub user_data: BTreeMap<usize, Vec<u8>>,
+    /// Volume index -> the cached image of a registryDisk.
+    pub images: BTreeMap<usize, ResolvedVolume>,
 }
 
 fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
-pub async fn gather(client: &Client, vm: &VirtualMachine) -> Result<Inputs, InputError> {
+pub async fn gather(
+    client: &Client,
+    puller: &Puller,
+    vm: &VirtualMachine,
+) -> Result<Inputs, InputError> {
     let namespace = vm.metadata.namespace.clone().unwrap_or_default();
     let mut inputs = Inputs::default();
     for (index, volume) in vm.spec.volumes.iter().enumerate() {
@@ -74,8 +82,127 @@ pub async fn gather(client: &Client, vm: &VirtualMachine) -> Result<Inputs, Inpu
             };
             inputs.user_data.insert(index, data);
         }
+        if let Some(registry) = &volume.registry_disk {
+            let field = format!("spec.volumes[{index}].registryDisk");
+            let credentials = match &registry.image_pull_secret {
+                Some(secret) => Some(
+                    pull_credentials(client, &namespace, secret, &registry.image, &field).await?,
+                ),
+                None => None,
+            };
+            let (image, fetch) = puller
+                .fetch(&registry.image, credentials.as_ref())
+                .await
+                .map_err(|e| {
+                    let message = format!("{field}.image: {}", error_chain(&e));
+                    if e.is_transient() {
+                        InputError::Waiting(message)
+                    } else {
+                        InputError::Invalid(message)
+                    }
+                })?;
+            tracing::info!(image = %registry.image, cached = (fetch == Fetch::Cached), "registry disk ready");
+            inputs.images.insert(index, image);
+        }
     }
     Ok(inputs)
+}
+
+async fn get_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    field: &str,
+) -> Result<Secret, InputError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    match secrets.get(name).await {
+        Ok(s) => Ok(s),
+        Err(e) if is_not_found(&e) => Err(InputError::Invalid(format!(
+            "{field}: Secret {namespace}/{name} does not exist"
+        ))),
+        Err(source) => Err(InputError::Api {
+            what: format!("Secret {namespace}/{name}"),
+            source,
+        }),
+    }
+}
+
+/// The credentials for `image`'s registry in a kubernetes.io/dockerconfigjson Secret.
+async fn pull_credentials(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    image: &str,
+    field: &str,
+) -> Result<Credentials, InputError> {
+    let field = format!("{field}.imagePullSecret");
+    let secret = get_secret(client, namespace, name, &field).await?;
+    let registry =
+        Puller::registry_of(image).map_err(|e| InputError::Invalid(format!("{field}: {e}")))?;
+    let data = secret.data.unwrap_or_default();
+    let config = data.get(".dockerconfigjson").ok_or_else(|| {
+        InputError::Invalid(format!(
+            "{field}: Secret {namespace}/{name} has no .dockerconfigjson (expected type kubernetes.io/dockerconfigjson)"
+        ))
+    })?;
+    docker_config_credentials(&config.0, &registry).ok_or_else(|| {
+        InputError::Invalid(format!(
+            "{field}: Secret {namespace}/{name} has no credentials for registry {registry}"
+        ))
+    })
+}
+
+/// Looks up `registry` in a Docker config JSON: `auths.<registry>` with `username` and
+/// `password`, or `auth` = base64("user:password").
+fn docker_config_credentials(json: &[u8], registry: &str) -> Option<Credentials> {
+    let config: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let auths = config.get("auths")?.as_object()?;
+    let entry = auths.iter().find_map(|(key, value)| {
+        let host = key
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        (host == registry).then_some(value)
+    })?;
+    let field = |name: &str| entry.get(name).and_then(|v| v.as_str()).map(String::from);
+    if let (Some(username), Some(password)) = (field("username"), field("password")) {
+        return Some(Credentials { username, password });
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(field("auth")?)
+        .ok()?;
+    let (username, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+    Some(Credentials {
+        username: username.into(),
+        password: password.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_config_credentials_in_both_forms() {
+        let plain = br#"{"auths":{"127.0.0.1:5000":{"username":"u","password":"p"}}}"#;
+        assert_eq!(
+            docker_config_credentials(plain, "127.0.0.1:5000"),
+            Some(Credentials {
+                username: "u".into(),
+                password: "p".into()
+            })
+        );
+        let encoded = br#"{"auths":{"https://reg.example":{"auth":"dTpwOnE="}}}"#;
+        assert_eq!(
+            docker_config_credentials(encoded, "reg.example"),
+            Some(Credentials {
+                username: "u".into(),
+                password: "p:q".into()
+            })
+        );
+        assert_eq!(docker_config_credentials(plain, "other:5000"), None);
+        assert_eq!(docker_config_credentials(b"not json", "x"), None);
+    }
 }
 
 async fn secret_user_data(
@@ -84,21 +211,7 @@ async fn secret_user_data(
     name: &str,
     field: &str,
 ) -> Result<Vec<u8>, InputError> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let secret = match secrets.get(name).await {
-        Ok(s) => s,
-        Err(e) if is_not_found(&e) => {
-            return Err(InputError::Invalid(format!(
-                "{field}.secretRef: Secret {namespace}/{name} does not exist"
-            )));
-        }
-        Err(source) => {
-            return Err(InputError::Api {
-                what: format!("Secret {namespace}/{name}"),
-                source,
-            });
-        }
-    };
+    let secret = get_secret(client, namespace, name, &format!("{field}.secretRef")).await?;
     let data = secret.data.unwrap_or_default();
     SECRET_KEYS
         .iter()

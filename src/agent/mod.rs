@@ -31,6 +31,7 @@ use tracing::{info, warn};
 use crate::api::{NODE_NAME_LABEL, VirtualMachine};
 use crate::domain::DomainType;
 use crate::hypervisor::{HypervisorError, Libvirt, events};
+use crate::storage::registry::Puller;
 
 use reconcile::{Context, Settings};
 
@@ -61,6 +62,13 @@ pub struct AgentArgs {
     /// The libvirt network of each guest's NIC; "none" gives guests no NIC.
     #[arg(long, env = "NODEVIRT_NETWORK", default_value = "default")]
     pub network: String,
+    /// A registry (host:port) reached over plain HTTP instead of HTTPS; repeatable.
+    #[arg(
+        long = "insecure-registry",
+        env = "NODEVIRT_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
     /// Seconds between heartbeats on the Node (jittered by up to 10%).
     #[arg(long, default_value_t = 60)]
     pub heartbeat_interval: u64,
@@ -132,7 +140,14 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
             instance: Some(args.node_name.clone()),
         },
     );
-    let ctx = Arc::new(Context::new(client.clone(), libvirt, recorder, settings));
+    let puller = Puller::new(&args.state_dir, &args.insecure_registries);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        libvirt,
+        puller,
+        recorder,
+        settings,
+    ));
 
     let vms: Api<VirtualMachine> = Api::all(client.clone());
     let selector = format!("{NODE_NAME_LABEL}={}", args.node_name);

@@ -20,11 +20,12 @@ use tracing::{Instrument, info, warn};
 use crate::api::virtual_machine::DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS;
 use crate::api::{Phase, VirtualMachine, VirtualMachineStatus};
 use crate::domain::names::check_uid;
-use crate::domain::{DomainType, RenderOptions, domain_name, render};
+use crate::domain::{DomainType, RenderOptions, ResolvedVolume, domain_name, render};
 use crate::hypervisor::{DomainState, HypervisorError, Libvirt};
 use crate::k8s::{self, error_chain};
 use crate::storage::files::{StorageError, remove_vm_dir};
 use crate::storage::layout::{VmLayout, resolve_volumes};
+use crate::storage::registry::Puller;
 
 use super::inputs::{InputError, gather};
 use super::plan::{Step, plan};
@@ -51,6 +52,7 @@ pub struct Settings {
 pub struct Context {
     pub client: Client,
     pub libvirt: Arc<Libvirt>,
+    pub puller: Puller,
     pub recorder: Recorder,
     pub settings: Settings,
     /// Consecutive failures per VM UID, for exponential backoff.
@@ -61,12 +63,14 @@ impl Context {
     pub fn new(
         client: Client,
         libvirt: Arc<Libvirt>,
+        puller: Puller,
         recorder: Recorder,
         settings: Settings,
     ) -> Self {
         Self {
             client,
             libvirt,
+            puller,
             recorder,
             settings,
             failures: Mutex::default(),
@@ -259,7 +263,25 @@ async fn create(
     uid: &str,
     name: &str,
 ) -> Result<Action, Error> {
-    let inputs = match gather(&ctx.client, vm).await {
+    let layout = VmLayout::new(&ctx.settings.state_dir, uid);
+    let options = RenderOptions {
+        domain_type: ctx.settings.domain_type,
+        network: ctx.settings.network.clone(),
+        console_log: layout.console_log().display().to_string(),
+        node: Some(ctx.settings.node.clone()),
+    };
+    // Check the whole spec before reading anything it names (claims, Secrets, images): a bad
+    // name must fail the VM, never reach a lookup. Claims stand in as block devices, which
+    // every disk kind accepts.
+    let stand_in = resolve_volumes(&vm.spec, &layout, |_| {
+        Some(ResolvedVolume::Block {
+            path: "/dev/null".into(),
+        })
+    });
+    if let Err(e) = render(vm, &stand_in, &options) {
+        return fail(ctx, vm, reasons::INVALID_SPEC, &e.to_string()).await;
+    }
+    let inputs = match gather(&ctx.client, &ctx.puller, vm).await {
         Ok(inputs) => inputs,
         Err(InputError::Invalid(message)) => {
             return fail(ctx, vm, reasons::MISSING_INPUT, &message).await;
@@ -278,14 +300,7 @@ async fn create(
         }
         Err(e) => return Err(e.into()),
     };
-    let layout = VmLayout::new(&ctx.settings.state_dir, uid);
     let volumes = resolve_volumes(&vm.spec, &layout, |claim| inputs.claims.get(claim).cloned());
-    let options = RenderOptions {
-        domain_type: ctx.settings.domain_type,
-        network: ctx.settings.network.clone(),
-        console_log: layout.console_log().display().to_string(),
-        node: Some(ctx.settings.node.clone()),
-    };
     let xml = match render(vm, &volumes, &options).map(|d| d.to_xml()) {
         Ok(Ok(xml)) => xml,
         Ok(Err(e)) => return fail(ctx, vm, reasons::INVALID_SPEC, &e.to_string()).await,

@@ -149,6 +149,7 @@ pub fn parse_millicores(value: &str, field: &str) -> Result<u64, QuantityError> 
 }
 
 /// Formats bytes the way an operator reads them ("1.5 GiB").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanBytes(pub u64);
 
 impl fmt::Display for HumanBytes {

@@ -218,6 +218,8 @@ pub struct Timer {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Devices {
+    #[serde(rename = "controller", skip_serializing_if = "Vec::is_empty")]
+    pub controllers: Vec<Controller>,
     #[serde(rename = "disk")]
     pub disks: Vec<Disk>,
     #[serde(rename = "interface", skip_serializing_if = "Vec::is_empty")]
@@ -228,6 +230,18 @@ pub struct Devices {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watchdog: Option<Watchdog>,
     pub memballoon: MemBalloon,
+}
+
+/// A disk controller, where libvirt's default would be one the guest has no driver for
+/// (the SCSI default on q35 is not virtio-scsi).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Controller {
+    #[serde(rename = "@type")]
+    pub controller_type: &'static str,
+    #[serde(rename = "@index")]
+    pub index: u32,
+    #[serde(rename = "@model")]
+    pub model: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

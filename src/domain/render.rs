@@ -6,9 +6,9 @@ use crate::api::domain_spec::DomainSpec;
 use crate::api::quantity::parse_bytes;
 
 use super::model::{
-    Console, ConsoleTarget, Cpu, Devices, Domain, Graphics, Interface, Log, METADATA_NAMESPACE,
-    Mac, MemBalloon, Memory, Metadata, Model, NetworkSource, OnOff, Os, OsType, Serial,
-    SerialTarget, Stats, Topology, VmMetadata, YesNo,
+    Console, ConsoleTarget, Controller, Cpu, Devices, Domain, Graphics, Interface, Log,
+    METADATA_NAMESPACE, Mac, MemBalloon, Memory, Metadata, Model, NetworkSource, OnOff, Os, OsType,
+    Serial, SerialTarget, Stats, Topology, VmMetadata, YesNo,
 };
 use super::names::{check_dns_label, check_uid};
 use super::{FieldError, RenderOptions, ResolvedVolumes, disks, hardware};
@@ -51,6 +51,7 @@ pub fn render(
     let q35 = machine.contains("q35");
     let cores = cores(domain)?;
     disks::check_volumes(spec)?;
+    let disks = disks::disks(spec, volumes, q35)?;
 
     Ok(Domain {
         domain_type: options.domain_type.to_string(),
@@ -90,7 +91,16 @@ pub fn render(
         on_reboot: "restart",
         on_crash: "destroy",
         devices: Devices {
-            disks: disks::disks(spec, volumes, q35)?,
+            controllers: if disks.iter().any(|d| d.target.bus == "scsi") {
+                vec![Controller {
+                    controller_type: "scsi",
+                    index: 0,
+                    model: "virtio-scsi",
+                }]
+            } else {
+                Vec::new()
+            },
+            disks,
             interfaces: options
                 .network
                 .iter()

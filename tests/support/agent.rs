@@ -72,6 +72,8 @@ pub struct NodeOptions<'a> {
     pub labels: &'a [(&'a str, &'a str)],
     pub memory: &'a str,
     pub heartbeat_seconds: u32,
+    /// Registries (host:port) reached over plain HTTP.
+    pub insecure_registries: &'a [&'a str],
 }
 
 impl Default for NodeOptions<'_> {
@@ -81,6 +83,7 @@ impl Default for NodeOptions<'_> {
             labels: &[],
             memory: "8Gi",
             heartbeat_seconds: 60,
+            insecure_registries: &[],
         }
     }
 }
@@ -103,7 +106,7 @@ impl Agent {
         let state_dir = cluster.dir.join("state").join(&node);
         std::fs::create_dir_all(&state_dir).unwrap();
         let kubeconfig = cluster.service_account_kubeconfig("nodevirt", "nodevirt-agent");
-        let args = vec![
+        let mut args = vec![
             "agent".to_string(),
             format!("--node-name={node}"),
             format!("--kubeconfig={}", kubeconfig.display()),
@@ -113,6 +116,12 @@ impl Agent {
             format!("--state-dir={}", state_dir.display()),
             format!("--heartbeat-interval={}", options.heartbeat_seconds),
         ];
+        args.extend(
+            options
+                .insecure_registries
+                .iter()
+                .map(|r| format!("--insecure-registry={r}")),
+        );
         let log = cluster.dir.join(format!("agent-{node}.log"));
         let agent = Agent {
             daemon: Daemon::start(args, log),

@@ -4,4 +4,6 @@
 pub mod agent;
 pub mod cluster;
 pub mod libvirt;
+pub mod registry;
+pub mod vm;
 pub mod vm_builder;

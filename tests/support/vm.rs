@@ -1,0 +1,102 @@
+//! VirtualMachines in end-to-end tests: manifests, and reading them back with kubectl.
+
+use std::time::Duration;
+
+use super::agent::Agent;
+use super::cluster::{Cluster, virsh, wait_for};
+
+/// How long a tiny guest may take to boot under TCG on a busy 2-core machine.
+pub const BOOT: Duration = Duration::from_secs(180);
+
+pub struct Vm<'a> {
+    pub ns: &'a str,
+    pub name: &'a str,
+}
+
+impl Vm<'_> {
+    pub fn get(&self, jsonpath: &str) -> String {
+        let out = Cluster::get().kubectl(&[
+            "-n",
+            self.ns,
+            "get",
+            "vm",
+            self.name,
+            "-o",
+            &format!("jsonpath={jsonpath}"),
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn phase(&self) -> String {
+        self.get("{.status.phase}")
+    }
+
+    pub fn wait_phase(&self, phase: &str, timeout: Duration) {
+        wait_for(
+            timeout,
+            &format!("VM {}/{} to be {phase}", self.ns, self.name),
+            || (self.phase() == phase).then_some(()),
+        );
+    }
+
+    pub fn ip(&self) -> String {
+        self.get("{.status.interfaces[0].ipAddress}")
+    }
+
+    pub fn uid(&self) -> String {
+        self.get("{.metadata.uid}")
+    }
+
+    pub fn domain(&self) -> String {
+        format!("{}_{}", self.ns, self.name)
+    }
+
+    pub fn condition_message(&self) -> String {
+        self.get("{.status.conditions[?(@.type==\"Ready\")].message}")
+    }
+}
+
+/// A VM on `node` whose root disk is `root` (a volume source in YAML flow style), with
+/// cloud-init user-data and a scratch emptyDisk.
+pub fn vm_yaml(ns: &str, name: &str, node: &str, root: &str, cloud_init: &str) -> String {
+    format!(
+        r#"apiVersion: kubevirt.io/v1alpha1
+kind: VirtualMachine
+metadata:
+  name: {name}
+  namespace: {ns}
+  labels: {{kubevirt.io/nodeName: {node}}}
+spec:
+  terminationGracePeriodSeconds: 2
+  domain:
+    resources: {{requests: {{memory: 128Mi}}}}
+    devices:
+      disks:
+      - {{name: root, volumeName: root, disk: {{bus: virtio}}}}
+      - {{name: cloudinit, volumeName: cloudinit, disk: {{bus: virtio}}}}
+      - {{name: scratch, volumeName: scratch, disk: {{bus: virtio}}}}
+  volumes:
+  - {{name: root, {root}}}
+  - {{name: cloudinit, cloudInitNoCloud: {cloud_init}}}
+  - {{name: scratch, emptyDisk: {{capacity: 1Gi}}}}
+"#
+    )
+}
+
+pub fn user_data(script: &str) -> String {
+    format!(
+        "{{userData: {}}}",
+        serde_json::to_string(&format!("#!/bin/sh\n{script}\n")).unwrap()
+    )
+}
+
+pub fn console_log(agent: &Agent, uid: &str) -> String {
+    std::fs::read_to_string(agent.state_dir.join("vms").join(uid).join("console.log"))
+        .unwrap_or_default()
+}
+
+pub fn domain_exists(domain: &str) -> bool {
+    virsh(&["list", "--all", "--name"])
+        .lines()
+        .any(|l| l.trim() == domain)
+}

@@ -1,0 +1,280 @@
+//! Volumes and disks on the real cluster: registryDisk from a real registry (anonymous and
+//! with a pull secret, cached by digest), claims that bind late, capacity and name checks, and
+//! every disk kind showing up inside the guest.
+
+mod support;
+
+use std::time::Duration;
+
+use support::agent::{Agent, NodeOptions};
+use support::cluster::Cluster;
+use support::registry::{PASSWORD, Registry, USER};
+use support::vm::{BOOT, Vm, console_log, user_data, vm_yaml};
+
+#[test]
+fn registry_disks_boot_are_pulled_once_and_use_pull_secrets() {
+    let cluster = Cluster::get();
+    let ns = cluster.namespace("e2e-reg");
+    let open = Registry::start(cluster, false);
+    let locked = Registry::start(cluster, true);
+    let agent = Agent::start_with(
+        cluster,
+        "reg",
+        NodeOptions {
+            insecure_registries: &[&open.address, &locked.address],
+            ..Default::default()
+        },
+    );
+    let root = |image: &str, secret: &str| format!("registryDisk: {{image: \"{image}\"{secret}}}");
+    let ci = user_data("echo booted-from-registry");
+    cluster.apply(&vm_yaml(
+        &ns.name,
+        "reg-a",
+        &agent.node,
+        &root(&open.image(), ""),
+        &ci,
+    ));
+    let a = Vm {
+        ns: &ns.name,
+        name: "reg-a",
+    };
+    a.wait_phase("Running", BOOT);
+    cluster.apply(&vm_yaml(
+        &ns.name,
+        "reg-b",
+        &agent.node,
+        &root(&open.image(), ""),
+        &ci,
+    ));
+    let b = Vm {
+        ns: &ns.name,
+        name: "reg-b",
+    };
+    b.wait_phase("Running", BOOT);
+    for vm in [&a, &b] {
+        let uid = vm.uid();
+        support::cluster::wait_for(BOOT, "the registry disk to boot the guest", || {
+            console_log(&agent, &uid)
+                .contains("booted-from-registry")
+                .then_some(())
+        });
+    }
+    assert_eq!(
+        open.blob_downloads(),
+        1,
+        "the second VM must reuse the cached image"
+    );
+    assert!(
+        agent.log_text().contains("cached=true"),
+        "the agent logs the cache hit"
+    );
+
+    cluster.kubectl_ok(&[
+        "-n",
+        &ns.name,
+        "create",
+        "secret",
+        "docker-registry",
+        "pull",
+        &format!("--docker-server={}", locked.address),
+        &format!("--docker-username={USER}"),
+        &format!("--docker-password={PASSWORD}"),
+    ]);
+    cluster.kubectl_ok(&[
+        "-n",
+        &ns.name,
+        "create",
+        "secret",
+        "docker-registry",
+        "wrong",
+        &format!("--docker-server={}", locked.address),
+        &format!("--docker-username={USER}"),
+        "--docker-password=not-the-password",
+    ]);
+    let with = |secret: &str| root(&locked.image(), &format!(", imagePullSecret: {secret}"));
+    cluster.apply(&vm_yaml(
+        &ns.name,
+        "reg-auth",
+        &agent.node,
+        &with("pull"),
+        &ci,
+    ));
+    cluster.apply(&vm_yaml(
+        &ns.name,
+        "reg-wrong",
+        &agent.node,
+        &with("wrong"),
+        &ci,
+    ));
+    cluster.apply(&vm_yaml(
+        &ns.name,
+        "reg-anon",
+        &agent.node,
+        &root(&locked.image(), ""),
+        &ci,
+    ));
+    Vm {
+        ns: &ns.name,
+        name: "reg-auth",
+    }
+    .wait_phase("Running", BOOT);
+    for name in ["reg-wrong", "reg-anon"] {
+        let vm = Vm { ns: &ns.name, name };
+        vm.wait_phase("Failed", Duration::from_secs(60));
+        let message = vm.condition_message();
+        assert!(
+            message.contains("registryDisk.image") && message.contains(&locked.address),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn claims_bind_late_and_bad_volumes_fail_before_anything_is_written() {
+    let cluster = Cluster::get();
+    let ns = cluster.namespace("e2e-vol");
+    let agent = Agent::start(cluster, "vol");
+    let late = Vm {
+        ns: &ns.name,
+        name: "late",
+    };
+    cluster.apply(&vm_yaml(
+        late.ns,
+        late.name,
+        &agent.node,
+        "persistentVolumeClaim: {claimName: later}",
+        &user_data("true"),
+    ));
+    support::cluster::wait_for(
+        Duration::from_secs(30),
+        "the VM to say it waits for its claim",
+        || {
+            late.condition_message()
+                .contains("does not exist yet")
+                .then_some(())
+        },
+    );
+    assert_ne!(late.phase(), "Failed");
+    cluster.guest_claim(&ns.name, "later");
+    late.wait_phase("Running", BOOT);
+
+    let huge = vm_yaml(
+        &ns.name,
+        "huge",
+        &agent.node,
+        "persistentVolumeClaim: {claimName: later}",
+        &user_data("true"),
+    )
+    .replace("emptyDisk: {capacity: 1Gi}", "emptyDisk: {capacity: 900Ti}");
+    cluster.apply(&huge);
+    let huge = Vm {
+        ns: &ns.name,
+        name: "huge",
+    };
+    huge.wait_phase("Failed", Duration::from_secs(30));
+    assert!(
+        huge.condition_message()
+            .contains("spec.volumes[2].emptyDisk.capacity"),
+        "{}",
+        huge.condition_message()
+    );
+    assert!(
+        huge.condition_message()
+            .contains("free in the state folder"),
+        "{}",
+        huge.condition_message()
+    );
+    assert!(
+        !agent.state_dir.join("vms").join(huge.uid()).exists(),
+        "nothing was written"
+    );
+
+    let sneaky = vm_yaml(
+        &ns.name,
+        "sneaky",
+        &agent.node,
+        "persistentVolumeClaim: {claimName: ../../etc}",
+        &user_data("true"),
+    )
+    .replace("{name: scratch, emptyDisk", "{name: ../../etc, emptyDisk");
+    cluster.apply(&sneaky);
+    let sneaky = Vm {
+        ns: &ns.name,
+        name: "sneaky",
+    };
+    sneaky.wait_phase("Failed", Duration::from_secs(30));
+    assert!(
+        sneaky.condition_message().contains("spec.volumes"),
+        "{}",
+        sneaky.condition_message()
+    );
+    let entries: Vec<String> = std::fs::read_dir(agent.state_dir.join("vms"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.len() == 36 && e.matches('-').count() == 4),
+        "only UID folders: {entries:?}"
+    );
+}
+
+#[test]
+fn every_disk_kind_shows_up_in_the_guest_and_readonly_refuses_writes() {
+    let cluster = Cluster::get();
+    let ns = cluster.namespace("e2e-disks");
+    let agent = Agent::start(cluster, "disks");
+    cluster.guest_claim(&ns.name, "guest");
+    let script = "if dd if=/dev/zero of=/dev/vdb bs=512 count=1 2>/dev/null; then echo ro-write-ok; else echo ro-write-refused; fi";
+    cluster.apply(&format!(
+        r#"apiVersion: kubevirt.io/v1alpha1
+kind: VirtualMachine
+metadata: {{name: kinds, namespace: {ns}, labels: {{kubevirt.io/nodeName: {node}}}}}
+spec:
+  terminationGracePeriodSeconds: 0
+  domain:
+    resources: {{requests: {{memory: 128Mi}}}}
+    devices:
+      disks:
+      - {{name: root, volumeName: root, disk: {{bus: virtio}}}}
+      - {{name: ro, volumeName: ro, disk: {{bus: virtio, readonly: true}}}}
+      - {{name: ci, volumeName: ci, cdrom: {{bus: sata}}}}
+      - {{name: scsi, volumeName: scsi, disk: {{bus: scsi}}}}
+      - {{name: sata, volumeName: sata, disk: {{bus: sata}}}}
+  volumes:
+  - {{name: root, ephemeral: {{persistentVolumeClaim: {{claimName: guest}}}}}}
+  - {{name: ro, emptyDisk: {{capacity: 16Mi}}}}
+  - {{name: ci, cloudInitNoCloud: {ci}}}
+  - {{name: scsi, emptyDisk: {{capacity: 16Mi}}}}
+  - {{name: sata, emptyDisk: {{capacity: 16Mi}}}}
+"#,
+        ns = ns.name,
+        node = agent.node,
+        ci = user_data(script)
+    ));
+    let vm = Vm {
+        ns: &ns.name,
+        name: "kinds",
+    };
+    vm.wait_phase("Running", BOOT);
+    let uid = vm.uid();
+    let log = support::cluster::wait_for(BOOT, "the user-data to try the read-only disk", || {
+        let log = console_log(&agent, &uid);
+        log.contains("ro-write-").then_some(log)
+    });
+    for device in ["vda", "vdb", "sr0", "sda", "sdb"] {
+        assert!(
+            log.contains(&format!("block device {device}\r")),
+            "no {device} in the guest:\n{log}"
+        );
+    }
+    assert!(
+        log.contains("cidata on /dev/sr0"),
+        "cloud-init from the cdrom:\n{log}"
+    );
+    assert!(
+        log.contains("ro-write-refused"),
+        "the read-only disk took a write:\n{log}"
+    );
+}
