@@ -178,33 +178,6 @@ fn docker_config_credentials(json: &[u8], registry: &str) -> Option<Credentials>
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn docker_config_credentials_in_both_forms() {
-        let plain = br#"{"auths":{"127.0.0.1:5000":{"username":"u","password":"p"}}}"#;
-        assert_eq!(
-            docker_config_credentials(plain, "127.0.0.1:5000"),
-            Some(Credentials {
-                username: "u".into(),
-                password: "p".into()
-            })
-        );
-        let encoded = br#"{"auths":{"https://reg.example":{"auth":"dTpwOnE="}}}"#;
-        assert_eq!(
-            docker_config_credentials(encoded, "reg.example"),
-            Some(Credentials {
-                username: "u".into(),
-                password: "p:q".into()
-            })
-        );
-        assert_eq!(docker_config_credentials(plain, "other:5000"), None);
-        assert_eq!(docker_config_credentials(b"not json", "x"), None);
-    }
-}
-
 async fn secret_user_data(
     client: &Client,
     namespace: &str,
@@ -283,4 +256,31 @@ async fn claim_source(
             format: ImageFormat::Raw,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_config_credentials_in_both_forms() {
+        let plain = br#"{"auths":{"127.0.0.1:5000":{"username":"u","password":"p"}}}"#;
+        assert_eq!(
+            docker_config_credentials(plain, "127.0.0.1:5000"),
+            Some(Credentials {
+                username: "u".into(),
+                password: "p".into()
+            })
+        );
+        let encoded = br#"{"auths":{"https://reg.example":{"auth":"dTpwOnE="}}}"#;
+        assert_eq!(
+            docker_config_credentials(encoded, "reg.example"),
+            Some(Credentials {
+                username: "u".into(),
+                password: "p:q".into()
+            })
+        );
+        assert_eq!(docker_config_credentials(plain, "other:5000"), None);
+        assert_eq!(docker_config_credentials(b"not json", "x"), None);
+    }
 }
