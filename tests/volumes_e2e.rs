@@ -278,3 +278,134 @@ spec:
         "the read-only disk took a write:\n{log}"
     );
 }
+
+/// A loop device over a file, detached when dropped.
+struct LoopDevice {
+    device: String,
+    backing: tempfile::NamedTempFile,
+}
+
+impl LoopDevice {
+    fn new(bytes: u64) -> LoopDevice {
+        let backing = tempfile::NamedTempFile::new().unwrap();
+        backing.as_file().set_len(bytes).unwrap();
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(backing.path())
+            .output()
+            .expect("losetup (util-linux)");
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let device = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        LoopDevice { device, backing }
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.device])
+            .status();
+    }
+}
+
+#[test]
+fn a_block_claim_reaches_the_guest_and_its_data_outlives_the_vm() {
+    let cluster = Cluster::get();
+    let ns = cluster.namespace("e2e-lun");
+    let agent = Agent::start(cluster, "lun");
+    cluster.guest_claim(&ns.name, "guest");
+    let disk = LoopDevice::new(16 << 20);
+    let pv = format!("{}-blk", ns.name);
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: {pv}}}\nspec:\n  capacity: {{storage: 16Mi}}\n  \
+         accessModes: [ReadWriteOnce]\n  volumeMode: Block\n  storageClassName: \"\"\n  \
+         hostPath: {{path: {dev}, type: BlockDevice}}\n---\napiVersion: v1\nkind: PersistentVolumeClaim\n\
+         metadata: {{name: blk, namespace: {ns}}}\nspec:\n  accessModes: [ReadWriteOnce]\n  volumeMode: Block\n  \
+         storageClassName: \"\"\n  volumeName: {pv}\n  resources: {{requests: {{storage: 16Mi}}}}\n",
+        dev = disk.device,
+        ns = ns.name
+    ));
+    let vm = |name: &str, target: &str, script: &str| {
+        format!(
+            r#"apiVersion: kubevirt.io/v1alpha1
+kind: VirtualMachine
+metadata: {{name: {name}, namespace: {ns}, labels: {{kubevirt.io/nodeName: {node}}}}}
+spec:
+  terminationGracePeriodSeconds: 0
+  domain:
+    resources: {{requests: {{memory: 128Mi}}}}
+    devices:
+      disks:
+      - {{name: root, volumeName: root}}
+      - {{name: data, volumeName: data, {target}}}
+      - {{name: ci, volumeName: ci}}
+  volumes:
+  - {{name: root, ephemeral: {{persistentVolumeClaim: {{claimName: guest}}}}}}
+  - {{name: data, persistentVolumeClaim: {{claimName: blk}}}}
+  - {{name: ci, cloudInitNoCloud: {ci}}}
+"#,
+            ns = ns.name,
+            node = agent.node,
+            ci = user_data(script)
+        )
+    };
+    // QEMU passes a lun through with SG_IO, which only SCSI devices speak: on a loop device
+    // the VM must fail, saying so.
+    cluster.apply(&vm("lun", "lun: {bus: scsi}", "true"));
+    let lun = Vm {
+        ns: &ns.name,
+        name: "lun",
+    };
+    lun.wait_phase("Failed", Duration::from_secs(60));
+    assert!(
+        lun.condition_message().contains("SG_IO"),
+        "{}",
+        lun.condition_message()
+    );
+    cluster.kubectl_ok(&["-n", &ns.name, "delete", "vm", "lun", "--wait=true"]);
+
+    let marker = "persisted-by-writer";
+    cluster.apply(&vm(
+        "writer",
+        "disk: {bus: scsi}",
+        &format!("printf {marker} | dd of=/dev/sda bs=512 count=1 conv=sync 2>/dev/null && sync && echo wrote-the-block-disk"),
+    ));
+    let writer = Vm {
+        ns: &ns.name,
+        name: "writer",
+    };
+    writer.wait_phase("Running", BOOT);
+    let uid = writer.uid();
+    support::cluster::wait_for(BOOT, "the guest to write to the block claim", || {
+        console_log(&agent, &uid)
+            .contains("wrote-the-block-disk")
+            .then_some(())
+    });
+    cluster.kubectl_ok(&["-n", &ns.name, "delete", "vm", "writer", "--wait=true"]);
+    let on_disk = std::fs::read(disk.backing.path()).unwrap();
+    assert!(
+        on_disk.starts_with(marker.as_bytes()),
+        "the data must outlive the VM"
+    );
+
+    cluster.apply(&vm(
+        "reader",
+        "disk: {bus: virtio}",
+        "echo \"read: $(dd if=/dev/vdb bs=19 count=1 2>/dev/null)\"",
+    ));
+    let reader = Vm {
+        ns: &ns.name,
+        name: "reader",
+    };
+    reader.wait_phase("Running", BOOT);
+    let uid = reader.uid();
+    support::cluster::wait_for(BOOT, "a second VM to read what the first wrote", || {
+        console_log(&agent, &uid)
+            .contains(&format!("read: {marker}"))
+            .then_some(())
+    });
+}
