@@ -7,4 +7,5 @@ pub mod controller;
 pub mod domain;
 pub mod hypervisor;
 pub mod k8s;
+pub mod metrics;
 pub mod storage;

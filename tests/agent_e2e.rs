@@ -209,6 +209,42 @@ fn killed_agent_adopts_running_domain_and_cleans_vms_deleted_meanwhile() {
             (gone && vm_gone).then_some(())
         },
     );
+
+    // A VM gone for good while the agent is down (its finalizer stripped by hand): only the
+    // agent's orphan collection, after its first full list, can clean its domain.
+    let orphan = Vm {
+        ns: &ns.name,
+        name: "orphan",
+    };
+    cluster.apply(&vm_yaml(
+        orphan.ns,
+        orphan.name,
+        &agent.node,
+        root,
+        &user_data("echo up"),
+    ));
+    orphan.wait_phase("Running", BOOT);
+    agent.kill();
+    let no_finalizers = r#"{"metadata":{"finalizers":null}}"#;
+    cluster.kubectl_ok(&[
+        "-n",
+        orphan.ns,
+        "patch",
+        "vm",
+        orphan.name,
+        "--type",
+        "merge",
+        "-p",
+        no_finalizers,
+    ]);
+    cluster.kubectl_ok(&["-n", orphan.ns, "delete", "vm", orphan.name, "--wait=true"]);
+    assert!(domain_exists(&orphan.domain()));
+    agent.restart();
+    wait_for(
+        Duration::from_secs(30),
+        "the orphaned domain to be removed",
+        || (!domain_exists(&orphan.domain())).then_some(()),
+    );
 }
 
 #[test]

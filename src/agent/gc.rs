@@ -25,8 +25,13 @@ use super::reconcile::Context;
 
 const INTERVAL: Duration = Duration::from_secs(60);
 
-pub async fn run(store: Store<VirtualMachine>, ctx: Arc<Context>) {
-    if store.wait_until_ready().await.is_err() {
+/// Runs every minute once `synced` turns true (the watch has listed every VM of the node).
+pub async fn run(
+    store: Store<VirtualMachine>,
+    mut synced: tokio::sync::watch::Receiver<bool>,
+    ctx: Arc<Context>,
+) {
+    if synced.wait_for(|listed| *listed).await.is_err() {
         return;
     }
     loop {

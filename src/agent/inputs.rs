@@ -39,6 +39,8 @@ pub struct Inputs {
     pub user_data: BTreeMap<usize, Vec<u8>>,
     /// Volume index -> the cached image of a registryDisk.
     pub images: BTreeMap<usize, ResolvedVolume>,
+    /// How each image was had: pulled or from the cache.
+    pub fetches: Vec<Fetch>,
 }
 
 fn is_not_found(e: &kube::Error) -> bool {
@@ -103,6 +105,7 @@ pub async fn gather(
                 })?;
             tracing::info!(image = %registry.image, cached = (fetch == Fetch::Cached), "registry disk ready");
             inputs.images.insert(index, image);
+            inputs.fetches.push(fetch);
         }
     }
     Ok(inputs)

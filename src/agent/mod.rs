@@ -10,6 +10,7 @@
 mod disks;
 pub mod gc;
 pub mod heartbeat;
+pub mod http;
 mod inputs;
 pub mod plan;
 pub mod reasons;
@@ -24,13 +25,14 @@ use futures::StreamExt;
 use kube::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{info, warn};
 
 use crate::api::{NODE_NAME_LABEL, VirtualMachine};
 use crate::domain::DomainType;
 use crate::hypervisor::{HypervisorError, Libvirt, events};
+use crate::metrics::AgentMetrics;
 use crate::storage::registry::Puller;
 
 use reconcile::{Context, Settings};
@@ -69,6 +71,9 @@ pub struct AgentArgs {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, env = "NODEVIRT_METRICS_ADDR", default_value = "0.0.0.0:9186")]
+    pub metrics_addr: std::net::SocketAddr,
     /// Seconds between heartbeats on the Node (jittered by up to 10%).
     #[arg(long, default_value_t = 60)]
     pub heartbeat_interval: u64,
@@ -141,22 +146,51 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         },
     );
     let puller = Puller::new(&args.state_dir, &args.insecure_registries);
+    let metrics = Arc::new(AgentMetrics::new());
     let ctx = Arc::new(Context::new(
         client.clone(),
-        libvirt,
+        Arc::clone(&libvirt),
         puller,
         recorder,
         settings,
+        Arc::clone(&metrics),
     ));
 
     let vms: Api<VirtualMachine> = Api::all(client.clone());
     let selector = format!("{NODE_NAME_LABEL}={}", args.node_name);
-    let controller = Controller::new(vms, watcher::Config::default().labels(&selector));
-    let store = controller.store();
+    // Our own watcher -> reflector, so that "listed once" can be observed from the events:
+    // kube-runtime's Store::wait_until_ready wakes only its last waiter, and the controller is
+    // already one (kube-runtime 5.0, utils/delayed_init.rs keeps a single oneshot waker).
+    let (synced_tx, synced) = tokio::sync::watch::channel(false);
+    let (store, writer) = reflector::store();
+    let watch_errors = Arc::clone(&metrics);
+    let vm_events = watcher(vms, watcher::Config::default().labels(&selector))
+        .default_backoff()
+        .reflect(writer)
+        .inspect(move |event| match event {
+            Ok(watcher::Event::InitDone) => {
+                synced_tx.send_replace(true);
+            }
+            Err(e) => {
+                watch_errors.watch_errors.inc();
+                warn!(error = %e, "watching VMs failed; re-listing with backoff");
+            }
+            Ok(_) => {}
+        })
+        .applied_objects();
+    let controller = Controller::for_stream(vm_events, store.clone());
     let domain_events =
         UnboundedReceiverStream::new(rx).filter_map(|e| async move { vm_of_domain(&e.domain) });
 
-    let gc = tokio::spawn(gc::run(store, Arc::clone(&ctx)));
+    let endpoint = Arc::new(http::Endpoint {
+        metrics: Arc::clone(&metrics),
+        libvirt,
+        vms: store.clone(),
+        node: args.node_name.clone(),
+        synced: synced.clone(),
+    });
+    let server = tokio::spawn(http::serve(args.metrics_addr, Arc::clone(&endpoint)));
+    let gc = tokio::spawn(gc::run(store, synced, Arc::clone(&ctx)));
     let heartbeat = tokio::spawn(heartbeat::run(
         client.clone(),
         args.node_name.clone(),
@@ -168,6 +202,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|_| async {})
         .await;
+    server.abort();
     gc.abort();
     heartbeat.abort();
     if let Err(e) = heartbeat::beat(&client, &args.node_name, false).await {

@@ -23,9 +23,10 @@ use crate::domain::names::check_uid;
 use crate::domain::{DomainType, RenderOptions, ResolvedVolume, domain_name, render};
 use crate::hypervisor::{DomainState, HypervisorError, Libvirt};
 use crate::k8s::{self, error_chain};
+use crate::metrics::{AgentMetrics, ResultLabel};
 use crate::storage::files::{StorageError, remove_vm_dir};
 use crate::storage::layout::{VmLayout, resolve_volumes};
-use crate::storage::registry::Puller;
+use crate::storage::registry::{Fetch, Puller};
 
 use super::inputs::{InputError, gather};
 use super::plan::{Step, plan};
@@ -53,6 +54,7 @@ pub struct Context {
     pub client: Client,
     pub libvirt: Arc<Libvirt>,
     pub puller: Puller,
+    pub metrics: Arc<AgentMetrics>,
     pub recorder: Recorder,
     pub settings: Settings,
     /// Consecutive failures per VM UID, for exponential backoff.
@@ -66,11 +68,13 @@ impl Context {
         puller: Puller,
         recorder: Recorder,
         settings: Settings,
+        metrics: Arc<AgentMetrics>,
     ) -> Self {
         Self {
             client,
             libvirt,
             puller,
+            metrics,
             recorder,
             settings,
             failures: Mutex::default(),
@@ -111,7 +115,25 @@ pub async fn reconcile(
         name = %vm.name_any(),
         uid = %vm.uid().unwrap_or_default()
     );
-    reconcile_in_span(vm, ctx).instrument(span).await
+    let started = std::time::Instant::now();
+    let metrics = Arc::clone(&ctx.metrics);
+    let result = reconcile_in_span(vm, ctx).instrument(span).await;
+    metrics
+        .reconcile_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics
+        .reconciles
+        .get_or_create(&ResultLabel { result: outcome })
+        .inc();
+    if let Err(
+        finalizer::Error::ApplyFailed(Error::Hypervisor(_))
+        | finalizer::Error::CleanupFailed(Error::Hypervisor(_)),
+    ) = &result
+    {
+        metrics.libvirt_errors.inc();
+    }
+    result
 }
 
 async fn reconcile_in_span(
@@ -300,6 +322,16 @@ async fn create(
         }
         Err(e) => return Err(e.into()),
     };
+    for fetch in &inputs.fetches {
+        let result = match fetch {
+            Fetch::Pulled => "pulled",
+            Fetch::Cached => "cached",
+        };
+        ctx.metrics
+            .registry_fetches
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
     let volumes = resolve_volumes(&vm.spec, &layout, |claim| inputs.claims.get(claim).cloned());
     let xml = match render(vm, &volumes, &options).map(|d| d.to_xml()) {
         Ok(Ok(xml)) => xml,
@@ -311,6 +343,7 @@ async fn create(
     }
     let domain = name.to_string();
     if let Err(e) = ctx.libvirt.run(move |lv| lv.define(&domain, &xml)).await {
+        ctx.metrics.libvirt_errors.inc();
         return fail(ctx, vm, reasons::DEFINE_FAILED, &error_chain(&e)).await;
     }
     publish(
@@ -327,6 +360,7 @@ async fn create(
 async fn start(vm: &VirtualMachine, ctx: &Context, name: &str) -> Result<Action, Error> {
     let domain = name.to_string();
     if let Err(e) = ctx.libvirt.run(move |lv| lv.start(&domain)).await {
+        ctx.metrics.libvirt_errors.inc();
         return fail(ctx, vm, reasons::START_FAILED, &error_chain(&e)).await;
     }
     publish(
@@ -338,8 +372,15 @@ async fn start(vm: &VirtualMachine, ctx: &Context, name: &str) -> Result<Action,
     )
     .await;
     let current = vm.status.clone().unwrap_or_default();
-    let new = status::running(&current, &ctx.settings.node, &[], Timestamp::now());
+    let now = Timestamp::now();
+    let new = status::running(&current, &ctx.settings.node, &[], now);
     write_status(ctx, vm, &new).await?;
+    if let Some(created) = &vm.metadata.creation_timestamp {
+        let seconds = now.duration_since(created.0).as_secs_f64();
+        ctx.metrics
+            .creation_to_running_seconds
+            .observe(seconds.max(0.0));
+    }
     Ok(Action::requeue(ADDRESS_POLL))
 }
 

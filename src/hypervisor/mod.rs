@@ -4,6 +4,7 @@
 //! [`Libvirt::run`]. Works the same on qemu:///system and on the test:///default driver.
 
 pub mod events;
+pub mod stats;
 
 use std::sync::Arc;
 

@@ -92,6 +92,8 @@ pub struct Agent {
     daemon: Daemon,
     pub node: String,
     pub state_dir: PathBuf,
+    /// Where the agent serves /metrics, /healthz and /readyz.
+    pub http: String,
 }
 
 impl Agent {
@@ -122,11 +124,19 @@ impl Agent {
                 .iter()
                 .map(|r| format!("--insecure-registry={r}")),
         );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let http = format!("127.0.0.1:{port}");
+        args.push(format!("--metrics-addr={http}"));
         let log = cluster.dir.join(format!("agent-{node}.log"));
         let agent = Agent {
             daemon: Daemon::start(args, log),
             node,
             state_dir,
+            http,
         };
         // Ready once it has marked its node schedulable.
         wait_for(
@@ -156,6 +166,31 @@ impl Agent {
 
     pub fn log_text(&self) -> String {
         self.daemon.log_text()
+    }
+
+    /// GET `path` on the agent's HTTP endpoint: (status code, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(&self.http) else {
+            return (0, String::new());
+        };
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.http
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
     }
 }
 
