@@ -58,6 +58,7 @@ kubectl config view --raw --minify > "$dir/agent.kubeconfig"
 KUBECONFIG=$dir/agent.kubeconfig kubectl config set-credentials admin \
   --token="$(kubectl -n nodevirt create token nodevirt-agent --duration=24h)" >/dev/null
 "$NODEVIRT_BIN" agent --node-name node1 --kubeconfig "$dir/agent.kubeconfig" \
+  --metrics-addr 127.0.0.1:9186 \
   --hypervisor "${NODEVIRT_HYPERVISOR:-qemu}" --network nodevirt --state-dir "$dir/state" \
   >"$dir/logs/agent.log" 2>&1 &
 echo $! > "$dir/pids/nodevirt.agent"
@@ -90,6 +91,9 @@ echo
 uid=$(kubectl get vm testvm -o jsonpath='{.metadata.uid}')
 echo "The guest's serial console ($dir/state/vms/$uid/console.log):"
 grep '^nodevirt-guest\|^hello' "$dir/state/vms/$uid/console.log" | sed 's/^/  /'
+echo
+echo "A few lines of the agent's metrics (curl -s 127.0.0.1:9186/metrics):"
+curl -s 127.0.0.1:9186/metrics | grep -E '^kubevirt_vmi_(vcpu_seconds_total|memory_resident_bytes|network_receive_bytes_total)\{.*name="testvm"' | sed 's/^/  /'
 cat <<MSG
 
 Use it:   source $dir/env
