@@ -93,7 +93,9 @@ echo "The guest's serial console ($dir/state/vms/$uid/console.log):"
 grep '^nodevirt-guest\|^hello' "$dir/state/vms/$uid/console.log" | sed 's/^/  /'
 echo
 echo "A few lines of the agent's metrics (curl -s 127.0.0.1:9186/metrics):"
-curl -s 127.0.0.1:9186/metrics | grep -E '^kubevirt_vmi_(vcpu_seconds_total|memory_resident_bytes|network_receive_bytes_total)\{.*name="testvm"' | sed 's/^/  /'
+metrics=$(curl -s 127.0.0.1:9186/metrics || true)
+grep -E '^kubevirt_vmi_(vcpu_seconds_total|memory_resident_bytes|network_receive_bytes_total)\{.*name="testvm"' \
+  <<<"$metrics" | sed 's/^/  /' || true
 cat <<MSG
 
 Use it:   source $dir/env
