@@ -92,6 +92,9 @@ uid=$(kubectl get vm testvm -o jsonpath='{.metadata.uid}')
 echo "The guest's serial console ($dir/state/vms/$uid/console.log):"
 grep '^nodevirt-guest\|^hello' "$dir/state/vms/$uid/console.log" | sed 's/^/  /'
 echo
+echo "The agent's view through its admin socket (nodevirt admin vms):"
+"$NODEVIRT_BIN" admin vms | sed 's/^/  /' || true
+echo
 echo "A few lines of the agent's metrics (curl -s 127.0.0.1:9186/metrics):"
 metrics=$(curl -s 127.0.0.1:9186/metrics || true)
 grep -E '^kubevirt_vmi_(vcpu_seconds_total|memory_resident_bytes|network_receive_bytes_total)\{.*name="testvm"' \

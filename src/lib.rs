@@ -1,5 +1,6 @@
 //! nodevirt: runs KubeVirt v1alpha1 VirtualMachines on libvirt, one agent per node.
 
+pub mod admin;
 pub mod agent;
 pub mod api;
 pub mod cli;

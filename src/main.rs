@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use nodevirt::agent::{self, AgentArgs};
+use nodevirt::cli::admin::{self as admin_cli, AdminArgs};
 use nodevirt::cli::power::{PowerArgs, set_running};
 use nodevirt::cli::render::{self, RenderArgs};
 use nodevirt::controller::{self, ControllerArgs};
@@ -53,6 +54,8 @@ enum Command {
     Agent(AgentArgs),
     /// Run the cluster-wide controller: placement, presets, OfflineVirtualMachines, ReplicaSets.
     Controller(ControllerArgs),
+    /// Ask a local agent through its admin socket (debugging a node).
+    Admin(AdminArgs),
     /// Start an OfflineVirtualMachine (set spec.running to true).
     Start(PowerArgs),
     /// Stop an OfflineVirtualMachine (set spec.running to false).
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
             init_tracing(cli.log_format);
             run_async(controller::run(args))
         }
+        Command::Admin(args) => run_async(admin_cli::run(args)),
         Command::Start(args) => run_async(set_running(args, true)),
         Command::Stop(args) => run_async(set_running(args, false)),
         Command::Render(args) => match render::run(&args) {

@@ -44,6 +44,18 @@ fn apiserver_serves_the_four_crds_and_kubectl_uses_them() {
     assert!(listed.contains("m1.small"), "{listed}");
 }
 
+#[test]
+fn the_deployment_manifest_passes_a_server_side_dry_run() {
+    let cluster = Cluster::get();
+    let out = cluster.kubectl_ok(&["apply", "--dry-run=server", "-f", "daemonset.yaml"]);
+    for object in [
+        "daemonset.apps/nodevirt-agent",
+        "deployment.apps/nodevirt-controller",
+    ] {
+        assert!(out.contains(object), "{out}");
+    }
+}
+
 #[tokio::test]
 async fn a_service_account_is_refused_what_rbac_does_not_grant() {
     let cluster = Cluster::get();

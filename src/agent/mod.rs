@@ -8,6 +8,7 @@
 //! 4. Beside it: orphaned-domain cleanup (`gc`) and the node heartbeat (`heartbeat`).
 
 mod disks;
+pub mod event_log;
 pub mod gc;
 pub mod heartbeat;
 pub mod http;
@@ -29,6 +30,7 @@ use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{info, warn};
 
+use crate::admin::server::AdminState;
 use crate::api::{NODE_NAME_LABEL, VirtualMachine};
 use crate::domain::DomainType;
 use crate::hypervisor::{HypervisorError, Libvirt, events};
@@ -71,6 +73,9 @@ pub struct AgentArgs {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
+    /// The admin socket (HTTP/JSON, mode 0600) that `nodevirt admin` talks to.
+    #[arg(long, env = "NODEVIRT_ADMIN_SOCKET", default_value = crate::admin::api::DEFAULT_SOCKET)]
+    pub admin_socket: PathBuf,
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = "NODEVIRT_METRICS_ADDR", default_value = "0.0.0.0:9186")]
     pub metrics_addr: std::net::SocketAddr,
@@ -147,6 +152,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     );
     let puller = Puller::new(&args.state_dir, &args.insecure_registries);
     let metrics = Arc::new(AgentMetrics::new());
+    let events = Arc::new(event_log::EventLog::default());
     let ctx = Arc::new(Context::new(
         client.clone(),
         Arc::clone(&libvirt),
@@ -154,6 +160,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         recorder,
         settings,
         Arc::clone(&metrics),
+        Arc::clone(&events),
     ));
 
     let vms: Api<VirtualMachine> = Api::all(client.clone());
@@ -190,6 +197,22 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         synced: synced.clone(),
     });
     let server = tokio::spawn(http::serve(args.metrics_addr, Arc::clone(&endpoint)));
+    let (resync_tx, resync_rx) = tokio::sync::mpsc::unbounded_channel();
+    let admin_state = Arc::new(AdminState {
+        node: args.node_name.clone(),
+        libvirt: Arc::clone(&endpoint.libvirt),
+        vms: store.clone(),
+        synced: synced.clone(),
+        state_dir: args.state_dir.clone(),
+        resync: resync_tx,
+        events,
+    });
+    let admin_path = args.admin_socket.clone();
+    let admin = tokio::spawn(async move {
+        if let Err(e) = crate::admin::server::serve(&admin_path, admin_state).await {
+            warn!(error = %crate::k8s::error_chain(&e), "the admin socket is not available");
+        }
+    });
     let gc = tokio::spawn(gc::run(store, synced, Arc::clone(&ctx)));
     let heartbeat = tokio::spawn(heartbeat::run(
         client.clone(),
@@ -198,11 +221,13 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     ));
     controller
         .reconcile_on(domain_events)
+        .reconcile_on(UnboundedReceiverStream::new(resync_rx))
         .graceful_shutdown_on(crate::k8s::shutdown_signal())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|_| async {})
         .await;
     server.abort();
+    admin.abort();
     gc.abort();
     heartbeat.abort();
     if let Err(e) = heartbeat::beat(&client, &args.node_name, false).await {

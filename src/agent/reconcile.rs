@@ -28,6 +28,7 @@ use crate::storage::files::{StorageError, remove_vm_dir};
 use crate::storage::layout::{VmLayout, resolve_volumes};
 use crate::storage::registry::{Fetch, Puller};
 
+use super::event_log::EventLog;
 use super::inputs::{InputError, gather};
 use super::plan::{Step, plan};
 use super::{disks, reasons, status};
@@ -55,6 +56,7 @@ pub struct Context {
     pub libvirt: Arc<Libvirt>,
     pub puller: Puller,
     pub metrics: Arc<AgentMetrics>,
+    pub events: Arc<EventLog>,
     pub recorder: Recorder,
     pub settings: Settings,
     /// Consecutive failures per VM UID, for exponential backoff.
@@ -69,12 +71,14 @@ impl Context {
         recorder: Recorder,
         settings: Settings,
         metrics: Arc<AgentMetrics>,
+        events: Arc<EventLog>,
     ) -> Self {
         Self {
             client,
             libvirt,
             puller,
             metrics,
+            events,
             recorder,
             settings,
             failures: Mutex::default(),
@@ -186,6 +190,13 @@ pub fn error_policy(vm: Arc<VirtualMachine>, _err: &ReconcileError, ctx: Arc<Con
 }
 
 async fn publish(ctx: &Context, vm: &VirtualMachine, type_: EventType, reason: &str, note: &str) {
+    let kind = if type_ == EventType::Warning {
+        "Warning"
+    } else {
+        "Normal"
+    };
+    ctx.events
+        .record(&vm.uid().unwrap_or_default(), kind, reason, note);
     k8s::publish(&ctx.recorder, &vm.object_ref(&()), type_, reason, note).await;
 }
 
@@ -479,6 +490,7 @@ async fn cleanup(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
     if check_uid(&uid, "metadata.uid").is_ok() {
         remove_vm_dir(VmLayout::new(&ctx.settings.state_dir, &uid).dir()).await?;
     }
+    ctx.events.forget(&uid);
     info!(vm = %key(vm), "VM cleaned up");
     Ok(Action::await_change())
 }

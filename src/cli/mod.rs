@@ -1,5 +1,6 @@
 //! The offline commands of the binary (render, crds) and shared CLI plumbing.
 
+pub mod admin;
 pub mod manifest;
 pub mod power;
 pub mod render;

@@ -29,7 +29,11 @@ pub enum StorageError {
     },
 }
 
-fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
+/// Turns an I/O error into a StorageError saying what was being done to which path.
+pub(crate) fn io_error(
+    action: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> StorageError {
     let path = path.to_path_buf();
     move |source| StorageError::Io {
         action,

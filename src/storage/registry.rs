@@ -17,6 +17,7 @@ use oci_client::{Client, Reference};
 use tracing::info;
 
 use crate::domain::{ImageFormat, ResolvedVolume};
+use crate::storage::files::{StorageError, io_error};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -34,13 +35,8 @@ pub enum RegistryError {
     },
     #[error("{image}: {message}")]
     Content { image: String, message: String },
-    #[error("{action} {path}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 impl RegistryError {
@@ -51,7 +47,7 @@ impl RegistryError {
             RegistryError::Pull { source, .. } => {
                 matches!(source, E::RequestError(_) | E::IoError(_))
             }
-            RegistryError::Io { .. } => true,
+            RegistryError::Storage(_) => true,
             RegistryError::Reference { .. } | RegistryError::Content { .. } => false,
         }
     }
@@ -74,15 +70,6 @@ pub enum Fetch {
 pub struct Puller {
     insecure: Vec<String>,
     cache: PathBuf,
-}
-
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError {
-    let path = path.to_path_buf();
-    move |source| RegistryError::Io {
-        action,
-        path,
-        source,
-    }
 }
 
 impl Puller {
@@ -141,17 +128,17 @@ impl Puller {
         }
         tokio::fs::create_dir_all(&self.cache)
             .await
-            .map_err(io("creating", &self.cache))?;
+            .map_err(io_error("creating", &self.cache))?;
         let staging = tempfile::Builder::new()
             .prefix(".pull-")
             .tempdir_in(&self.cache)
-            .map_err(io("creating a temporary folder in", &self.cache))?;
+            .map_err(io_error("creating a temporary folder in", &self.cache))?;
         let mut found = None;
         for (index, layer) in manifest.layers.iter().enumerate() {
             let blob = staging.path().join(format!("layer-{index}"));
             let mut file = tokio::fs::File::create(&blob)
                 .await
-                .map_err(io("creating", &blob))?;
+                .map_err(io_error("creating", &blob))?;
             client
                 .pull_blob(&reference, layer, &mut file)
                 .await
@@ -212,15 +199,16 @@ fn cache_key(digest: &str) -> Option<String> {
 fn set_readable(dir: &Path) -> Result<(), RegistryError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-        .map_err(io("setting permissions of", dir))?;
+        .map_err(io_error("setting permissions of", dir))?;
     let disk = dir.join("disk.img");
     std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o444))
-        .map_err(io("setting permissions of", &disk))
+        .map_err(io_error("setting permissions of", &disk))?;
+    Ok(())
 }
 
 async fn resolved(disk: &Path) -> Result<ResolvedVolume, RegistryError> {
     let mut magic = [0u8; 4];
-    let mut file = std::fs::File::open(disk).map_err(io("opening", disk))?;
+    let mut file = std::fs::File::open(disk).map_err(io_error("opening", disk))?;
     let qcow2 = file.read_exact(&mut magic).is_ok() && magic == *b"QFI\xfb";
     Ok(ResolvedVolume::File {
         path: disk.display().to_string(),

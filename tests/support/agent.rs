@@ -94,6 +94,8 @@ pub struct Agent {
     pub state_dir: PathBuf,
     /// Where the agent serves /metrics, /healthz and /readyz.
     pub http: String,
+    /// The agent's admin socket.
+    pub admin_socket: PathBuf,
 }
 
 impl Agent {
@@ -131,12 +133,15 @@ impl Agent {
             .port();
         let http = format!("127.0.0.1:{port}");
         args.push(format!("--metrics-addr={http}"));
+        let admin_socket = cluster.dir.join("admin").join(format!("{node}.sock"));
+        args.push(format!("--admin-socket={}", admin_socket.display()));
         let log = cluster.dir.join(format!("agent-{node}.log"));
         let agent = Agent {
             daemon: Daemon::start(args, log),
             node,
             state_dir,
             http,
+            admin_socket,
         };
         // Ready once it has marked its node schedulable.
         wait_for(

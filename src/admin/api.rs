@@ -1,0 +1,75 @@
+//! The admin socket's requests and responses, shared by the server (in the agent) and the
+//! client (`nodevirt admin`), so the two cannot drift apart.
+//!
+//! Paths, all answering JSON:
+//!   GET  /v1/vms                          the node's VMs             -> Vec<VmSummary>
+//!   GET  /v1/vms/{ns}/{name}              one VM and its last events -> VmDetail
+//!   GET  /v1/vms/{ns}/{name}/xml          its live domain XML        -> DomainXml
+//!   GET  /v1/vms/{ns}/{name}/console?lines=N  its serial log's tail -> ConsoleTail
+//!   POST /v1/vms/{ns}/{name}/resync       reconcile it now           -> Accepted
+//!   GET  /v1/health                       libvirt and watch state    -> Health
+//! Errors: a status code and ErrorBody.
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_SOCKET: &str = "/run/nodevirt/admin.sock";
+pub const DEFAULT_CONSOLE_LINES: usize = 50;
+pub const MAX_CONSOLE_LINES: usize = 10_000;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmSummary {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub phase: String,
+    /// libvirt's view: running, paused, shut off (reason), crashed, or "no domain".
+    pub domain_state: String,
+    pub ip: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub time: String,
+    pub kind: String,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmDetail {
+    pub vm: VmSummary,
+    pub node: String,
+    pub domain: String,
+    pub events: Vec<EventRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DomainXml {
+    pub domain: String,
+    pub xml: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsoleTail {
+    pub path: String,
+    pub lines: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Accepted {
+    pub accepted: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub version: String,
+    pub node: String,
+    pub libvirt_connected: bool,
+    pub watch_synced: bool,
+    pub vms: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

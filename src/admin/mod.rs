@@ -1,0 +1,5 @@
+//! The admin socket: a local HTTP/JSON interface to one agent, for debugging a node.
+
+pub mod api;
+pub mod client;
+pub mod server;

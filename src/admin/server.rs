@@ -1,0 +1,266 @@
+//! The admin socket's server, in the agent: HTTP/JSON over a Unix socket (see `api` for the
+//! paths). It reads the agent's own state (watch cache, libvirt, files), never the API server,
+//! so it answers while the API server is unreachable.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+use serde::Deserialize;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::agent::event_log::EventLog;
+use crate::api::VirtualMachine;
+use crate::domain::domain_name;
+use crate::hypervisor::{DomainState, DomainStatus, Libvirt};
+use crate::storage::layout::VmLayout;
+
+use super::api::{
+    Accepted, ConsoleTail, DEFAULT_CONSOLE_LINES, DomainXml, ErrorBody, Health, MAX_CONSOLE_LINES,
+    VmDetail, VmSummary,
+};
+
+pub struct AdminState {
+    pub node: String,
+    pub libvirt: Arc<Libvirt>,
+    pub vms: Store<VirtualMachine>,
+    pub synced: tokio::sync::watch::Receiver<bool>,
+    pub state_dir: PathBuf,
+    pub resync: UnboundedSender<ObjectRef<VirtualMachine>>,
+    pub events: Arc<EventLog>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("refusing to use {0}: it exists and is not a socket")]
+    NotASocket(PathBuf),
+    #[error("{action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AdminError {
+    let path = path.to_path_buf();
+    move |source| AdminError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Binds the socket (mode 0600) and serves until the task is dropped. A stale socket is
+/// replaced; any other file at the path is left alone and refused.
+pub async fn serve(path: &Path, state: Arc<AdminState>) -> Result<(), AdminError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(io("removing the stale socket", path))?;
+        }
+        Ok(_) => return Err(AdminError::NotASocket(path.to_path_buf())),
+        Err(_) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+            }
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(io("binding", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("setting permissions of", path))?;
+    let app = Router::new()
+        .route("/v1/vms", get(list))
+        .route("/v1/vms/{namespace}/{name}", get(show))
+        .route("/v1/vms/{namespace}/{name}/xml", get(xml))
+        .route("/v1/vms/{namespace}/{name}/console", get(console))
+        .route("/v1/vms/{namespace}/{name}/resync", post(resync))
+        .route("/v1/health", get(health))
+        .with_state(state);
+    axum::serve(listener, app)
+        .await
+        .map_err(io("serving", path))
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            error: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+fn describe(status: Option<&DomainStatus>) -> String {
+    match status.map(|s| s.state) {
+        None => "no domain".into(),
+        Some(DomainState::Running) => "running".into(),
+        Some(DomainState::Paused) => "paused".into(),
+        Some(DomainState::Crashed) => "crashed".into(),
+        Some(DomainState::Transient) => "changing".into(),
+        Some(DomainState::ShutOff(reason)) => format!("shut off ({reason:?})").to_lowercase(),
+    }
+}
+
+async fn summary(state: &AdminState, vm: &VirtualMachine) -> VmSummary {
+    let domain = domain_name(&vm.namespace().unwrap_or_default(), &vm.name_any());
+    let status = state
+        .libvirt
+        .run(move |lv| lv.status(&domain))
+        .await
+        .ok()
+        .flatten();
+    VmSummary {
+        namespace: vm.namespace().unwrap_or_default(),
+        name: vm.name_any(),
+        uid: vm.uid().unwrap_or_default(),
+        phase: format!("{:?}", vm.phase()),
+        domain_state: describe(status.as_ref()),
+        ip: vm
+            .status
+            .as_ref()
+            .and_then(|s| s.interfaces.first())
+            .and_then(|i| i.ip_address.clone()),
+    }
+}
+
+fn find(state: &AdminState, namespace: &str, name: &str) -> Option<Arc<VirtualMachine>> {
+    state.vms.get(&ObjectRef::new(name).within(namespace))
+}
+
+fn not_found(state: &AdminState, namespace: &str, name: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no VM {namespace}/{name} on node {}", state.node),
+    )
+}
+
+async fn list(State(state): State<Arc<AdminState>>) -> Json<Vec<VmSummary>> {
+    let mut out = Vec::new();
+    for vm in state.vms.state() {
+        out.push(summary(&state, &vm).await);
+    }
+    out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    Json(out)
+}
+
+async fn show(
+    State(state): State<Arc<AdminState>>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+) -> Response {
+    let Some(vm) = find(&state, &namespace, &name) else {
+        return not_found(&state, &namespace, &name);
+    };
+    let detail = VmDetail {
+        vm: summary(&state, &vm).await,
+        node: state.node.clone(),
+        domain: domain_name(&namespace, &name),
+        events: state.events.of(&vm.uid().unwrap_or_default()),
+    };
+    Json(detail).into_response()
+}
+
+async fn xml(
+    State(state): State<Arc<AdminState>>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+) -> Response {
+    if find(&state, &namespace, &name).is_none() {
+        return not_found(&state, &namespace, &name);
+    }
+    let domain = domain_name(&namespace, &name);
+    let lookup = domain.clone();
+    match state.libvirt.run(move |lv| lv.xml(&lookup)).await {
+        Ok(Some(xml)) => Json(DomainXml { domain, xml }).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("VM {namespace}/{name} has no domain"),
+        ),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, crate::k8s::error_chain(&e)),
+    }
+}
+
+#[derive(Deserialize)]
+struct ConsoleQuery {
+    lines: Option<usize>,
+}
+
+async fn console(
+    State(state): State<Arc<AdminState>>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+    Query(query): Query<ConsoleQuery>,
+) -> Response {
+    let Some(vm) = find(&state, &namespace, &name) else {
+        return not_found(&state, &namespace, &name);
+    };
+    let uid = vm.uid().unwrap_or_default();
+    if crate::domain::names::check_uid(&uid, "uid").is_err() {
+        return error(StatusCode::NOT_FOUND, "the VM has no valid UID");
+    }
+    let path = VmLayout::new(&state.state_dir, &uid).console_log();
+    let wanted = query
+        .lines
+        .unwrap_or(DEFAULT_CONSOLE_LINES)
+        .min(MAX_CONSOLE_LINES);
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            let lines = all[all.len().saturating_sub(wanted)..]
+                .iter()
+                .map(|l| l.trim_end_matches('\r').to_string())
+                .collect();
+            Json(ConsoleTail {
+                path: path.display().to_string(),
+                lines,
+            })
+            .into_response()
+        }
+        Err(e) => error(StatusCode::NOT_FOUND, format!("{}: {e}", path.display())),
+    }
+}
+
+async fn resync(
+    State(state): State<Arc<AdminState>>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+) -> Response {
+    if find(&state, &namespace, &name).is_none() {
+        return not_found(&state, &namespace, &name);
+    }
+    match state.resync.send(ObjectRef::new(&name).within(&namespace)) {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(Accepted {
+                accepted: format!("resync of {namespace}/{name}"),
+            }),
+        )
+            .into_response(),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is shutting down",
+        ),
+    }
+}
+
+async fn health(State(state): State<Arc<AdminState>>) -> Json<Health> {
+    let connected = state
+        .libvirt
+        .run(|lv| Ok(lv.is_alive()))
+        .await
+        .unwrap_or(false);
+    Json(Health {
+        version: env!("CARGO_PKG_VERSION").into(),
+        node: state.node.clone(),
+        libvirt_connected: connected,
+        watch_synced: *state.synced.borrow(),
+        vms: state.vms.state().len(),
+    })
+}
