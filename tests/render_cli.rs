@@ -171,6 +171,13 @@ fn committed_crds_match_the_code() {
         committed == stdout(&out),
         "docs/crds.yaml is stale: run `cargo run -- crds > docs/crds.yaml`"
     );
+    let deployment =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("daemonset.yaml"))
+            .expect("daemonset.yaml");
+    assert!(
+        deployment.contains(&stdout(&out)),
+        "daemonset.yaml must carry the CRDs of `nodevirt crds` verbatim"
+    );
     let text = stdout(&out);
     for (plural, short) in [
         ("virtualmachines", "vm"),
