@@ -344,10 +344,12 @@ async fn create(
             .inc();
     }
     let volumes = resolve_volumes(&vm.spec, &layout, |claim| inputs.claims.get(claim).cloned());
-    let xml = match render(vm, &volumes, &options).map(|d| d.to_xml()) {
-        Ok(Ok(xml)) => xml,
-        Ok(Err(e)) => return fail(ctx, vm, reasons::INVALID_SPEC, &e.to_string()).await,
-        Err(e) => return fail(ctx, vm, reasons::INVALID_SPEC, &e.to_string()).await,
+    let rendered = render(vm, &volumes, &options)
+        .map_err(|e| e.to_string())
+        .and_then(|domain| domain.to_xml().map_err(|e| e.to_string()));
+    let xml = match rendered {
+        Ok(xml) => xml,
+        Err(message) => return fail(ctx, vm, reasons::INVALID_SPEC, &message).await,
     };
     if let Err(e) = disks::prepare(&vm.spec, &layout, uid, &vm.name_any(), &inputs).await {
         return fail(ctx, vm, reasons::STORAGE_FAILED, &error_chain(&e)).await;

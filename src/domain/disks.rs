@@ -348,10 +348,7 @@ pub fn disks(
             device: device.device,
             driver: Driver {
                 name: "qemu",
-                format: match format {
-                    ImageFormat::Raw => "raw",
-                    ImageFormat::Qcow2 => "qcow2",
-                },
+                format: format.as_str(),
             },
             source,
             target: Target {

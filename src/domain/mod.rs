@@ -83,6 +83,16 @@ pub enum ImageFormat {
     Qcow2,
 }
 
+impl ImageFormat {
+    /// The name libvirt and qemu-img use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
 /// What backs a volume on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResolvedVolume {

@@ -3,6 +3,7 @@
 //! so running this again after a crash is safe. External tools get argument vectors, never a
 //! shell command line.
 
+use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -152,60 +153,49 @@ pub async fn ensure_cloud_init_iso(
     finish(made, &tmp, path).await
 }
 
-/// A sparse qcow2 disk of `bytes` bytes.
-pub async fn ensure_empty_disk(path: &Path, bytes: u64) -> Result<(), StorageError> {
+/// `qemu-img create -f qcow2` at `path` with `options` before the target and `after` it,
+/// through a temporary name; an existing file is kept.
+async fn create_qcow2(
+    path: &Path,
+    options: &[&OsStr],
+    after: &[&OsStr],
+) -> Result<(), StorageError> {
     if exists(path).await {
         return Ok(());
     }
     let tmp = partial(path);
-    let size = bytes.to_string();
-    let made = run_tool(
-        "qemu-img",
-        &[
-            "create".as_ref(),
-            "-q".as_ref(),
-            "-f".as_ref(),
-            "qcow2".as_ref(),
-            tmp.as_os_str(),
-            size.as_ref(),
-        ],
-        path,
-    )
-    .await;
+    let mut args: Vec<&OsStr> = vec![
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+    ];
+    args.extend_from_slice(options);
+    args.push(tmp.as_os_str());
+    args.extend_from_slice(after);
+    let made = run_tool("qemu-img", &args, path).await;
     finish(made, &tmp, path).await
+}
+
+/// A sparse qcow2 disk of `bytes` bytes.
+pub async fn ensure_empty_disk(path: &Path, bytes: u64) -> Result<(), StorageError> {
+    let size = bytes.to_string();
+    create_qcow2(path, &[], &[size.as_ref()]).await
 }
 
 /// A qcow2 overlay over `backing`, which QEMU then only ever reads.
 pub async fn ensure_overlay(path: &Path, backing: &ResolvedVolume) -> Result<(), StorageError> {
-    if exists(path).await {
-        return Ok(());
-    }
     let (backing_path, format) = match backing {
         ResolvedVolume::File { path, format } => (path, *format),
         ResolvedVolume::Block { path } => (path, ImageFormat::Raw),
     };
-    let format = match format {
-        ImageFormat::Raw => "raw",
-        ImageFormat::Qcow2 => "qcow2",
-    };
-    let tmp = partial(path);
-    let made = run_tool(
-        "qemu-img",
-        &[
-            "create".as_ref(),
-            "-q".as_ref(),
-            "-f".as_ref(),
-            "qcow2".as_ref(),
-            "-F".as_ref(),
-            format.as_ref(),
-            "-b".as_ref(),
-            backing_path.as_ref(),
-            tmp.as_os_str(),
-        ],
-        path,
-    )
-    .await;
-    finish(made, &tmp, path).await
+    let options: [&OsStr; 4] = [
+        "-F".as_ref(),
+        format.as_str().as_ref(),
+        "-b".as_ref(),
+        backing_path.as_ref(),
+    ];
+    create_qcow2(path, &options, &[]).await
 }
 
 #[cfg(test)]
