@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stops what hack/cluster-up.sh started, by recorded PIDs, and removes its state.
-# Domains left running in libvirtd are destroyed first, so QEMU does not outlive it.
+# Domains left in libvirtd are destroyed and undefined first, so QEMU does not outlive it.
 # Usage: hack/cluster-down.sh [NAME]
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -9,25 +9,11 @@ name=${1:-default}
 dir=${NODEVIRT_CLUSTER_DIR:-/tmp/nodevirt-cluster/$name}
 [ -d "$dir" ] || exit 0
 
-# Stops the process whose PID was recorded in $file, if it is still the one we started: its
-# command line names the program ($file's name up to the first '.'); a stale PID may belong
-# to someone else by now.
-stop_pid() {
-  local file=$1 pid program
-  [ -f "$file" ] || return 0
-  pid=$(cat "$file")
-  program=$(basename "$file"); program=${program%%.*}
-  if kill -0 "$pid" 2>/dev/null && [[ $(tr '\0' ' ' < "/proc/$pid/cmdline") == *"$program"* ]]; then
-    kill "$pid" 2>/dev/null
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null
-  fi
-  rm -f "$file"
-}
-
 if [ -f "$dir/pids/libvirtd" ]; then
-  for d in $(virsh -c qemu:///system list --name 2>/dev/null); do
+  # Every domain on it was made by this cluster's agents; a test that fails may leave some.
+  for d in $(virsh -c qemu:///system list --all --name 2>/dev/null); do
     virsh -c qemu:///system destroy "$d" >/dev/null 2>&1
+    virsh -c qemu:///system undefine "$d" >/dev/null 2>&1
   done
   virsh -c qemu:///system net-destroy nodevirt >/dev/null 2>&1
 fi

@@ -17,15 +17,18 @@ if [ -f "$dir/env" ] && kubectl --kubeconfig "$dir/kubeconfig" get --raw /readyz
   exit 0
 fi
 "$REPO_ROOT/hack/cluster-down.sh" "$name" >/dev/null 2>&1 || true
-mkdir -p "$dir"/{pki,logs,pids,etcd}
+mkdir -p "$dir"/{pki,logs,pids,cmd,etcd}
 cd "$dir"
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 # Starts a daemon in the background with its log and PID recorded.
+# Starts a component in the background; its command line is kept in cmd/ so that
+# hack/cluster-ctl.sh can start it again after a fault test stopped it.
 start() {
   local what=$1; shift
+  printf '%q ' "$@" >"cmd/$what"
   "$@" >"logs/$what.log" 2>&1 &
   echo $! >"pids/$what"
 }

@@ -15,3 +15,19 @@ export PATH=$K8S_BIN:$ETCD_BIN:$PATH
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+# Stops the process whose PID was recorded in $file, if it is still the one we started: its
+# command line names the program ($file's name up to the first '.'); a stale PID may belong
+# to someone else by now. TERM first, KILL after 5 s.
+stop_pid() {
+  local file=$1 pid program
+  [ -f "$file" ] || return 0
+  pid=$(cat "$file")
+  program=$(basename "$file"); program=${program%%.*}
+  if kill -0 "$pid" 2>/dev/null && [[ $(tr '\0' ' ' < "/proc/$pid/cmdline") == *"$program"* ]]; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$file"
+}

@@ -23,3 +23,7 @@ source "$NODEVIRT_CLUSTER_DIR/env"
 
 log "cargo test"
 cargo test --locked --all-targets -- --test-threads="${NODEVIRT_TEST_THREADS:-4}"
+
+# These stop libvirtd and the API server that every other test uses: alone, one at a time.
+log "outage tests (alone)"
+cargo test --locked --test outage_e2e -- --ignored --test-threads=1

@@ -52,6 +52,10 @@ pub struct AgentMetrics {
     /// From a VM's creation to its domain running.
     pub creation_to_running_seconds: Histogram,
     pub libvirt_errors: Counter,
+    /// 1 while connected to libvirtd.
+    pub libvirt_connected: Gauge,
+    /// Connections opened to libvirtd after the first one.
+    pub libvirt_reconnects: Counter,
     /// Errors of the VM watch (each is followed by a re-list with backoff).
     pub watch_errors: Counter,
     /// registryDisk fetches by result: pulled, cached.
@@ -73,6 +77,8 @@ impl AgentMetrics {
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             creation_to_running_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
             libvirt_errors: Counter::default(),
+            libvirt_connected: Gauge::default(),
+            libvirt_reconnects: Counter::default(),
             watch_errors: Counter::default(),
             registry_fetches: Family::default(),
         };
@@ -95,6 +101,16 @@ impl AgentMetrics {
             "nodevirt_libvirt_errors",
             "Failed libvirt calls",
             metrics.libvirt_errors.clone(),
+        );
+        registry.register(
+            "nodevirt_libvirt_connected",
+            "1 while the agent is connected to libvirtd",
+            metrics.libvirt_connected.clone(),
+        );
+        registry.register(
+            "nodevirt_libvirt_reconnects",
+            "Connections to libvirtd opened after the first one",
+            metrics.libvirt_reconnects.clone(),
         );
         registry.register(
             "nodevirt_watch_errors",

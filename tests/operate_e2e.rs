@@ -80,36 +80,6 @@ fn metrics_show_a_running_vm_and_forget_it_when_deleted() {
     );
 }
 
-/// `nodevirt admin --socket S ARGS...`, optionally as another user: (exit ok, stdout, stderr).
-fn admin(agent: &Agent, args: &[&str], as_user: Option<&str>) -> (bool, String, String) {
-    let socket = format!("--socket={}", agent.admin_socket.display());
-    let binary = env!("CARGO_BIN_EXE_nodevirt");
-    let mut command = match as_user {
-        Some(uid) => {
-            let mut c = std::process::Command::new("setpriv");
-            c.args([
-                &format!("--reuid={uid}"),
-                &format!("--regid={uid}"),
-                "--clear-groups",
-                binary,
-            ]);
-            c
-        }
-        None => std::process::Command::new(binary),
-    };
-    let out = command
-        .arg("admin")
-        .arg(&socket)
-        .args(args)
-        .output()
-        .expect("run nodevirt admin");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn the_admin_socket_answers_every_question_and_only_root() {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -140,35 +110,35 @@ fn the_admin_socket_answers_every_question_and_only_root() {
     });
     let target = format!("{}/{}", vm.ns, vm.name);
 
-    let (ok, out, err) = admin(&agent, &["vms"], None);
+    let (ok, out, err) = agent.admin(&["vms"], None);
     assert!(ok, "{err}");
     assert!(
         out.contains("debugged") && out.contains("Running") && out.contains("running"),
         "{out}"
     );
-    let (ok, out, _) = admin(&agent, &["--output", "json", "vms"], None);
+    let (ok, out, _) = agent.admin(&["--output", "json", "vms"], None);
     let vms: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert!(ok && vms[0]["name"] == "debugged", "{out}");
-    let (ok, out, _) = admin(&agent, &["show", &target], None);
+    let (ok, out, _) = agent.admin(&["show", &target], None);
     assert!(
         ok && out.contains("VM started.") && out.contains(&uid),
         "{out}"
     );
-    let (ok, out, _) = admin(&agent, &["xml", &target], None);
+    let (ok, out, _) = agent.admin(&["xml", &target], None);
     assert!(ok && out.contains("<domain") && out.contains(&uid), "{out}");
-    let (ok, out, _) = admin(&agent, &["console", &target, "--lines", "200"], None);
+    let (ok, out, _) = agent.admin(&["console", &target, "--lines", "200"], None);
     assert!(ok && out.contains("admin-socket-console-line"), "{out}");
-    let (ok, out, _) = admin(&agent, &["resync", &target], None);
+    let (ok, out, _) = agent.admin(&["resync", &target], None);
     assert!(ok && out.contains("resync of"), "{out}");
-    let (ok, out, _) = admin(&agent, &["health"], None);
+    let (ok, out, _) = agent.admin(&["health"], None);
     assert!(
         ok && out.contains("libvirt connected: true") && out.contains("watch synced: true"),
         "{out}"
     );
-    let (ok, _, err) = admin(&agent, &["show", "nope/missing"], None);
+    let (ok, _, err) = agent.admin(&["show", "nope/missing"], None);
     assert!(!ok && err.contains("no VM nope/missing"), "{err}");
 
-    let (ok, _, err) = admin(&agent, &["health"], Some("65534"));
+    let (ok, _, err) = agent.admin(&["health"], Some("65534"));
     assert!(
         !ok && err.contains("Permission denied"),
         "a non-root user must be refused: {err}"

@@ -5,7 +5,8 @@
 //! 2. Reconciles each VM (`reconcile`): disks, domain, status, events; level-triggered.
 //! 3. libvirt lifecycle events trigger the reconcile of the domain's VM, so a guest that stops
 //!    is reported within seconds.
-//! 4. Beside it: orphaned-domain cleanup (`gc`) and the node heartbeat (`heartbeat`).
+//! 4. Beside it: the libvirt connection with reconnect (`libvirt_link`), orphaned-domain
+//!    cleanup (`gc`) and the node heartbeat (`heartbeat`).
 
 mod disks;
 pub mod event_log;
@@ -13,6 +14,7 @@ pub mod gc;
 pub mod heartbeat;
 pub mod http;
 mod inputs;
+mod libvirt_link;
 pub mod plan;
 pub mod reasons;
 pub mod reconcile;
@@ -33,7 +35,7 @@ use tracing::{info, warn};
 use crate::admin::server::AdminState;
 use crate::api::{NODE_NAME_LABEL, VirtualMachine};
 use crate::domain::DomainType;
-use crate::hypervisor::{HypervisorError, Libvirt, events};
+use crate::hypervisor::{Libvirt, events};
 use crate::metrics::AgentMetrics;
 use crate::storage::registry::Puller;
 
@@ -90,8 +92,6 @@ pub enum AgentError {
     Client(#[from] crate::k8s::ClientError),
     #[error(transparent)]
     Events(#[from] events::EventError),
-    #[error(transparent)]
-    Hypervisor(#[from] HypervisorError),
     #[error("creating the state folder {0}")]
     StateDir(PathBuf, #[source] std::io::Error),
 }
@@ -125,16 +125,9 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     std::fs::create_dir_all(&args.state_dir)
         .map_err(|e| AgentError::StateDir(args.state_dir.clone(), e))?;
     events::start_event_loop()?;
-    let uri = args.libvirt_uri.clone();
-    let libvirt = Arc::new(
-        tokio::task::spawn_blocking(move || Libvirt::open(&uri))
-            .await
-            .map_err(|e| {
-                AgentError::StateDir(PathBuf::from("libvirt"), std::io::Error::other(e))
-            })??,
-    );
+    // Connected (and reconnected) by `libvirt_link`, so the agent starts while libvirtd is away.
+    let libvirt = Arc::new(Libvirt::new(&args.libvirt_uri));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    events::subscribe(libvirt.connection(), tx)?;
 
     let settings = Settings {
         node: args.node_name.clone(),
@@ -186,8 +179,8 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         })
         .applied_objects();
     let controller = Controller::for_stream(vm_events, store.clone());
-    let domain_events =
-        UnboundedReceiverStream::new(rx).filter_map(|e| async move { vm_of_domain(&e.domain) });
+    let domain_events = UnboundedReceiverStream::new(rx)
+        .filter_map(|e: events::LifecycleEvent| async move { vm_of_domain(&e.domain) });
 
     let endpoint = Arc::new(http::Endpoint {
         metrics: Arc::clone(&metrics),
@@ -204,7 +197,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         vms: store.clone(),
         synced: synced.clone(),
         state_dir: args.state_dir.clone(),
-        resync: resync_tx,
+        resync: resync_tx.clone(),
         events,
     });
     let admin_path = args.admin_socket.clone();
@@ -213,6 +206,20 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
             warn!(error = %crate::k8s::error_chain(&e), "the admin socket is not available");
         }
     });
+    let resync_all = {
+        let (store, resync) = (store.clone(), resync_tx.clone());
+        move || {
+            for vm in store.state() {
+                resync.send(ObjectRef::from_obj(&*vm)).ok();
+            }
+        }
+    };
+    let link = tokio::spawn(libvirt_link::run(
+        Arc::clone(&endpoint.libvirt),
+        tx,
+        Arc::clone(&metrics),
+        resync_all,
+    ));
     let gc = tokio::spawn(gc::run(store, synced, Arc::clone(&ctx)));
     let heartbeat = tokio::spawn(heartbeat::run(
         client.clone(),
@@ -228,6 +235,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         .await;
     server.abort();
     admin.abort();
+    link.abort();
     gc.abort();
     heartbeat.abort();
     if let Err(e) = heartbeat::beat(&client, &args.node_name, false).await {

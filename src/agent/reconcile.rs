@@ -15,7 +15,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::api::virtual_machine::DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS;
 use crate::api::{Phase, VirtualMachine, VirtualMachineStatus};
@@ -158,6 +158,10 @@ async fn reconcile_in_span(
         Ok(_) => {
             ctx.failures.lock().map(|mut f| f.remove(&uid)).ok();
         }
+        // libvirtd being away is the node's problem, logged once by the link; no event per VM.
+        Err(err) if connection_lost(err) => {
+            debug!(vm = %key(&vm), error = %error_chain(err), "reconcile waits for libvirt");
+        }
         Err(err) => {
             warn!(vm = %key(&vm), error = %error_chain(err), "reconcile failed");
             publish(
@@ -171,6 +175,15 @@ async fn reconcile_in_span(
         }
     }
     result
+}
+
+fn connection_lost(err: &ReconcileError) -> bool {
+    matches!(
+        err,
+        finalizer::Error::ApplyFailed(Error::Hypervisor(e))
+            | finalizer::Error::CleanupFailed(Error::Hypervisor(e))
+            if e.is_connection_lost()
+    )
 }
 
 /// Retries a failed VM with exponential backoff: 1 s, 2 s, 4 s, ... up to a minute.
@@ -356,6 +369,9 @@ async fn create(
     }
     let domain = name.to_string();
     if let Err(e) = ctx.libvirt.run(move |lv| lv.define(&domain, &xml)).await {
+        if e.is_connection_lost() {
+            return Err(e.into());
+        }
         ctx.metrics.libvirt_errors.inc();
         return fail(ctx, vm, reasons::DEFINE_FAILED, &error_chain(&e)).await;
     }
@@ -373,6 +389,9 @@ async fn create(
 async fn start(vm: &VirtualMachine, ctx: &Context, name: &str) -> Result<Action, Error> {
     let domain = name.to_string();
     if let Err(e) = ctx.libvirt.run(move |lv| lv.start(&domain)).await {
+        if e.is_connection_lost() {
+            return Err(e.into());
+        }
         ctx.metrics.libvirt_errors.inc();
         return fail(ctx, vm, reasons::START_FAILED, &error_chain(&e)).await;
     }

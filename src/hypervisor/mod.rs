@@ -2,11 +2,16 @@
 //!
 //! Calls are blocking (libvirt RPC); async callers run them on tokio's blocking pool with
 //! [`Libvirt::run`]. Works the same on qemu:///system and on the test:///default driver.
+//!
+//! The connection can go away (libvirtd restarts, is upgraded, crashes). [`Libvirt`] holds the
+//! current one, or none: calls made while there is none fail with
+//! [`HypervisorError::Disconnected`], and [`HypervisorError::is_connection_lost`] tells callers
+//! to retry rather than blame the VM. Whoever owns the agent reconnects ([`Libvirt::connect`]).
 
 pub mod events;
 pub mod stats;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use virt::connect::Connect;
 use virt::domain::{
@@ -20,12 +25,45 @@ use virt::sys;
 use crate::domain::model::{METADATA_NAMESPACE, VmMetadata};
 
 #[derive(Debug, thiserror::Error)]
-#[error("libvirt: {op} {target}")]
-pub struct HypervisorError {
-    pub op: &'static str,
-    pub target: String,
-    #[source]
-    pub source: virt::error::Error,
+pub enum HypervisorError {
+    #[error("libvirt: {op} {target}")]
+    Call {
+        op: &'static str,
+        target: String,
+        #[source]
+        source: virt::error::Error,
+    },
+    #[error("libvirt: {op} {target}: not connected to {uri} (reconnecting)")]
+    Disconnected {
+        op: &'static str,
+        target: String,
+        uri: String,
+    },
+    #[error("libvirt: a call on {uri} panicked: {message}")]
+    Panicked { uri: String, message: String },
+}
+
+impl HypervisorError {
+    /// True when the call failed because the connection to libvirtd is gone, not because of
+    /// the domain: the caller should retry once reconnected instead of failing the VM.
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            Self::Disconnected { .. } => true,
+            Self::Call { source, .. } => {
+                source.domain() == Enum::Known(virt::error::ErrorDomain::Rpc)
+                    || matches!(
+                        source.code(),
+                        Enum::Known(
+                            ErrorNumber::NoConnect
+                                | ErrorNumber::InvalidConn
+                                | ErrorNumber::SystemError
+                                | ErrorNumber::Rpc
+                        )
+                    )
+            }
+            Self::Panicked { .. } => false,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, HypervisorError>;
@@ -77,31 +115,72 @@ pub struct GuestAddress {
 }
 
 pub struct Libvirt {
-    conn: Connect,
     uri: String,
+    /// The current connection; `None` until the first connect and while reconnecting.
+    conn: RwLock<Option<Connect>>,
 }
 
 impl Libvirt {
-    pub fn open(uri: &str) -> Result<Self> {
+    /// A handle with no connection yet; see [`Libvirt::connect`].
+    pub fn new(uri: &str) -> Self {
         // libvirt prints every error to stderr by default; ours are returned and logged.
         virt::error::clear_error_callback();
-        let conn = Connect::open(Some(uri)).map_err(|source| HypervisorError {
-            op: "connecting to",
-            target: uri.to_string(),
-            source,
-        })?;
-        Ok(Self {
-            conn,
+        Self {
             uri: uri.to_string(),
-        })
+            conn: RwLock::new(None),
+        }
+    }
+
+    /// A handle connected at once (commands and tests).
+    pub fn open(uri: &str) -> Result<Self> {
+        let lv = Self::new(uri);
+        lv.connect()?;
+        Ok(lv)
     }
 
     pub fn uri(&self) -> &str {
         &self.uri
     }
 
-    pub fn connection(&self) -> &Connect {
-        &self.conn
+    /// Opens a new connection and makes it the current one, dropping the previous one. Returns
+    /// it so the caller can subscribe to its events.
+    pub fn connect(&self) -> Result<Connect> {
+        let conn = Connect::open(Some(&self.uri)).map_err(|source| HypervisorError::Call {
+            op: "connecting to",
+            target: self.uri.clone(),
+            source,
+        })?;
+        let previous = self.slot().replace(conn.clone());
+        drop(previous);
+        Ok(conn)
+    }
+
+    /// Forgets the current connection (after it died), so calls fail fast as Disconnected.
+    pub fn disconnect(&self) {
+        let previous = self.slot().take();
+        drop(previous);
+    }
+
+    fn slot(&self) -> std::sync::RwLockWriteGuard<'_, Option<Connect>> {
+        // A panic while holding the lock leaves the Option itself intact: keep using it.
+        self.conn
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The current connection (a new reference to it), or Disconnected naming the call.
+    fn conn(&self, op: &'static str, target: &str) -> Result<Connect> {
+        let current = self
+            .conn
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        current
+            .clone()
+            .ok_or_else(|| HypervisorError::Disconnected {
+                op,
+                target: target.to_string(),
+                uri: self.uri.clone(),
+            })
     }
 
     /// Runs blocking libvirt calls off the async runtime.
@@ -114,25 +193,27 @@ impl Libvirt {
         match tokio::task::spawn_blocking(move || f(&this)).await {
             Ok(result) => result,
             // A panic in a libvirt call must not take the agent down with it.
-            Err(join) => Err(HypervisorError {
-                op: "running a call on",
-                target: format!("{join}"),
-                source: virt::error::Error::last_error(),
+            Err(join) => Err(HypervisorError::Panicked {
+                uri: self.uri.clone(),
+                message: join.to_string(),
             }),
         }
     }
 
+    /// True while there is a connection and libvirt has not seen it close.
     pub fn is_alive(&self) -> bool {
-        self.conn.is_alive().unwrap_or(false)
+        self.conn("checking", "the connection")
+            .is_ok_and(|conn| conn.is_alive().unwrap_or(false))
     }
 
     fn err(op: &'static str, target: &str) -> impl FnOnce(virt::error::Error) -> HypervisorError {
         let target = target.to_string();
-        move |source| HypervisorError { op, target, source }
+        move |source| HypervisorError::Call { op, target, source }
     }
 
     fn find(&self, name: &str) -> Result<Option<Domain>> {
-        match self.conn.lookup_domain_by_name(name) {
+        let conn = self.conn("looking up domain", name)?;
+        match conn.lookup_domain_by_name(name) {
             Ok(d) => Ok(Some(d)),
             Err(e) if e.code() == Enum::Known(ErrorNumber::NoDomain) => Ok(None),
             Err(e) => Err(Self::err("looking up domain", name)(e)),
@@ -158,7 +239,7 @@ impl Libvirt {
     }
 
     pub fn define(&self, name: &str, xml: &str) -> Result<()> {
-        self.conn
+        self.conn("defining domain", name)?
             .define_domain_xml(xml)
             .map(drop)
             .map_err(Self::err("defining domain", name))
@@ -223,7 +304,7 @@ impl Libvirt {
     /// Every domain that carries nodevirt's metadata, running or not.
     pub fn owned_domains(&self) -> Result<Vec<OwnedDomain>> {
         let domains = self
-            .conn
+            .conn("listing domains on", &self.uri)?
             .list_all_domains(0)
             .map_err(Self::err("listing domains on", &self.uri))?;
         let mut owned = Vec::new();

@@ -55,11 +55,12 @@ impl Libvirt {
     /// Usage of every running domain of `node`. A domain that stops while being read is skipped.
     pub fn usage(&self, node: &str) -> Result<Vec<DomainUsage>> {
         let mut out = Vec::new();
+        let conn = self.conn("reading usage on", self.uri())?;
         for owned in self.owned_domains()? {
             if owned.vm.node.as_deref() != Some(node) {
                 continue;
             }
-            let Ok(domain) = self.conn.lookup_domain_by_name(&owned.name) else {
+            let Ok(domain) = conn.lookup_domain_by_name(&owned.name) else {
                 continue;
             };
             if !domain.is_active().unwrap_or(false) {

@@ -173,6 +173,37 @@ impl Agent {
         self.daemon.log_text()
     }
 
+    /// `nodevirt admin --socket S ARGS...`, optionally as another user (setpriv with that
+    /// uid and gid, no groups): (exit ok, stdout, stderr).
+    pub fn admin(&self, args: &[&str], as_user: Option<&str>) -> (bool, String, String) {
+        let socket = format!("--socket={}", self.admin_socket.display());
+        let binary = env!("CARGO_BIN_EXE_nodevirt");
+        let mut command = match as_user {
+            Some(uid) => {
+                let mut c = std::process::Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={uid}"),
+                    "--clear-groups",
+                    binary,
+                ]);
+                c
+            }
+            None => std::process::Command::new(binary),
+        };
+        let out = command
+            .arg("admin")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .expect("run nodevirt admin");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// GET `path` on the agent's HTTP endpoint: (status code, body).
     pub fn get(&self, path: &str) -> (u16, String) {
         use std::io::{Read, Write};

@@ -42,6 +42,21 @@ impl Cluster {
         })
     }
 
+    /// Stops or starts again one of the cluster's components (hack/cluster-ctl.sh).
+    pub fn ctl(&self, action: &str, component: &str) {
+        let name = self.dir.file_name().unwrap().to_str().unwrap();
+        let out = Command::new(repo_root().join("hack/cluster-ctl.sh"))
+            .args([name, action, component])
+            .env("NODEVIRT_CLUSTER_DIR", &self.dir)
+            .output()
+            .expect("run hack/cluster-ctl.sh");
+        assert!(
+            out.status.success(),
+            "cluster-ctl {action} {component} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> Output {
         Command::new("kubectl")
             .args(args)
