@@ -3,9 +3,9 @@
 use std::path::Path;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::Api;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::warn;
@@ -34,13 +34,19 @@ pub async fn publish(
     }
 }
 
-/// Merge-patches `status` of object `name` through the status subresource.
-pub async fn patch_status<K, S>(api: &Api<K>, name: &str, status: &S) -> Result<K, kube::Error>
+/// Merge-patches `status` of `object` through the status subresource. The object's UID rides
+/// along as a precondition: if the object was deleted and re-created under the same name, the
+/// API server refuses the patch (409) instead of giving the new object the old one's status.
+pub async fn patch_status<K, S>(api: &Api<K>, object: &K, status: &S) -> Result<K, kube::Error>
 where
-    K: Clone + DeserializeOwned + std::fmt::Debug,
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize,
 {
-    let patch = serde_json::json!({ "status": status });
+    let patch = serde_json::json!({
+        "metadata": { "uid": object.meta().uid },
+        "status": status,
+    });
+    let name = object.meta().name.as_deref().unwrap_or_default();
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
 }

@@ -23,6 +23,9 @@ pub enum InputError {
     /// Not there yet (a claim not bound): the VM waits and is looked at again.
     #[error("{0}")]
     Waiting(String),
+    /// The state folder's filesystem is full: the VM fails with that message.
+    #[error("{0}")]
+    DiskFull(String),
     #[error("reading {what} from the API server")]
     Api {
         what: String,
@@ -99,6 +102,8 @@ pub async fn gather(
                     let message = format!("{field}.image: {}", error_chain(&e));
                     if e.is_transient() {
                         InputError::Waiting(message)
+                    } else if e.is_disk_full() {
+                        InputError::DiskFull(message)
                     } else {
                         InputError::Invalid(message)
                     }

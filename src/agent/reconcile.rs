@@ -224,7 +224,7 @@ async fn write_status(
     }
     let api: Api<VirtualMachine> =
         Api::namespaced(ctx.client.clone(), &vm.namespace().unwrap_or_default());
-    k8s::patch_status(&api, &vm.name_any(), new)
+    k8s::patch_status(&api, vm, new)
         .await
         .map(drop)
         .map_err(|source| Error::Status {
@@ -331,6 +331,9 @@ async fn create(
         Ok(inputs) => inputs,
         Err(InputError::Invalid(message)) => {
             return fail(ctx, vm, reasons::MISSING_INPUT, &message).await;
+        }
+        Err(InputError::DiskFull(message)) => {
+            return fail(ctx, vm, reasons::STORAGE_FAILED, &message).await;
         }
         Err(InputError::Waiting(message)) => {
             let mut new = vm.status.clone().unwrap_or_default();

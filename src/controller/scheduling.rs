@@ -163,7 +163,7 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
                 Timestamp::now(),
             );
             if changed {
-                k8s::patch_status(&api, &vm.name_any(), &status)
+                k8s::patch_status(&api, &vm, &status)
                     .await
                     .map_err(write_error(&vm))?;
                 k8s::publish(
@@ -182,7 +182,7 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
     status.phase = Some(Phase::Scheduled);
     status.node_name = Some(node.clone());
     status.conditions.clear();
-    let written = k8s::patch_status(&api, &vm.name_any(), &status)
+    let written = k8s::patch_status(&api, &vm, &status)
         .await
         .map_err(write_error(&vm))?;
     let mut labelled = written;
@@ -223,7 +223,7 @@ async fn fail(
     let mut status = vm.status.clone().unwrap_or_default();
     status.phase = Some(Phase::Failed);
     set_ready(&mut status, false, reason, message, Timestamp::now());
-    k8s::patch_status(api, &vm.name_any(), &status)
+    k8s::patch_status(api, vm, &status)
         .await
         .map_err(write_error(vm))?;
     k8s::publish(
@@ -274,7 +274,7 @@ pub async fn watch_node_health(ctx: Arc<Context>) {
             status.phase = Some(Phase::Unknown);
             let message = "The node's nodevirt agent stopped reporting; the VM's state is unknown.";
             set_ready(&mut status, false, reasons::NODE_UNRESPONSIVE, message, now);
-            match k8s::patch_status(&api, &vm.name_any(), &status).await {
+            match k8s::patch_status(&api, &vm, &status).await {
                 Ok(_) => {
                     warn!(vm = %key(&vm), "node unresponsive: VM Unknown");
                     k8s::publish(

@@ -199,7 +199,7 @@ pub async fn reconcile_offline(
     };
     if ovm.status.as_ref() != Some(&status) {
         let api: Api<OfflineVirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
-        k8s::patch_status(&api, &name, &status)
+        k8s::patch_status(&api, &*ovm, &status)
             .await
             .map_err(api_error("writing the status", &*ovm))?;
     }
@@ -245,7 +245,7 @@ pub async fn reconcile_replica_set(
             ..rs.status.clone().unwrap_or_default()
         };
         if rs.status.as_ref() != Some(&status) {
-            k8s::patch_status(&api, &name, &status)
+            k8s::patch_status(&api, &*rs, &status)
                 .await
                 .map_err(api_error("writing the status", &*rs))?;
             k8s::publish(
@@ -302,7 +302,7 @@ pub async fn reconcile_replica_set(
         conditions: Vec::new(),
     };
     if rs.status.as_ref() != Some(&status) {
-        k8s::patch_status(&api, &name, &status)
+        k8s::patch_status(&api, &*rs, &status)
             .await
             .map_err(api_error("writing the status", &*rs))?;
     }

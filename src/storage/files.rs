@@ -7,6 +7,7 @@ use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
 use tokio::process::Command;
 
 use crate::domain::{ImageFormat, ResolvedVolume};
@@ -28,6 +29,30 @@ pub enum StorageError {
         path: PathBuf,
         stderr: String,
     },
+}
+
+/// True when `err`, or an error it wraps, is the filesystem being full (ENOSPC, EDQUOT): worth
+/// failing the VM with that message rather than retrying a write that cannot succeed.
+pub fn is_disk_full(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.raw_os_error().map(Errno::from_raw),
+                Some(Errno::ENOSPC | Errno::EDQUOT)
+            ) {
+                return true;
+            }
+            // An io::Error wrapping another (io::Error::other) hides it from source().
+            if let Some(inner) = io.get_ref()
+                && is_disk_full(inner)
+            {
+                return true;
+            }
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// Turns an I/O error into a StorageError saying what was being done to which path.
@@ -201,6 +226,25 @@ pub async fn ensure_overlay(path: &Path, backing: &ResolvedVolume) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_found_anywhere_in_the_chain() {
+        let full = StorageError::Io {
+            action: "writing",
+            path: PathBuf::from("/x"),
+            source: std::io::Error::from_raw_os_error(Errno::ENOSPC as i32),
+        };
+        assert!(is_disk_full(&full));
+        let other = StorageError::Io {
+            action: "writing",
+            path: PathBuf::from("/x"),
+            source: std::io::Error::from_raw_os_error(Errno::EIO as i32),
+        };
+        assert!(!is_disk_full(&other));
+        let wrapped =
+            std::io::Error::other(std::io::Error::from_raw_os_error(Errno::ENOSPC as i32));
+        assert!(is_disk_full(&wrapped));
+    }
 
     #[tokio::test]
     async fn files_are_made_once_and_atomically() {

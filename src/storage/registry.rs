@@ -17,7 +17,7 @@ use oci_client::{Client, Reference};
 use tracing::info;
 
 use crate::domain::{ImageFormat, ResolvedVolume};
-use crate::storage::files::{StorageError, io_error};
+use crate::storage::files::{StorageError, io_error, is_disk_full};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -40,16 +40,31 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// The state folder's filesystem is full: the VM fails, naming it, until room is made.
+    pub fn is_disk_full(&self) -> bool {
+        use oci_client::errors::OciDistributionError as E;
+        match self {
+            // oci-client's IoError is `transparent`: its source() skips the io::Error itself.
+            RegistryError::Pull {
+                source: E::IoError(io),
+                ..
+            } => is_disk_full(io),
+            RegistryError::Storage(storage) => is_disk_full(storage),
+            _ => false,
+        }
+    }
+
     /// A network or disk hiccup, worth retrying; the rest needs the VM or its secret fixed.
     pub fn is_transient(&self) -> bool {
         use oci_client::errors::OciDistributionError as E;
-        match self {
-            RegistryError::Pull { source, .. } => {
-                matches!(source, E::RequestError(_) | E::IoError(_))
+        !self.is_disk_full()
+            && match self {
+                RegistryError::Pull { source, .. } => {
+                    matches!(source, E::RequestError(_) | E::IoError(_))
+                }
+                RegistryError::Storage(_) => true,
+                RegistryError::Reference { .. } | RegistryError::Content { .. } => false,
             }
-            RegistryError::Storage(_) => true,
-            RegistryError::Reference { .. } | RegistryError::Content { .. } => false,
-        }
     }
 }
 
@@ -283,6 +298,24 @@ fn extract_disk(layer: &Path, out: &Path) -> Result<bool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_not_worth_retrying() {
+        let full = RegistryError::Pull {
+            image: "r/i:1".into(),
+            source: oci_client::errors::OciDistributionError::IoError(
+                std::io::Error::from_raw_os_error(nix::errno::Errno::ENOSPC as i32),
+            ),
+        };
+        assert!(full.is_disk_full() && !full.is_transient());
+        let network = RegistryError::Pull {
+            image: "r/i:1".into(),
+            source: oci_client::errors::OciDistributionError::IoError(
+                std::io::Error::from_raw_os_error(nix::errno::Errno::ECONNRESET as i32),
+            ),
+        };
+        assert!(network.is_transient());
+    }
 
     fn layer(files: &[(&str, &[u8])], gzip: bool) -> tempfile::NamedTempFile {
         let mut builder = tar::Builder::new(Vec::new());

@@ -74,6 +74,8 @@ pub struct NodeOptions<'a> {
     pub heartbeat_seconds: u32,
     /// Registries (host:port) reached over plain HTTP.
     pub insecure_registries: &'a [&'a str],
+    /// The agent's state folder; by default one under the cluster's folder.
+    pub state_dir: Option<&'a std::path::Path>,
 }
 
 impl Default for NodeOptions<'_> {
@@ -84,6 +86,7 @@ impl Default for NodeOptions<'_> {
             memory: "8Gi",
             heartbeat_seconds: 60,
             insecure_registries: &[],
+            state_dir: None,
         }
     }
 }
@@ -107,7 +110,10 @@ impl Agent {
     pub fn start_with(cluster: &'static Cluster, node_prefix: &str, options: NodeOptions) -> Agent {
         let node = format!("{node_prefix}-{}", unique_suffix());
         cluster.node_with(&node, options.labels, options.memory);
-        let state_dir = cluster.dir.join("state").join(&node);
+        let state_dir = options
+            .state_dir
+            .map(PathBuf::from)
+            .unwrap_or_else(|| cluster.dir.join("state").join(&node));
         std::fs::create_dir_all(&state_dir).unwrap();
         let kubeconfig = cluster.service_account_kubeconfig("nodevirt", "nodevirt-agent");
         let mut args = vec![
