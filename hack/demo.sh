@@ -53,10 +53,13 @@ spec:
   resources: {requests: {storage: 1Gi}}
 YAML
 
-log "starting the agent for node1, with its ServiceAccount's token"
+# Bound to the Node, as a DaemonSet Pod's token is: the admission policy in daemonset.yaml
+# lets the agent change only its own node's VMs, and refuses tokens bound to no node.
+log "starting the agent for node1, with its ServiceAccount's token bound to node1"
 kubectl config view --raw --minify > "$dir/agent.kubeconfig"
 KUBECONFIG=$dir/agent.kubeconfig kubectl config set-credentials admin \
-  --token="$(kubectl -n nodevirt create token nodevirt-agent --duration=24h)" >/dev/null
+  --token="$(kubectl -n nodevirt create token nodevirt-agent --duration=24h \
+    --bound-object-kind Node --bound-object-name node1)" >/dev/null
 "$NODEVIRT_BIN" agent --node-name node1 --kubeconfig "$dir/agent.kubeconfig" \
   --metrics-addr 127.0.0.1:9186 \
   --hypervisor "${NODEVIRT_HYPERVISOR:-qemu}" --network nodevirt --state-dir "$dir/state" \

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::agent::Agent;
+use support::agent::{Agent, NodeOptions};
 use support::cluster::{Cluster, wait_for};
 use support::vm::{BOOT, Vm, console_log, user_data, vm_yaml};
 
@@ -110,37 +110,72 @@ fn the_admin_socket_answers_every_question_and_only_root() {
     });
     let target = format!("{}/{}", vm.ns, vm.name);
 
-    let (ok, out, err) = agent.admin(&["vms"], None);
+    let (ok, out, err) = agent.admin(&["vms"]);
     assert!(ok, "{err}");
     assert!(
         out.contains("debugged") && out.contains("Running") && out.contains("running"),
         "{out}"
     );
-    let (ok, out, _) = agent.admin(&["--output", "json", "vms"], None);
+    let (ok, out, _) = agent.admin(&["--output", "json", "vms"]);
     let vms: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert!(ok && vms[0]["name"] == "debugged", "{out}");
-    let (ok, out, _) = agent.admin(&["show", &target], None);
+    let (ok, out, _) = agent.admin(&["show", &target]);
     assert!(
         ok && out.contains("VM started.") && out.contains(&uid),
         "{out}"
     );
-    let (ok, out, _) = agent.admin(&["xml", &target], None);
+    let (ok, out, _) = agent.admin(&["xml", &target]);
     assert!(ok && out.contains("<domain") && out.contains(&uid), "{out}");
-    let (ok, out, _) = agent.admin(&["console", &target, "--lines", "200"], None);
+    let (ok, out, _) = agent.admin(&["console", &target, "--lines", "200"]);
     assert!(ok && out.contains("admin-socket-console-line"), "{out}");
-    let (ok, out, _) = agent.admin(&["resync", &target], None);
+    let (ok, out, _) = agent.admin(&["resync", &target]);
     assert!(ok && out.contains("resync of"), "{out}");
-    let (ok, out, _) = agent.admin(&["health"], None);
+    let (ok, out, _) = agent.admin(&["health"]);
     assert!(
         ok && out.contains("libvirt connected: true") && out.contains("watch synced: true"),
         "{out}"
     );
-    let (ok, _, err) = agent.admin(&["show", "nope/missing"], None);
+    let (ok, _, err) = agent.admin(&["show", "nope/missing"]);
     assert!(!ok && err.contains("no VM nope/missing"), "{err}");
 
-    let (ok, _, err) = agent.admin(&["health"], Some("65534"));
+    let (ok, _, err) = agent.admin_as(&["health"], 65534, &[]);
     assert!(
         !ok && err.contains("Permission denied"),
         "a non-root user must be refused: {err}"
     );
+}
+
+#[test]
+fn the_admin_socket_checks_its_peer_beyond_the_file_mode() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    const GROUP: u32 = 4242;
+    let cluster = Cluster::get();
+    let group_flag = format!("--admin-group={GROUP}");
+    let agent = Agent::start_with(
+        cluster,
+        "admin-group",
+        NodeOptions {
+            extra_args: &[&group_flag],
+            ..Default::default()
+        },
+    );
+    let meta = std::fs::metadata(&agent.admin_socket).expect("the admin socket exists");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), GROUP);
+    let (ok, out, err) = agent.admin_as(&["health"], 65534, &[GROUP]);
+    assert!(
+        ok && out.contains("watch synced"),
+        "a member of the group: {err}"
+    );
+    let (ok, _, err) = agent.admin_as(&["health"], 65534, &[]);
+    assert!(!ok && err.contains("Permission denied"), "{err}");
+    // Even if someone opens the file mode up, the peer's credentials still decide.
+    std::fs::set_permissions(&agent.admin_socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (ok, _, err) = agent.admin_as(&["health"], 65534, &[]);
+    assert!(
+        !ok && err.contains("uid 65534 is neither root nor in group 4242"),
+        "{err}"
+    );
+    let (ok, _, err) = agent.admin(&["health"]);
+    assert!(ok, "root: {err}");
 }

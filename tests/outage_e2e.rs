@@ -154,12 +154,12 @@ fn an_api_outage_touches_no_vm_and_status_catches_up() {
             .contains("shut off")
             .then_some(())
     });
-    let (ok, out, err) = agent.admin(&["vms"], None);
+    let (ok, out, err) = agent.admin(&["vms"]);
     assert!(
         ok && out.contains("stays"),
         "admin socket during the outage: {err}"
     );
-    let (ok, out, err) = agent.admin(&["health"], None);
+    let (ok, out, err) = agent.admin(&["health"]);
     assert!(ok, "admin health during the outage: {out} {err}");
     std::thread::sleep(OUTAGE.saturating_sub(down.elapsed()));
     assert_eq!(
@@ -167,7 +167,7 @@ fn an_api_outage_touches_no_vm_and_status_catches_up() {
         before,
         "a VM was touched during the outage"
     );
-    let (ok, _, err) = agent.admin(&["show", &format!("{}/stays", ns.name)], None);
+    let (ok, _, err) = agent.admin(&["show", &format!("{}/stays", ns.name)]);
     assert!(ok, "admin show after a minute without the API: {err}");
 
     cluster.ctl("start", "etcd");

@@ -2,4 +2,5 @@
 
 pub mod api;
 pub mod client;
+pub mod peer;
 pub mod server;

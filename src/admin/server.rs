@@ -27,6 +27,7 @@ use super::api::{
     Accepted, ConsoleTail, DEFAULT_CONSOLE_LINES, DomainXml, ErrorBody, Health, MAX_CONSOLE_LINES,
     VmDetail, VmSummary,
 };
+use super::peer::{self, Access};
 
 pub struct AdminState {
     pub node: String,
@@ -60,9 +61,10 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Admin
     }
 }
 
-/// Binds the socket (mode 0600) and serves until the task is dropped. A stale socket is
-/// replaced; any other file at the path is left alone and refused.
-pub async fn serve(path: &Path, state: Arc<AdminState>) -> Result<(), AdminError> {
+/// Binds the socket and serves until the task is dropped: mode 0600, or 0660 owned by
+/// `access.group` when one is given; every connection's peer is checked too (`peer`). A stale
+/// socket is replaced; any other file at the path is left alone and refused.
+pub async fn serve(path: &Path, state: Arc<AdminState>, access: Access) -> Result<(), AdminError> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             std::fs::remove_file(path).map_err(io("removing the stale socket", path))?;
@@ -75,19 +77,39 @@ pub async fn serve(path: &Path, state: Arc<AdminState>) -> Result<(), AdminError
         }
     }
     let listener = tokio::net::UnixListener::bind(path).map_err(io("binding", path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    let mode = match access.group {
+        Some(gid) => {
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .map_err(io("giving the admin group", path))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(io("setting permissions of", path))?;
-    let app = Router::new()
+    let app = router(state).layer(axum::middleware::from_fn_with_state(
+        Arc::new(access),
+        peer::require_access,
+    ));
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<peer::Peer>(),
+    )
+    .await
+    .map_err(io("serving", path))
+}
+
+/// The paths of `api`, answered from `state`; the transport (the socket, or a test's
+/// in-memory stream) is the caller's.
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
         .route("/v1/vms", get(list))
         .route("/v1/vms/{namespace}/{name}", get(show))
         .route("/v1/vms/{namespace}/{name}/xml", get(xml))
         .route("/v1/vms/{namespace}/{name}/console", get(console))
         .route("/v1/vms/{namespace}/{name}/resync", post(resync))
         .route("/v1/health", get(health))
-        .with_state(state);
-    axum::serve(listener, app)
-        .await
-        .map_err(io("serving", path))
+        .with_state(state)
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

@@ -78,6 +78,10 @@ pub struct AgentArgs {
     /// The admin socket (HTTP/JSON, mode 0600) that `nodevirt admin` talks to.
     #[arg(long, env = "NODEVIRT_ADMIN_SOCKET", default_value = crate::admin::api::DEFAULT_SOCKET)]
     pub admin_socket: PathBuf,
+    /// A group (name or GID) whose members may use the admin socket besides root; the socket
+    /// is then mode 0660 with that group. Without it: 0600, root only.
+    #[arg(long, env = "NODEVIRT_ADMIN_GROUP", value_parser = parse_group)]
+    pub admin_group: Option<u32>,
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = "NODEVIRT_METRICS_ADDR", default_value = "0.0.0.0:9186")]
     pub metrics_addr: std::net::SocketAddr,
@@ -94,6 +98,18 @@ pub enum AgentError {
     Events(#[from] events::EventError),
     #[error("creating the state folder {0}")]
     StateDir(PathBuf, #[source] std::io::Error),
+}
+
+/// A group name or numeric GID -> GID.
+fn parse_group(value: &str) -> Result<u32, String> {
+    if let Ok(gid) = value.parse() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(value) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => Err(format!("no group named {value:?} on this host")),
+        Err(e) => Err(format!("looking up group {value:?}: {e}")),
+    }
 }
 
 fn domain_type(choice: Hypervisor) -> DomainType {
@@ -201,8 +217,11 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         events,
     });
     let admin_path = args.admin_socket.clone();
+    let access = crate::admin::peer::Access {
+        group: args.admin_group,
+    };
     let admin = tokio::spawn(async move {
-        if let Err(e) = crate::admin::server::serve(&admin_path, admin_state).await {
+        if let Err(e) = crate::admin::server::serve(&admin_path, admin_state, access).await {
             warn!(error = %crate::k8s::error_chain(&e), "the admin socket is not available");
         }
     });

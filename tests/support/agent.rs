@@ -76,6 +76,8 @@ pub struct NodeOptions<'a> {
     pub insecure_registries: &'a [&'a str],
     /// The agent's state folder; by default one under the cluster's folder.
     pub state_dir: Option<&'a std::path::Path>,
+    /// More flags for `nodevirt agent`.
+    pub extra_args: &'a [&'a str],
 }
 
 impl Default for NodeOptions<'_> {
@@ -87,6 +89,7 @@ impl Default for NodeOptions<'_> {
             heartbeat_seconds: 60,
             insecure_registries: &[],
             state_dir: None,
+            extra_args: &[],
         }
     }
 }
@@ -115,7 +118,9 @@ impl Agent {
             .map(PathBuf::from)
             .unwrap_or_else(|| cluster.dir.join("state").join(&node));
         std::fs::create_dir_all(&state_dir).unwrap();
-        let kubeconfig = cluster.service_account_kubeconfig("nodevirt", "nodevirt-agent");
+        // Bound to its Node, as a DaemonSet Pod's token is: the admission policy requires it.
+        let kubeconfig =
+            cluster.service_account_kubeconfig("nodevirt", "nodevirt-agent", Some(&node));
         let mut args = vec![
             "agent".to_string(),
             format!("--node-name={node}"),
@@ -132,6 +137,7 @@ impl Agent {
                 .iter()
                 .map(|r| format!("--insecure-registry={r}")),
         );
+        args.extend(options.extra_args.iter().map(|a| a.to_string()));
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -179,27 +185,36 @@ impl Agent {
         self.daemon.log_text()
     }
 
-    /// `nodevirt admin --socket S ARGS...`, optionally as another user (setpriv with that
-    /// uid and gid, no groups): (exit ok, stdout, stderr).
-    pub fn admin(&self, args: &[&str], as_user: Option<&str>) -> (bool, String, String) {
-        let socket = format!("--socket={}", self.admin_socket.display());
-        let binary = env!("CARGO_BIN_EXE_nodevirt");
-        let mut command = match as_user {
-            Some(uid) => {
-                let mut c = std::process::Command::new("setpriv");
-                c.args([
-                    &format!("--reuid={uid}"),
-                    &format!("--regid={uid}"),
-                    "--clear-groups",
-                    binary,
-                ]);
-                c
-            }
-            None => std::process::Command::new(binary),
-        };
+    /// `nodevirt admin --socket S ARGS...` as root: (exit ok, stdout, stderr).
+    pub fn admin(&self, args: &[&str]) -> (bool, String, String) {
+        self.run_admin(
+            std::process::Command::new(env!("CARGO_BIN_EXE_nodevirt")),
+            args,
+        )
+    }
+
+    /// The same as user `uid` (primary group `uid`) with supplementary `groups`, via setpriv.
+    pub fn admin_as(&self, args: &[&str], uid: u32, groups: &[u32]) -> (bool, String, String) {
+        let mut command = std::process::Command::new("setpriv");
+        command.args([format!("--reuid={uid}"), format!("--regid={uid}")]);
+        if groups.is_empty() {
+            command.arg("--clear-groups");
+        } else {
+            let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+            command.arg(format!("--groups={}", list.join(",")));
+        }
+        command.arg(env!("CARGO_BIN_EXE_nodevirt"));
+        self.run_admin(command, args)
+    }
+
+    fn run_admin(
+        &self,
+        mut command: std::process::Command,
+        args: &[&str],
+    ) -> (bool, String, String) {
         let out = command
             .arg("admin")
-            .arg(&socket)
+            .arg(format!("--socket={}", self.admin_socket.display()))
             .args(args)
             .output()
             .expect("run nodevirt admin");
@@ -238,7 +253,7 @@ impl Agent {
 
 /// A controller replica named `identity`.
 pub fn controller(cluster: &'static Cluster, identity: &str, heartbeat_timeout: u32) -> Daemon {
-    let kubeconfig = cluster.service_account_kubeconfig("nodevirt", "nodevirt-controller");
+    let kubeconfig = cluster.service_account_kubeconfig("nodevirt", "nodevirt-controller", None);
     let args = vec![
         "controller".to_string(),
         format!("--kubeconfig={}", kubeconfig.display()),

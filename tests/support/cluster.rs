@@ -93,22 +93,31 @@ impl Cluster {
         }
     }
 
-    /// A token of ServiceAccount `namespace/name`, from the TokenRequest API.
-    pub fn token(&self, namespace: &str, name: &str) -> String {
-        self.kubectl_ok(&["-n", namespace, "create", "token", name, "--duration=2h"])
-            .trim()
-            .to_string()
+    /// A token of ServiceAccount `namespace/name`, from the TokenRequest API; bound to Node
+    /// `node` if given (the API server then puts the node's name in the user's extra info, as
+    /// for a Pod's projected token on that node).
+    pub fn token(&self, namespace: &str, name: &str, node: Option<&str>) -> String {
+        let mut args = vec!["-n", namespace, "create", "token", name, "--duration=2h"];
+        if let Some(node) = node {
+            args.extend(["--bound-object-kind", "Node", "--bound-object-name", node]);
+        }
+        self.kubectl_ok(&args).trim().to_string()
     }
 
-    /// A kubeconfig file for ServiceAccount `namespace/name`.
-    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
+    /// A kubeconfig file for ServiceAccount `namespace/name`, bound to `node` if given.
+    pub fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        node: Option<&str>,
+    ) -> PathBuf {
         let path = self.dir.join(format!(
             "sa-{namespace}-{name}-{}.kubeconfig",
             unique_suffix()
         ));
         let raw = self.kubectl_ok(&["config", "view", "--raw", "--minify"]);
         std::fs::write(&path, raw).unwrap();
-        let token = self.token(namespace, name);
+        let token = self.token(namespace, name, node);
         let out = Command::new("kubectl")
             .args([
                 "config",
@@ -128,9 +137,14 @@ impl Cluster {
         client_from(&self.kubeconfig).await
     }
 
-    /// A kube Client as ServiceAccount `namespace/name`.
-    pub async fn service_account_client(&self, namespace: &str, name: &str) -> kube::Client {
-        client_from(&self.service_account_kubeconfig(namespace, name)).await
+    /// A kube Client as ServiceAccount `namespace/name`, bound to `node` if given.
+    pub async fn service_account_client(
+        &self,
+        namespace: &str,
+        name: &str,
+        node: Option<&str>,
+    ) -> kube::Client {
+        client_from(&self.service_account_kubeconfig(namespace, name, node)).await
     }
 
     /// A PersistentVolume (hostPath) + claim `name` in `namespace` whose disk.img is a fresh copy
