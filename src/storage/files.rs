@@ -68,13 +68,14 @@ pub(crate) fn io_error(
     }
 }
 
-/// Creates the VM's folder, traversable by the QEMU user (libvirt runs QEMU unprivileged).
+/// Creates the VM's folder: traversable by the QEMU user (libvirt runs QEMU unprivileged and
+/// hands it each disk, chowning the file at start), not listable by others.
 pub async fn ensure_vm_dir(layout: &VmLayout) -> Result<(), StorageError> {
     let dir = layout.dir();
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(io_error("creating", dir))?;
-    tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+    tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
         .await
         .map_err(io_error("setting permissions of", dir))
 }
@@ -129,6 +130,11 @@ async fn finish(
         let _ = tokio::fs::remove_file(tmp).await;
         return Err(e);
     }
+    // Cloud-init data may come from a Secret: only root (and QEMU, once libvirt hands the
+    // disk over) may read what the agent made.
+    tokio::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o600))
+        .await
+        .map_err(io_error("setting permissions of", tmp))?;
     tokio::fs::rename(tmp, path)
         .await
         .map_err(io_error("renaming into place", path))
@@ -148,6 +154,9 @@ pub async fn ensure_cloud_init_iso(
     tokio::fs::create_dir_all(&staging)
         .await
         .map_err(io_error("creating", &staging))?;
+    tokio::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))
+        .await
+        .map_err(io_error("setting permissions of", &staging))?;
     let user_data_path = staging.join("user-data");
     let meta_data_path = staging.join("meta-data");
     tokio::fs::write(&user_data_path, user_data)
@@ -257,6 +266,9 @@ mod tests {
             .unwrap();
         let bytes = std::fs::read(&iso).unwrap();
         assert_eq!(&bytes[0x8001..0x8006], b"CD001", "an ISO9660 image");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&iso), 0o600, "user-data is for root and QEMU only");
+        assert_eq!(mode(layout.dir()), 0o711);
         assert!(bytes.windows(6).any(|w| w == b"cidata"), "labelled cidata");
         let disk = layout.dir().join("empty.qcow2");
         ensure_empty_disk(&disk, 1 << 30).await.unwrap();
