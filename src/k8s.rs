@@ -76,6 +76,14 @@ pub enum ClientError {
 
 /// A client from `kubeconfig`, or else $KUBECONFIG, ~/.kube/config or the in-cluster config.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientError> {
+    client_observed(kubeconfig, |_| {}).await
+}
+
+/// The same, calling `on_request` with the method of every request it sends (for metrics).
+pub async fn client_observed(
+    kubeconfig: Option<&Path>,
+    on_request: impl Fn(&http::Method) + Clone + Send + Sync + 'static,
+) -> Result<kube::Client, ClientError> {
     let boxed = |e: &dyn std::fmt::Display| ClientError::Config(e.to_string().into());
     let config = match kubeconfig {
         Some(path) => {
@@ -86,7 +94,14 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientErr
         }
         None => kube::Config::infer().await.map_err(|e| boxed(&e))?,
     };
-    kube::Client::try_from(config).map_err(ClientError::Client)
+    let count = tower::util::MapRequestLayer::new(move |request: http::Request<_>| {
+        on_request(request.method());
+        request
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .map_err(ClientError::Client)?
+        .with_layer(&count)
+        .build())
 }
 
 /// This machine's host name, for identities in events and Leases.

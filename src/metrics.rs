@@ -26,6 +26,11 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VmLabels {
     namespace: String,
     name: String,
@@ -58,6 +63,8 @@ pub struct AgentMetrics {
     pub libvirt_reconnects: Counter,
     /// Errors of the VM watch (each is followed by a re-list with backoff).
     pub watch_errors: Counter,
+    /// Requests sent to the API server, by HTTP method.
+    pub api_requests: Family<MethodLabel, Counter>,
     /// registryDisk fetches by result: pulled, cached.
     pub registry_fetches: Family<ResultLabel, Counter>,
 }
@@ -81,6 +88,7 @@ impl AgentMetrics {
             libvirt_reconnects: Counter::default(),
             watch_errors: Counter::default(),
             registry_fetches: Family::default(),
+            api_requests: Family::default(),
         };
         registry.register(
             "nodevirt_reconciles",
@@ -121,6 +129,11 @@ impl AgentMetrics {
             "nodevirt_registry_disk_fetches",
             "registryDisk images by result: pulled or cached",
             metrics.registry_fetches.clone(),
+        );
+        registry.register(
+            "nodevirt_api_requests",
+            "Requests the agent sent to the Kubernetes API server, by HTTP method",
+            metrics.api_requests.clone(),
         );
         registry.register(
             "nodevirt_build",

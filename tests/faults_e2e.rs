@@ -17,8 +17,14 @@ use support::registry::Registry;
 use support::vm::{BOOT, Vm, user_data, vm_yaml};
 
 /// libvirtd's own test driver: its domains live in the daemon, so they outlive the agent
-/// (test:///default would die with the agent's process).
+/// (test:///default would die with the agent's process) — as long as some connection holds
+/// the driver's state: libvirtd frees it when its last client disconnects.
 const TEST_DRIVER: &str = "test+unix:///default";
+
+/// A connection that keeps the test driver's domains alive while agents are killed.
+fn hold_test_driver() -> virt::connect::Connect {
+    virt::connect::Connect::open(Some(TEST_DRIVER)).expect("libvirtd's test driver")
+}
 
 fn env_count(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -148,6 +154,7 @@ fn killing_the_agent_at_random_moments_restarts_and_leaks_nothing() {
     let light = env_count("NODEVIRT_SOAK_VMS", 20);
     let cluster = Cluster::get();
     let ns = cluster.namespace("e2e-kill");
+    let _holder = hold_test_driver();
     let mut fake = Agent::start_with(
         cluster,
         "kill-test",
@@ -205,17 +212,32 @@ fn killing_the_agent_at_random_moments_restarts_and_leaks_nothing() {
         real.kill();
         fake.restart();
         real.restart();
-        wait_for(BOOT, "every VM to converge after the restart", || {
+        let mut last = String::new();
+        let converged = Instant::now();
+        loop {
             let phases = phases(cluster, &ns.name);
-            let all_running = phases.values().all(|p| p == "Running");
+            let waiting: Vec<_> = phases.iter().filter(|(_, p)| *p != "Running").collect();
             let domains = all_domains(TEST_DRIVER, &ns.name);
             let expected: BTreeSet<String> = phases
                 .keys()
                 .filter(|name| name.starts_with("light-"))
                 .map(|name| format!("{}_{name}", ns.name))
                 .collect();
-            (all_running && domains == expected).then_some(())
-        });
+            if waiting.is_empty() && domains == expected {
+                break;
+            }
+            last = format!(
+                "not Running: {waiting:?}; domains without VM: {:?}; VMs without domain: {:?}",
+                domains.difference(&expected).collect::<Vec<_>>(),
+                expected.difference(&domains).collect::<Vec<_>>()
+            );
+            assert!(
+                converged.elapsed() < BOOT,
+                "round {round}: no convergence after the restart: {last}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        drop(last);
         for (name, id) in &before_fake {
             let after = running_domains(TEST_DRIVER, &ns.name);
             if let Some(now) = after.get(name)

@@ -137,7 +137,15 @@ fn vm_of_domain(domain: &str) -> Option<ObjectRef<VirtualMachine>> {
 }
 
 pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
-    let client = crate::k8s::client(args.kubeconfig.as_deref()).await?;
+    let metrics = Arc::new(AgentMetrics::new());
+    let requests = metrics.api_requests.clone();
+    let client = crate::k8s::client_observed(args.kubeconfig.as_deref(), move |method| {
+        let label = crate::metrics::MethodLabel {
+            method: method.as_str().to_string(),
+        };
+        requests.get_or_create(&label).inc();
+    })
+    .await?;
     std::fs::create_dir_all(&args.state_dir)
         .map_err(|e| AgentError::StateDir(args.state_dir.clone(), e))?;
     events::start_event_loop()?;
@@ -160,7 +168,6 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         },
     );
     let puller = Puller::new(&args.state_dir, &args.insecure_registries);
-    let metrics = Arc::new(AgentMetrics::new());
     let events = Arc::new(event_log::EventLog::default());
     let ctx = Arc::new(Context::new(
         client.clone(),

@@ -58,6 +58,10 @@ impl Daemon {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 impl Drop for Daemon {
@@ -179,6 +183,10 @@ impl Agent {
 
     pub fn restart(&mut self) {
         self.daemon.restart();
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.pid()
     }
 
     pub fn log_text(&self) -> String {

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod direct;
 pub mod libvirt;
 pub mod registry;
 pub mod vm;
