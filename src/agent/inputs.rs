@@ -74,12 +74,10 @@ pub async fn gather(
             let field = format!("spec.volumes[{index}].cloudInitNoCloud");
             let data = if let Some(text) = &cloud_init.user_data {
                 text.clone().into_bytes()
-            } else if let Some(encoded) = &cloud_init.user_data_base64 {
-                base64::engine::general_purpose::STANDARD
-                    .decode(encoded.trim())
-                    .map_err(|e| {
-                        InputError::Invalid(format!("{field}.userDataBase64: not base64: {e}"))
-                    })?
+            } else if let Some(decoded) = cloud_init.decoded_user_data_base64() {
+                decoded.map_err(|e| {
+                    InputError::Invalid(format!("{field}.userDataBase64: not base64: {e}"))
+                })?
             } else if let Some(secret) = &cloud_init.secret_ref {
                 secret_user_data(client, &namespace, &secret.name, &field).await?
             } else {

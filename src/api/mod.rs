@@ -18,6 +18,20 @@ pub use preset::VirtualMachinePreset;
 pub use replica_set::VirtualMachineReplicaSet;
 pub use virtual_machine::{Phase, VirtualMachine, VirtualMachineSpec, VirtualMachineStatus};
 
+/// `value` quoted for an error message, cut after 64 characters: messages end up in a VM's
+/// status (in etcd, beside the value itself) and in logs, and must stay short whatever the
+/// manifest holds.
+pub fn quoted(value: &str) -> String {
+    const SHOWN: usize = 64;
+    let length = value.chars().count();
+    if length <= SHOWN {
+        format!("{value:?}")
+    } else {
+        let head: String = value.chars().take(SHOWN).collect();
+        format!("{head:?}... ({length} characters)")
+    }
+}
+
 /// Label assigning a VM to a node; the agent of that node watches by it.
 pub const NODE_NAME_LABEL: &str = "kubevirt.io/nodeName";
 

@@ -9,7 +9,8 @@ use std::fmt;
 /// A quantity that did not follow the Kubernetes grammar, or does not fit in the target unit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{field}: {reason} in quantity {value:?}; expected a number with an optional suffix (Ki, Mi, Gi, Ti, Pi, Ei, k, M, G, T, P, E, m), e.g. \"64Mi\" or \"1.5Gi\""
+    "{field}: {reason} in quantity {}; expected a number with an optional suffix (Ki, Mi, Gi, Ti, Pi, Ei, k, M, G, T, P, E, m), e.g. \"64Mi\" or \"1.5Gi\"",
+    super::quoted(.value)
 )]
 pub struct QuantityError {
     pub field: String,
@@ -228,6 +229,13 @@ mod tests {
     fn overflow_is_an_error_not_a_panic() {
         assert!(parse_bytes("999999999999999999999999999999Ei", "f").is_err());
         assert!(parse_bytes("99999999999999999999", "f").is_err());
+    }
+
+    #[test]
+    fn a_huge_value_is_not_echoed_back() {
+        let err = parse_bytes(&"9".repeat(1 << 20), "f").unwrap_err();
+        assert_eq!(err.reason, "too many digits");
+        assert!(err.to_string().len() < 400, "{err}");
     }
 
     #[test]

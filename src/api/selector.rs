@@ -35,7 +35,8 @@ pub fn matches(
                 return Err(SelectorError {
                     field: format!("{field}.operator"),
                     message: format!(
-                        "unknown operator {other:?}; expected In, NotIn, Exists or DoesNotExist"
+                        "unknown operator {}; expected In, NotIn, Exists or DoesNotExist",
+                        super::quoted(other)
                     ),
                 });
             }

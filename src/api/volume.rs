@@ -37,6 +37,17 @@ pub struct CloudInitNoCloudSource {
     pub user_data_base64: Option<String>,
 }
 
+impl CloudInitNoCloudSource {
+    /// `userDataBase64` decoded as the agent decodes it for the ISO: the standard alphabet
+    /// with padding, surrounding whitespace ignored. `None` when it is not set.
+    pub fn decoded_user_data_base64(&self) -> Option<Result<Vec<u8>, base64::DecodeError>> {
+        use base64::Engine as _;
+        self.user_data_base64
+            .as_ref()
+            .map(|encoded| base64::engine::general_purpose::STANDARD.decode(encoded.trim()))
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LocalObjectReference {

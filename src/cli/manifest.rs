@@ -38,6 +38,11 @@ impl Manifest {
             path: path.to_path_buf(),
             source,
         })?;
+        Self::from_text(path, text)
+    }
+
+    /// A manifest already in memory; `path` names it in errors.
+    pub fn from_text(path: &Path, text: String) -> Result<Self, ManifestError> {
         let header: serde_yaml::Value =
             serde_yaml::from_str(&text).map_err(|e| ManifestError::Parse {
                 path: path.to_path_buf(),
@@ -79,12 +84,4 @@ impl Manifest {
             message: e.to_string(),
         })
     }
-}
-
-/// Loads one object of kind `K` from a YAML or JSON file.
-pub fn load<K>(path: &Path) -> Result<K, ManifestError>
-where
-    K: Resource<DynamicType = ()> + DeserializeOwned,
-{
-    Manifest::read(path)?.parse(&K::kind(&()))
 }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 
 use crate::api::{
     OfflineVirtualMachine, VirtualMachine, VirtualMachinePreset, VirtualMachineReplicaSet,
@@ -12,7 +12,7 @@ use crate::domain::names::check_uid;
 use crate::domain::{DomainType, FieldError, ImageFormat, RenderOptions, ResolvedVolume, render};
 use crate::storage::layout::{VmLayout, resolve_volumes};
 
-use super::manifest::{Manifest, ManifestError, load};
+use super::manifest::{Manifest, ManifestError};
 
 #[derive(Debug, clap::Args)]
 pub struct RenderArgs {
@@ -69,11 +69,28 @@ fn parse_claim(arg: &str) -> Result<(String, PathBuf), String> {
 }
 
 pub fn run(args: &RenderArgs) -> Result<String, RenderError> {
-    let path = &args.file;
-    let mut vm = load_vm(path)?;
+    let manifest = Manifest::read(&args.file)?;
+    let presets = args
+        .presets
+        .iter()
+        .map(|path| Manifest::read(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    render_manifest(&manifest, &presets, args)
+}
+
+/// What `run` does once the files are read: the VM of `manifest` (a VirtualMachine or a
+/// template kind), the matching `presets` applied, its volumes resolved as `args` say, as
+/// domain XML. `args.file` and `args.presets` are not read again.
+pub fn render_manifest(
+    manifest: &Manifest,
+    presets: &[Manifest],
+    args: &RenderArgs,
+) -> Result<String, RenderError> {
+    let path = &manifest.path;
+    let mut vm = load_vm(manifest)?;
     let mut preset_objects = Vec::new();
-    for preset_path in &args.presets {
-        let mut preset: VirtualMachinePreset = load(preset_path)?;
+    for preset in presets {
+        let mut preset: VirtualMachinePreset = preset.parse(&VirtualMachinePreset::kind(&()))?;
         // Presets apply within a namespace; a file without one is taken as the VM's.
         preset.metadata.namespace = preset.metadata.namespace.or(vm.metadata.namespace.clone());
         if preset.metadata.namespace == vm.metadata.namespace {
@@ -111,8 +128,7 @@ pub fn run(args: &RenderArgs) -> Result<String, RenderError> {
 
 const RENDERABLE: &str = "VirtualMachine, OfflineVirtualMachine or VirtualMachineReplicaSet";
 
-fn load_vm(path: &Path) -> Result<VirtualMachine, ManifestError> {
-    let manifest = Manifest::read(path)?;
+fn load_vm(manifest: &Manifest) -> Result<VirtualMachine, ManifestError> {
     if manifest.is::<OfflineVirtualMachine>() {
         let ovm: OfflineVirtualMachine = manifest.parse(RENDERABLE)?;
         return Ok(ovm

@@ -2,20 +2,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::api::VirtualMachineSpec;
 use crate::api::domain_spec::Disk as DiskSpec;
 use crate::api::quantity::parse_bytes;
 use crate::api::volume::{Volume, VolumeKind};
+use crate::api::{VirtualMachineSpec, quoted};
 
+use super::limits::{
+    MAX_DISKS, MAX_FLOPPY_DISKS, MAX_IDE_DISKS, MAX_IMAGE_REFERENCE_LEN, MAX_USER_DATA_BYTES,
+    MAX_VOLUMES,
+};
 use super::model::{Alias, Boot, Disk, DiskSource, Driver, Flag, Target};
-use super::names::{check_dns_label, check_dns_subdomain, check_one_of};
+use super::names::{check_dns_label, check_dns_subdomain, check_length, check_one_of};
 use super::{FieldError, ImageFormat, ResolvedVolume, ResolvedVolumes};
-
-/// More would exhaust a bus's slots long before it is useful.
-pub const MAX_DISKS: usize = 32;
-pub const MAX_VOLUMES: usize = 32;
-/// Larger cloud-init user-data is refused: it has to fit in etcd beside the rest of the VM.
-pub const MAX_USER_DATA_BYTES: usize = 256 * 1024;
 
 const DISK_BUSES: &[&str] = &["virtio", "sata", "scsi", "ide"];
 const LUN_BUSES: &[&str] = &["virtio", "scsi"];
@@ -80,17 +78,14 @@ fn check_volume_source(volume: &Volume, field: &str) -> Result<(), FieldError> {
                 "expected exactly one of secretRef, userData or userDataBase64",
             ));
         }
-        let size = cloud_init.user_data.as_ref().map(String::len).unwrap_or(0)
-            + cloud_init
-                .user_data_base64
-                .as_ref()
-                .map(String::len)
-                .unwrap_or(0);
-        if size > MAX_USER_DATA_BYTES {
-            return Err(FieldError::new(
-                field,
-                format!("user-data is {size} bytes; at most {MAX_USER_DATA_BYTES} are allowed"),
-            ));
+        if let Some(text) = &cloud_init.user_data {
+            check_user_data_size(text.len(), "", &format!("{field}.userData"))?;
+        }
+        if let Some(decoded) = cloud_init.decoded_user_data_base64() {
+            let base64_field = format!("{field}.userDataBase64");
+            let decoded =
+                decoded.map_err(|e| FieldError::new(&base64_field, format!("not base64: {e}")))?;
+            check_user_data_size(decoded.len(), "decodes to ", &base64_field)?;
         }
         if let Some(secret) = &cloud_init.secret_ref {
             check_dns_subdomain(&secret.name, &format!("{field}.secretRef.name"))?;
@@ -118,14 +113,20 @@ fn check_volume_source(volume: &Volume, field: &str) -> Result<(), FieldError> {
     }
     if let Some(registry) = &volume.registry_disk {
         let image = registry.image.trim();
+        let image_field = format!("{field}.registryDisk.image");
+        check_length(
+            image,
+            MAX_IMAGE_REFERENCE_LEN,
+            "an image reference",
+            &image_field,
+        )?;
         if image.is_empty()
-            || image.len() > 512
             || image
                 .bytes()
                 .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
         {
             return Err(FieldError::new(
-                format!("{field}.registryDisk.image"),
+                image_field,
                 format!(
                     "{:?} is not an image reference; expected e.g. registry.example/disks/fedora:38",
                     registry.image
@@ -135,6 +136,20 @@ fn check_volume_source(volume: &Volume, field: &str) -> Result<(), FieldError> {
         if let Some(secret) = &registry.image_pull_secret {
             check_dns_subdomain(secret, &format!("{field}.registryDisk.imagePullSecret"))?;
         }
+    }
+    Ok(())
+}
+
+/// Inline user-data of `size` bytes; `prefix` says how the size was found.
+fn check_user_data_size(size: usize, prefix: &str, field: &str) -> Result<(), FieldError> {
+    if size > MAX_USER_DATA_BYTES {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "{prefix}{size} bytes; at most {MAX_USER_DATA_BYTES} ({} KiB) are allowed inline; put larger user-data in a Secret and name it in secretRef",
+                MAX_USER_DATA_BYTES / 1024
+            ),
+        ));
     }
     Ok(())
 }
@@ -210,6 +225,23 @@ fn device(disk: &DiskSpec, field: &str, q35: bool) -> Result<Device, FieldError>
     })
 }
 
+/// The buses with a fixed number of units refuse one disk too many here, by name, rather than
+/// in libvirt when the domain is defined.
+fn check_bus_capacity(bus: &str, count: usize, field: &str) -> Result<(), FieldError> {
+    let (max, what) = match bus {
+        "ide" => (MAX_IDE_DISKS, "one IDE controller: 2 channels of 2 units"),
+        "fdc" => (MAX_FLOPPY_DISKS, "one floppy controller: fda and fdb"),
+        _ => return Ok(()),
+    };
+    if count > max {
+        return Err(FieldError::new(
+            field,
+            format!("{count} disks on the {bus} bus; at most {max} are allowed ({what})"),
+        ));
+    }
+    Ok(())
+}
+
 /// Target device names as the guest's firmware and libvirt expect them: vda, sda, hda, fda,
 /// ..., with sata and scsi sharing the `sd` sequence.
 #[derive(Default)]
@@ -269,6 +301,7 @@ pub fn disks(
     let mut names = TargetNames::default();
     let mut disk_names = BTreeSet::new();
     let mut used_volumes = BTreeMap::new();
+    let mut per_bus: BTreeMap<&str, usize> = BTreeMap::new();
     let mut out = Vec::with_capacity(disk_specs.len());
     for (i, disk) in disk_specs.iter().enumerate() {
         let field = format!("spec.domain.devices.disks[{i}]");
@@ -285,8 +318,8 @@ pub fn disks(
             return Err(FieldError::new(
                 volume_field,
                 format!(
-                    "no volume named {:?}; expected one of: {}",
-                    disk.volume_name,
+                    "no volume named {}; expected one of: {}",
+                    quoted(&disk.volume_name),
                     if known.is_empty() {
                         "(no volumes)".to_string()
                     } else {
@@ -305,6 +338,9 @@ pub fn disks(
             ));
         }
         let device = device(disk, &field, q35)?;
+        let on_bus = per_bus.entry(device.bus).or_insert(0);
+        *on_bus += 1;
+        check_bus_capacity(device.bus, *on_bus, &field)?;
         let source = resolved.get(&volume.name).ok_or_else(|| {
             FieldError::new(&volume_field, "the volume's source was not prepared")
         })?;
@@ -368,7 +404,123 @@ pub fn disks(
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+
+    use super::super::fixtures::{DOMAIN, disks, render_vm, vm};
+    use super::super::limits::{
+        MAX_DISKS, MAX_FLOPPY_DISKS, MAX_IDE_DISKS, MAX_IMAGE_REFERENCE_LEN, MAX_USER_DATA_BYTES,
+        MAX_VOLUMES,
+    };
     use super::disk_letters;
+
+    fn error(domain: &str, volumes: &str) -> String {
+        render_vm(&vm(domain, volumes)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn disks_up_to_the_limit() {
+        let (domain, volumes) = disks(MAX_DISKS, "virtio", "q35");
+        let rendered = render_vm(&vm(&domain, &volumes)).unwrap();
+        assert_eq!(rendered.devices.disks.len(), MAX_DISKS);
+        // One more disk than allowed (the 65th names a volume that is not there: the count
+        // is checked first).
+        let (domain, _) = disks(MAX_DISKS + 1, "virtio", "q35");
+        let (_, volumes) = disks(MAX_VOLUMES, "virtio", "q35");
+        assert_eq!(
+            error(&domain, &volumes),
+            "spec.domain.devices.disks: 65 disks; at most 64 are allowed"
+        );
+    }
+
+    #[test]
+    fn volumes_up_to_the_limit() {
+        let volumes = |count: usize| {
+            let list: Vec<String> = (0..count)
+                .map(|i| format!("{{name: v{i}, emptyDisk: {{capacity: 1Gi}}}}"))
+                .collect();
+            format!("[{}]", list.join(", "))
+        };
+        assert!(render_vm(&vm(DOMAIN, &volumes(MAX_VOLUMES))).is_ok());
+        assert_eq!(
+            error(DOMAIN, &volumes(MAX_VOLUMES + 1)),
+            "spec.volumes: 65 volumes; at most 64 are allowed"
+        );
+    }
+
+    #[test]
+    fn ide_and_floppy_hold_what_their_controller_holds() {
+        let (domain, volumes) = disks(MAX_IDE_DISKS, "ide", "pc");
+        assert!(render_vm(&vm(&domain, &volumes)).is_ok());
+        let (domain, volumes) = disks(MAX_IDE_DISKS + 1, "ide", "pc");
+        assert_eq!(
+            error(&domain, &volumes),
+            "spec.domain.devices.disks[4]: 5 disks on the ide bus; at most 4 are allowed (one IDE controller: 2 channels of 2 units)"
+        );
+        let (domain, volumes) = disks(MAX_FLOPPY_DISKS, "floppy", "pc");
+        assert!(render_vm(&vm(&domain, &volumes)).is_ok());
+        let (domain, volumes) = disks(MAX_FLOPPY_DISKS + 1, "floppy", "pc");
+        assert_eq!(
+            error(&domain, &volumes),
+            "spec.domain.devices.disks[2]: 3 disks on the fdc bus; at most 2 are allowed (one floppy controller: fda and fdb)"
+        );
+        // The other buses have no such limit below MAX_DISKS.
+        for bus in ["sata", "scsi"] {
+            let (domain, volumes) = disks(MAX_DISKS, bus, "q35");
+            assert!(render_vm(&vm(&domain, &volumes)).is_ok(), "{bus}");
+        }
+    }
+
+    fn cloud_init(key: &str, value: &str) -> String {
+        format!("[{{name: ci, cloudInitNoCloud: {{{key}: \"{value}\"}}}}]")
+    }
+
+    #[test]
+    fn inline_user_data_up_to_the_limit() {
+        let at_limit = "x".repeat(MAX_USER_DATA_BYTES);
+        assert!(render_vm(&vm(DOMAIN, &cloud_init("userData", &at_limit))).is_ok());
+        let over = "x".repeat(MAX_USER_DATA_BYTES + 1);
+        assert_eq!(
+            error(DOMAIN, &cloud_init("userData", &over)),
+            "spec.volumes[0].cloudInitNoCloud.userData: 65537 bytes; at most 65536 (64 KiB) are allowed inline; put larger user-data in a Secret and name it in secretRef"
+        );
+    }
+
+    #[test]
+    fn base64_user_data_counts_decoded_bytes() {
+        let encode = |n: usize| base64::engine::general_purpose::STANDARD.encode(vec![7u8; n]);
+        // The encoded text is a third longer than the limit; what counts is what is decoded.
+        let at_limit = encode(MAX_USER_DATA_BYTES);
+        assert!(at_limit.len() > MAX_USER_DATA_BYTES);
+        assert!(render_vm(&vm(DOMAIN, &cloud_init("userDataBase64", &at_limit))).is_ok());
+        assert_eq!(
+            error(
+                DOMAIN,
+                &cloud_init("userDataBase64", &encode(MAX_USER_DATA_BYTES + 1))
+            ),
+            "spec.volumes[0].cloudInitNoCloud.userDataBase64: decodes to 65537 bytes; at most 65536 (64 KiB) are allowed inline; put larger user-data in a Secret and name it in secretRef"
+        );
+        let err = error(DOMAIN, &cloud_init("userDataBase64", "not base64!"));
+        assert!(
+            err.starts_with("spec.volumes[0].cloudInitNoCloud.userDataBase64: not base64: "),
+            "{err}"
+        );
+        // Surrounding whitespace is ignored, as the agent ignores it.
+        assert!(render_vm(&vm(DOMAIN, &cloud_init("userDataBase64", " eA==\\n"))).is_ok());
+    }
+
+    #[test]
+    fn image_references_up_to_the_limit() {
+        let image = |length: usize| {
+            let prefix = "registry.example/";
+            format!("{prefix}{}", "a".repeat(length - prefix.len()))
+        };
+        let volumes = |image: &str| format!("[{{name: r, registryDisk: {{image: \"{image}\"}}}}]");
+        assert!(render_vm(&vm(DOMAIN, &volumes(&image(MAX_IMAGE_REFERENCE_LEN)))).is_ok());
+        assert_eq!(
+            error(DOMAIN, &volumes(&image(MAX_IMAGE_REFERENCE_LEN + 1))),
+            "spec.volumes[0].registryDisk.image: 513 characters; an image reference has at most 512"
+        );
+    }
 
     #[test]
     fn disk_letters_follow_libvirt() {

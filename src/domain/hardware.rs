@@ -1,12 +1,14 @@
 //! Clock, timers, features and watchdog: spec.domain fields with a direct libvirt element.
 
 use crate::api::domain_spec::{self as spec, FeatureState};
+use crate::api::quoted;
 
 use super::FieldError;
+use super::limits::MAX_TIMEZONE_LEN;
 use super::model::{
     Apic, Clock, Features, Flag, Hyperv, OnOff, Spinlocks, State, Timer, VendorId, Watchdog, YesNo,
 };
-use super::names::check_one_of;
+use super::names::{check_length, check_one_of};
 
 const TICK_POLICIES: &[&str] = &["delay", "catchup", "merge", "discard"];
 const RTC_TRACKS: &[&str] = &["guest", "wall"];
@@ -53,8 +55,8 @@ pub fn clock(clock: Option<&spec::Clock>) -> Result<Clock, FieldError> {
 }
 
 fn check_timezone(tz: &str, field: &str) -> Result<(), FieldError> {
+    check_length(tz, MAX_TIMEZONE_LEN, "a timezone name", field)?;
     let valid = !tz.is_empty()
-        && tz.len() <= 64
         && tz
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b))
@@ -180,7 +182,10 @@ fn hyperv(h: &spec::FeatureHyperv, field: &str) -> Result<Hyperv, FieldError> {
             if on && (value.is_empty() || value.len() > MAX_VENDOR_ID_LEN) {
                 return Err(FieldError::new(
                     vendor_field,
-                    format!("{value:?} must be 1 to {MAX_VENDOR_ID_LEN} characters"),
+                    format!(
+                        "{} must be 1 to {MAX_VENDOR_ID_LEN} characters",
+                        quoted(&value)
+                    ),
                 ));
             }
             if !value.is_ascii() || value.bytes().any(|b| b.is_ascii_control()) {
@@ -237,4 +242,25 @@ pub fn watchdog(domain: &spec::DomainSpec) -> Result<Option<Watchdog>, FieldErro
         model: "i6300esb",
         action,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{render_vm, vm};
+    use super::super::limits::MAX_TIMEZONE_LEN;
+
+    fn with_timezone(tz: &str) -> String {
+        format!("{{resources: {{requests: {{memory: 64Mi}}}}, clock: {{timezone: {tz}}}}}")
+    }
+
+    #[test]
+    fn timezone_names_up_to_the_limit() {
+        let name = |length: usize| format!("Europe/{}", "x".repeat(length - 7));
+        assert!(render_vm(&vm(&with_timezone(&name(MAX_TIMEZONE_LEN)), "[]")).is_ok());
+        let err = render_vm(&vm(&with_timezone(&name(MAX_TIMEZONE_LEN + 1)), "[]")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "spec.domain.clock.timezone: 65 characters; a timezone name has at most 64"
+        );
+    }
 }

@@ -7,7 +7,10 @@
 //! 3. [`model::Domain::to_xml`] serializes it; quick-xml escapes every value.
 
 mod disks;
+#[cfg(test)]
+mod fixtures;
 mod hardware;
+pub mod limits;
 pub mod model;
 pub mod names;
 mod render;

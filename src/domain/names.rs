@@ -1,11 +1,13 @@
 //! Checks for the names that reach libvirt, file names or labels.
 
 use super::FieldError;
+use super::limits::{DNS_LABEL_MAX_LEN, DNS_SUBDOMAIN_MAX_LEN};
+use crate::api::quoted;
 
 /// A DNS label (RFC 1123): 1-63 of a-z, 0-9 and '-', starting and ending alphanumeric.
 pub fn check_dns_label(value: &str, field: &str) -> Result<(), FieldError> {
+    check_length(value, DNS_LABEL_MAX_LEN, "a DNS label", field)?;
     let valid = !value.is_empty()
-        && value.len() <= 63
         && value
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -17,7 +19,7 @@ pub fn check_dns_label(value: &str, field: &str) -> Result<(), FieldError> {
         Err(FieldError::new(
             field,
             format!(
-                "{value:?} is not a valid name; expected a DNS label: 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+                "{value:?} is not a valid name; expected a DNS label: 1 to {DNS_LABEL_MAX_LEN} lowercase letters, digits or '-', starting and ending with a letter or digit"
             ),
         ))
     }
@@ -25,8 +27,8 @@ pub fn check_dns_label(value: &str, field: &str) -> Result<(), FieldError> {
 
 /// A DNS subdomain (RFC 1123): dot-separated DNS labels, at most 253 characters.
 pub fn check_dns_subdomain(value: &str, field: &str) -> Result<(), FieldError> {
+    check_length(value, DNS_SUBDOMAIN_MAX_LEN, "a DNS subdomain", field)?;
     let valid = !value.is_empty()
-        && value.len() <= 253
         && value
             .split('.')
             .all(|label| check_dns_label(label, field).is_ok());
@@ -36,10 +38,24 @@ pub fn check_dns_subdomain(value: &str, field: &str) -> Result<(), FieldError> {
         Err(FieldError::new(
             field,
             format!(
-                "{value:?} is not a valid name; expected a DNS subdomain: lowercase letters, digits, '-' and '.', at most 253 characters"
+                "{value:?} is not a valid name; expected a DNS subdomain: lowercase letters, digits, '-' and '.', at most {DNS_SUBDOMAIN_MAX_LEN} characters"
             ),
         ))
     }
+}
+
+/// A value of more than `max` characters is refused with its length, not echoed back whole.
+/// `what` completes the message, e.g. "a DNS label" -> "64 characters; a DNS label has at
+/// most 63".
+pub fn check_length(value: &str, max: usize, what: &str, field: &str) -> Result<(), FieldError> {
+    let length = value.chars().count();
+    if length > max {
+        return Err(FieldError::new(
+            field,
+            format!("{length} characters; {what} has at most {max}"),
+        ));
+    }
+    Ok(())
 }
 
 /// A Kubernetes UID: the canonical UUID text form (it also names the VM's state folder).
@@ -54,7 +70,10 @@ pub fn check_uid(value: &str, field: &str) -> Result<(), FieldError> {
     } else {
         Err(FieldError::new(
             field,
-            format!("{value:?} is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"),
+            format!(
+                "{} is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)",
+                quoted(value)
+            ),
         ))
     }
 }
@@ -73,7 +92,8 @@ pub fn check_one_of<'a>(
             FieldError::new(
                 field,
                 format!(
-                    "unknown value {value:?}; expected one of {}",
+                    "unknown value {}; expected one of {}",
+                    quoted(value),
                     allowed.join(", ")
                 ),
             )
@@ -104,6 +124,46 @@ mod tests {
             let err = check_dns_label(bad, "metadata.name").unwrap_err();
             assert_eq!(err.field, "metadata.name");
         }
+    }
+
+    #[test]
+    fn label_and_subdomain_lengths() {
+        let label = "a".repeat(63);
+        assert!(check_dns_label(&label, "f").is_ok());
+        assert_eq!(
+            check_dns_label(&"a".repeat(64), "metadata.name")
+                .unwrap_err()
+                .to_string(),
+            "metadata.name: 64 characters; a DNS label has at most 63"
+        );
+        // 63 + 1 + 63 + 1 + 63 + 1 + 61 = 253.
+        let subdomain = format!("{label}.{label}.{label}.{}", "b".repeat(61));
+        assert_eq!(subdomain.len(), 253);
+        assert!(check_dns_subdomain(&subdomain, "f").is_ok());
+        assert_eq!(
+            check_dns_subdomain(&format!("{subdomain}b"), "claimName")
+                .unwrap_err()
+                .to_string(),
+            "claimName: 254 characters; a DNS subdomain has at most 253"
+        );
+        // Each label of a subdomain is a label: at most 63 too.
+        assert!(check_dns_subdomain(&"a".repeat(64), "f").is_err());
+    }
+
+    #[test]
+    fn a_huge_value_is_not_echoed_back() {
+        let huge = "a".repeat(1 << 20);
+        let err = check_dns_label(&huge, "metadata.name").unwrap_err();
+        assert!(err.message.len() < 100, "{}", err.message);
+        let err = check_uid(&huge, "metadata.uid").unwrap_err();
+        assert!(err.message.len() < 200, "{}", err.message);
+        assert!(
+            err.message.contains("(1048576 characters)"),
+            "{}",
+            err.message
+        );
+        let err = check_one_of(&huge, &["virtio"], "bus").unwrap_err();
+        assert!(err.message.len() < 200, "{}", err.message);
     }
 
     #[test]

@@ -5,22 +5,19 @@ use crate::api::VirtualMachine;
 use crate::api::domain_spec::DomainSpec;
 use crate::api::quantity::parse_bytes;
 
+use super::limits::{MAX_CORES, MAX_MACHINE_TYPE_LEN, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES};
 use super::model::{
     Console, ConsoleTarget, Controller, Cpu, Devices, Domain, Graphics, Interface, Log,
     METADATA_NAMESPACE, Mac, MemBalloon, Memory, Metadata, Model, NetworkSource, OnOff, Os, OsType,
     Serial, SerialTarget, Stats, Topology, VmMetadata, YesNo,
 };
-use super::names::{check_dns_label, check_uid};
+use super::names::{check_dns_label, check_length, check_uid};
 use super::{FieldError, RenderOptions, ResolvedVolumes, disks, hardware};
 
 const DEFAULT_MACHINE: &str = "q35";
 const DEFAULT_NAMESPACE: &str = "default";
 /// Used when rendering a manifest that was never stored, so it has no UID yet.
 const PLACEHOLDER_UID: &str = "00000000-0000-0000-0000-000000000000";
-const MAX_CORES: u32 = 256;
-/// QEMU refuses guests smaller than this to be useful; libvirt counts in KiB.
-const MIN_MEMORY_BYTES: u64 = 1 << 20;
-const MAX_MEMORY_BYTES: u64 = 16 << 40;
 
 /// The libvirt domain name of a VM: `<namespace>_<name>`. Both parts are DNS labels, which
 /// have no '_', so the name maps back to exactly one VM.
@@ -151,8 +148,9 @@ fn machine_type(domain: &DomainSpec) -> Result<String, FieldError> {
         return Ok(DEFAULT_MACHINE.to_string());
     };
     let value = machine.machine_type.as_str();
+    let field = "spec.domain.machine.type";
+    check_length(value, MAX_MACHINE_TYPE_LEN, "a machine type", field)?;
     let valid = !value.is_empty()
-        && value.len() <= 64
         && value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
@@ -160,7 +158,7 @@ fn machine_type(domain: &DomainSpec) -> Result<String, FieldError> {
         Ok(value.to_string())
     } else {
         Err(FieldError::new(
-            "spec.domain.machine.type",
+            field,
             format!(
                 "{value:?} is not a machine type; expected e.g. q35, pc or pc-q35-7.2 (see qemu-system-x86_64 -machine help)"
             ),
@@ -219,4 +217,74 @@ fn mac_address(uid: &str) -> String {
     });
     let [a, b, c, ..] = hash.to_be_bytes();
     format!("52:54:00:{a:02x}:{b:02x}:{c:02x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{render_vm, vm};
+    use super::*;
+
+    fn domain(extra: &str) -> String {
+        format!("{{resources: {{requests: {{memory: 64Mi}}}}, {extra}}}")
+    }
+
+    #[test]
+    fn the_longest_names_make_a_127_character_domain_name() {
+        let mut longest = vm(&domain("cpu: {cores: 1}"), "[]");
+        longest.metadata.name = Some("n".repeat(63));
+        longest.metadata.namespace = Some("s".repeat(63));
+        let rendered = render_vm(&longest).unwrap();
+        assert_eq!(rendered.name.len(), 127);
+        longest.metadata.namespace = Some("s".repeat(64));
+        assert_eq!(
+            render_vm(&longest).unwrap_err().to_string(),
+            "metadata.namespace: 64 characters; a DNS label has at most 63"
+        );
+    }
+
+    #[test]
+    fn cores_up_to_the_limit() {
+        let cores = |n: u32| render_vm(&vm(&domain(&format!("cpu: {{cores: {n}}}")), "[]"));
+        assert_eq!(cores(MAX_CORES).unwrap().vcpu, MAX_CORES);
+        assert_eq!(
+            cores(MAX_CORES + 1).unwrap_err().to_string(),
+            "spec.domain.cpu.cores: 257 cores; expected 1 to 256"
+        );
+        assert!(cores(0).is_err());
+    }
+
+    #[test]
+    fn memory_within_its_range() {
+        let memory = |q: &str| {
+            render_vm(&vm(
+                &format!("{{resources: {{requests: {{memory: \"{q}\"}}}}}}"),
+                "[]",
+            ))
+        };
+        assert_eq!(memory("1Mi").unwrap().memory.value, 1024);
+        assert_eq!(memory("16Ti").unwrap().memory.value, 16 << 30);
+        for out_of_range in ["1048575", "17592186044417"] {
+            let err = memory(out_of_range).unwrap_err();
+            assert_eq!(err.field, "spec.domain.resources.requests.memory");
+            assert!(err.message.contains("expected 1Mi to 16Ti"), "{err}");
+        }
+        // Values that overflow any integer are refused, not wrapped.
+        assert!(memory("99999999999999999999999999999Ei").is_err());
+    }
+
+    #[test]
+    fn machine_types_up_to_the_limit() {
+        let machine = |name: &str| {
+            render_vm(&vm(
+                &domain(&format!("machine: {{type: \"{name}\"}}")),
+                "[]",
+            ))
+        };
+        let at_limit = format!("pc-q35-{}", "9".repeat(MAX_MACHINE_TYPE_LEN - 7));
+        assert_eq!(machine(&at_limit).unwrap().os.os_type.machine, at_limit);
+        assert_eq!(
+            machine(&format!("{at_limit}9")).unwrap_err().to_string(),
+            "spec.domain.machine.type: 65 characters; a machine type has at most 64"
+        );
+    }
 }
