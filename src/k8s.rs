@@ -51,6 +51,12 @@ where
         .await
 }
 
+/// Drops `metadata.managedFields` from a watched object before it is cached: they can be
+/// larger than the rest of the object and nothing here reads them.
+pub fn drop_managed_fields<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
 /// "outer: inner: innermost", skipping a source whose text its parent already quotes.
 pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();

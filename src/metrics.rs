@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
 use crate::api::Phase;
-use crate::hypervisor::stats::DomainUsage;
+use crate::hypervisor::stats::DomainCounters;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -46,6 +46,14 @@ struct PhaseLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
+}
+
+/// The counters of one VM's running domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmUsage {
+    pub namespace: String,
+    pub name: String,
+    pub counters: DomainCounters,
 }
 
 /// The agent's own metrics; cheap to update from any task.
@@ -152,7 +160,7 @@ impl AgentMetrics {
     pub fn render(
         &self,
         node: &str,
-        usage: &[DomainUsage],
+        usage: &[VmUsage],
         phases: &[Phase],
     ) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
@@ -163,7 +171,7 @@ impl AgentMetrics {
     }
 }
 
-fn per_vm_registry(node: &str, usage: &[DomainUsage], phases: &[Phase]) -> Registry {
+fn per_vm_registry(node: &str, usage: &[VmUsage], phases: &[Phase]) -> Registry {
     type FloatCounter = Counter<f64, AtomicU64>;
     let mut registry = Registry::default();
     let vcpu = Family::<VmLabels, FloatCounter>::default();
@@ -174,17 +182,17 @@ fn per_vm_registry(node: &str, usage: &[DomainUsage], phases: &[Phase]) -> Regis
     let write = Family::<VmLabels, Counter>::default();
     for u in usage {
         let labels = VmLabels {
-            namespace: u.domain.vm.namespace.clone(),
-            name: u.domain.vm.name.clone(),
+            namespace: u.namespace.clone(),
+            name: u.name.clone(),
             node: node.to_string(),
         };
-        vcpu.get_or_create(&labels)
-            .inc_by(u.cpu_seconds_nanos as f64 / 1e9);
-        resident.get_or_create(&labels).set(u.resident_bytes as i64);
-        rx.get_or_create(&labels).inc_by(u.network_rx_bytes);
-        tx.get_or_create(&labels).inc_by(u.network_tx_bytes);
-        read.get_or_create(&labels).inc_by(u.storage_read_bytes);
-        write.get_or_create(&labels).inc_by(u.storage_write_bytes);
+        let c = &u.counters;
+        vcpu.get_or_create(&labels).inc_by(c.cpu_nanos as f64 / 1e9);
+        resident.get_or_create(&labels).set(c.resident_bytes as i64);
+        rx.get_or_create(&labels).inc_by(c.network_rx_bytes);
+        tx.get_or_create(&labels).inc_by(c.network_tx_bytes);
+        read.get_or_create(&labels).inc_by(c.storage_read_bytes);
+        write.get_or_create(&labels).inc_by(c.storage_write_bytes);
     }
     let phase_count = Family::<PhaseLabels, Gauge>::default();
     for phase in phases {
@@ -235,8 +243,6 @@ fn per_vm_registry(node: &str, usage: &[DomainUsage], phases: &[Phase]) -> Regis
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::model::VmMetadata;
-    use crate::hypervisor::OwnedDomain;
 
     #[test]
     fn per_vm_series_use_kubevirt_names_and_labels() {
@@ -245,23 +251,17 @@ mod tests {
             .reconciles
             .get_or_create(&ResultLabel { result: "ok" })
             .inc();
-        let usage = DomainUsage {
-            domain: OwnedDomain {
-                name: "ns_vm".into(),
-                vm: VmMetadata {
-                    xmlns: String::new(),
-                    namespace: "ns".into(),
-                    name: "vm".into(),
-                    uid: "u".into(),
-                    node: Some("n1".into()),
-                },
+        let usage = VmUsage {
+            namespace: "ns".into(),
+            name: "vm".into(),
+            counters: DomainCounters {
+                cpu_nanos: 2_500_000_000,
+                resident_bytes: 1 << 20,
+                network_rx_bytes: 10,
+                network_tx_bytes: 20,
+                storage_read_bytes: 30,
+                storage_write_bytes: 40,
             },
-            cpu_seconds_nanos: 2_500_000_000,
-            resident_bytes: 1 << 20,
-            network_rx_bytes: 10,
-            network_tx_bytes: 20,
-            storage_read_bytes: 30,
-            storage_write_bytes: 40,
         };
         let text = metrics
             .render("n1", &[usage], &[Phase::Running, Phase::Running])

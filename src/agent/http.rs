@@ -10,11 +10,13 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 
 use crate::api::VirtualMachine;
+use crate::domain::domain_name;
 use crate::hypervisor::Libvirt;
-use crate::metrics::AgentMetrics;
+use crate::metrics::{AgentMetrics, VmUsage};
 
 pub struct Endpoint {
     pub metrics: Arc<AgentMetrics>,
@@ -36,17 +38,30 @@ pub async fn serve(addr: SocketAddr, endpoint: Arc<Endpoint>) -> std::io::Result
 }
 
 async fn metrics(State(endpoint): State<Arc<Endpoint>>) -> Response {
-    let node = endpoint.node.clone();
-    let usage = endpoint.libvirt.run(move |lv| lv.usage(&node)).await;
-    let usage = match usage {
-        Ok(usage) => usage,
+    let counters = match endpoint.libvirt.run(|lv| lv.running_counters()).await {
+        Ok(counters) => counters,
         Err(e) => {
             endpoint.metrics.libvirt_errors.inc();
             tracing::warn!(error = %crate::k8s::error_chain(&e), "metrics: cannot read domain counters");
-            Vec::new()
+            Default::default()
         }
     };
-    let phases: Vec<_> = endpoint.vms.state().iter().map(|vm| vm.phase()).collect();
+    // The node's VMs come from the watch cache; libvirt only adds the counters of those
+    // whose domain runs (its name is `<namespace>_<name>`).
+    let vms = endpoint.vms.state();
+    let usage: Vec<VmUsage> = vms
+        .iter()
+        .filter_map(|vm| {
+            let (namespace, name) = (vm.namespace()?, vm.name_any());
+            let counters = counters.get(&domain_name(&namespace, &name))?.clone();
+            Some(VmUsage {
+                namespace,
+                name,
+                counters,
+            })
+        })
+        .collect();
+    let phases: Vec<_> = vms.iter().map(|vm| vm.phase()).collect();
     match endpoint.metrics.render(&endpoint.node, &usage, &phases) {
         Ok(text) => (
             [(

@@ -189,6 +189,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let watch_errors = Arc::clone(&metrics);
     let vm_events = watcher(vms, watcher::Config::default().labels(&selector))
         .default_backoff()
+        .modify(crate::k8s::drop_managed_fields)
         .reflect(writer)
         .inspect(move |event| match event {
             Ok(watcher::Event::InitDone) => {

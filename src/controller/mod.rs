@@ -69,6 +69,7 @@ where
     let (reader, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
+        .modify(crate::k8s::drop_managed_fields)
         .reflect(writer)
         .applied_objects();
     tokio::spawn(stream.for_each(|_| async {}));
