@@ -335,9 +335,7 @@ async fn real_guests(cluster: &'static Cluster, table: &mut Table) {
     eprintln!("step 3: tiny guests under TCG");
     let mut direct = Vec::new();
     for i in 0..3 {
-        let uid = format!("be4c0000-0000-4000-8000-00000000000{i}");
-        let guest =
-            DirectGuest::define(cluster, &format!("bench-direct-{i}"), &uid, "#!/bin/sh\n").await;
+        let guest = DirectGuest::define(cluster, &format!("bench-direct-{i}"), "#!/bin/sh\n").await;
         direct.push(guest.start_to_lease(BOOT).0.as_secs_f64());
         guest.remove().await;
     }

@@ -55,7 +55,6 @@ async fn libvirt_boots_the_tiny_guest_to_a_lease_under_tcg() {
     let guest = DirectGuest::define(
         cluster,
         "guestboot",
-        "7e57b007-0000-4000-8000-000000000001",
         "#!/bin/sh\necho direct-boot-user-data\n",
     )
     .await;

@@ -22,7 +22,18 @@ pub struct DirectGuest {
 impl DirectGuest {
     /// Renders the tiny guest (a fresh copy of its image as the root claim, cloud-init with
     /// `user_data`) with nodevirt's renderer and defines it on qemu:///system.
-    pub async fn define(cluster: &Cluster, name: &str, uid: &str, user_data: &str) -> DirectGuest {
+    /// Each call gets a new UID, hence a new MAC: libvirt's dnsmasq remembers leases for an
+    /// hour, and a MAC seen before would "have a lease" before the guest even boots.
+    pub async fn define(cluster: &Cluster, name: &str, user_data: &str) -> DirectGuest {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let uid = &format!(
+            "{:08x}-0000-4000-8000-{:012x}",
+            (nanos >> 32) as u32,
+            nanos as u64 & 0xffff_ffff_ffff
+        );
         let state = cluster.dir.join("state").join(format!("direct-{name}"));
         let layout = VmLayout::new(&state, uid);
         let image: PathBuf = cluster.guest_claim("default", &format!("direct-{name}"));
