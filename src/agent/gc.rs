@@ -24,21 +24,32 @@ use crate::k8s::error_chain;
 use super::reconcile::Context;
 
 const INTERVAL: Duration = Duration::from_secs(60);
+/// After a failed pass (libvirt away, a file busy): sooner than the next full interval.
+const RETRY: Duration = Duration::from_secs(5);
 
-/// Runs every minute once `synced` turns true (the watch has listed every VM of the node).
+/// Runs every minute once `synced` turns true (the watch has listed every VM of the node),
+/// whenever `connected` says libvirt answers.
 pub async fn run(
     store: Store<VirtualMachine>,
     mut synced: tokio::sync::watch::Receiver<bool>,
+    mut connected: tokio::sync::watch::Receiver<bool>,
     ctx: Arc<Context>,
 ) {
     if synced.wait_for(|listed| *listed).await.is_err() {
         return;
     }
     loop {
-        if let Err(e) = collect(&store, &ctx).await {
-            warn!(error = %error_chain(&e), "cleaning up orphaned domains failed");
+        if connected.wait_for(|up| *up).await.is_err() {
+            return;
         }
-        tokio::time::sleep(INTERVAL).await;
+        let pause = match collect(&store, &ctx).await {
+            Ok(()) => INTERVAL,
+            Err(e) => {
+                warn!(error = %error_chain(&e), "cleaning up orphaned domains failed; retrying");
+                RETRY
+            }
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 

@@ -42,11 +42,13 @@ enum LinkError {
     Subscribe(#[from] events::EventError),
 }
 
-/// Runs until the task is dropped. `resync_all` is called after every successful connect.
+/// Runs until the task is dropped. `up` follows the connection; `resync_all` is called
+/// after every successful connect.
 pub async fn run(
     libvirt: Arc<Libvirt>,
     events_tx: UnboundedSender<LifecycleEvent>,
     metrics: Arc<AgentMetrics>,
+    up: tokio::sync::watch::Sender<bool>,
     resync_all: impl Fn(),
 ) {
     let mut ever_connected = false;
@@ -60,6 +62,7 @@ pub async fn run(
         match connected {
             Ok(()) => {
                 metrics.libvirt_connected.set(1);
+                up.send_replace(true);
                 if ever_connected {
                     metrics.libvirt_reconnects.inc();
                     info!(uri = %libvirt.uri(), "reconnected to libvirt; resyncing every VM");
@@ -71,6 +74,7 @@ pub async fn run(
                 resync_all();
                 wait_until_dead(&libvirt).await;
                 metrics.libvirt_connected.set(0);
+                up.send_replace(false);
                 warn!(uri = %libvirt.uri(), "lost the connection to libvirt; running VMs are not touched, reconnecting");
                 let forget = libvirt.run(|lv| {
                     lv.disconnect();

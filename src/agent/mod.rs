@@ -241,13 +241,15 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
             }
         }
     };
+    let (connected_tx, connected) = tokio::sync::watch::channel(false);
     let link = tokio::spawn(libvirt_link::run(
         Arc::clone(&endpoint.libvirt),
         tx,
         Arc::clone(&metrics),
+        connected_tx,
         resync_all,
     ));
-    let gc = tokio::spawn(gc::run(store, synced, Arc::clone(&ctx)));
+    let gc = tokio::spawn(gc::run(store, synced, connected, Arc::clone(&ctx)));
     let heartbeat = tokio::spawn(heartbeat::run(
         client.clone(),
         args.node_name.clone(),
