@@ -366,9 +366,7 @@ async fn real_guests(cluster: &'static Cluster, table: &mut Table) {
         ));
         vm.wait_phase("Running", BOOT);
         to_running.push(applied.elapsed().as_secs_f64());
-        wait_for(BOOT, "an IP in status", || {
-            Some(vm.ip()).filter(|ip| !ip.is_empty())
-        });
+        vm.wait_ip(BOOT);
         to_ip.push(applied.elapsed().as_secs_f64());
         cluster.kubectl_ok(&["-n", vm.ns, "delete", "vm", vm.name, "--wait=true"]);
     }

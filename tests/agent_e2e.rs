@@ -31,9 +31,7 @@ fn seed_like_vm_runs_reports_its_lease_and_is_cleaned_up() {
     ));
     vm.wait_phase("Running", BOOT);
     let to_running = applied.elapsed();
-    let ip = wait_for(BOOT, "an IP in status", || {
-        Some(vm.ip()).filter(|ip| !ip.is_empty())
-    });
+    let ip = vm.wait_ip(BOOT);
     let to_ip = applied.elapsed();
     eprintln!(
         "timing: apply->Running {:.2}s, apply->IP {:.2}s",

@@ -52,9 +52,7 @@ fn a_libvirtd_restart_leaves_vms_running_and_the_agent_reconnects() {
     };
     start_guest(cluster, &agent, &running, "guest");
     running.wait_phase("Running", BOOT);
-    wait_for(BOOT, "an IP in status", || {
-        Some(running.ip()).filter(|ip| !ip.is_empty())
-    });
+    running.wait_ip(BOOT);
     let before = identity(&running);
     assert!(!before.0.is_empty() && !before.1.is_empty(), "{before:?}");
     wait_for(Duration::from_secs(10), "/readyz 200", || {
@@ -138,9 +136,7 @@ fn an_api_outage_touches_no_vm_and_status_catches_up() {
     start_guest(cluster, &agent, &powers_off, "guest2");
     for vm in [&stays, &powers_off] {
         vm.wait_phase("Running", BOOT);
-        wait_for(BOOT, "an IP in status", || {
-            Some(vm.ip()).filter(|ip| !ip.is_empty())
-        });
+        vm.wait_ip(BOOT);
     }
     let before = identity(&stays);
 

@@ -43,6 +43,13 @@ impl Vm<'_> {
         self.get("{.status.interfaces[0].ipAddress}")
     }
 
+    /// Waits until the VM's status reports an IP, and returns it.
+    pub fn wait_ip(&self, timeout: Duration) -> String {
+        wait_for(timeout, "an IP in status", || {
+            Some(self.ip()).filter(|ip| !ip.is_empty())
+        })
+    }
+
     pub fn uid(&self) -> String {
         self.get("{.metadata.uid}")
     }
