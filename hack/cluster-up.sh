@@ -18,6 +18,10 @@ if [ -f "$dir/env" ] && kubectl --kubeconfig "$dir/kubeconfig" get --raw /readyz
 fi
 "$REPO_ROOT/hack/cluster-down.sh" "$name" >/dev/null 2>&1 || true
 mkdir -p "$dir"/{pki,logs,pids,cmd,etcd}
+# QEMU runs as its own user and opens the disks under $dir by path: with a umask such as 077
+# the folders would be closed to it. Open them for traversal (the parent only if it is ours).
+chmod 755 "$dir"
+if [ "$(dirname "$dir")" = /tmp/nodevirt-cluster ]; then chmod 755 /tmp/nodevirt-cluster; fi
 cd "$dir"
 
 free_port() {

@@ -23,7 +23,7 @@ source "$NODEVIRT_CLUSTER_DIR/env"
 
 log "cargo test"
 # Not --all-targets: that would also run benches/node.rs, which drives the cluster for minutes.
-cargo test --locked --lib --bins --tests -- --test-threads="${NODEVIRT_TEST_THREADS:-4}"
+cargo test --locked --no-fail-fast --lib --bins --tests -- --test-threads="${NODEVIRT_TEST_THREADS:-4}"
 
 # These stop libvirtd and the API server that every other test uses: alone, one at a time.
 log "outage tests (alone)"

@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use support::agent::Agent;
@@ -264,6 +265,17 @@ fn invalid_vms_fail_with_a_readable_condition_while_a_valid_one_runs() {
         root,
         "{secretRef: {name: missing}}",
     ));
+    // A disk QEMU (its own user) may not open: libvirt refuses to start the domain.
+    let locked_image = cluster.guest_claim(&ns.name, "locked");
+    let locked_dir = locked_image.parent().unwrap();
+    std::fs::set_permissions(locked_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    cluster.apply(&vm_yaml(
+        &ns.name,
+        "locked",
+        &agent.node,
+        "persistentVolumeClaim: {claimName: locked}",
+        &user_data("true"),
+    ));
     cluster.apply(&vm_yaml(
         &ns.name,
         "good",
@@ -271,6 +283,21 @@ fn invalid_vms_fail_with_a_readable_condition_while_a_valid_one_runs() {
         root,
         &user_data("echo fine"),
     ));
+
+    let locked = Vm {
+        ns: &ns.name,
+        name: "locked",
+    };
+    locked.wait_phase("Failed", Duration::from_secs(60));
+    let message = locked.condition_message();
+    assert!(
+        message.contains("Permission denied") && message.contains(&*locked_image.to_string_lossy()),
+        "the condition should name the file QEMU may not open: {message}"
+    );
+    assert_eq!(
+        locked.get("{.status.conditions[?(@.type==\"Ready\")].reason}"),
+        "StartFailed"
+    );
 
     let bus = Vm {
         ns: &ns.name,

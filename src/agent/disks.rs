@@ -66,13 +66,8 @@ pub async fn prepare(
     hostname: &str,
     inputs: &Inputs,
 ) -> Result<(), DiskError> {
-    tokio::fs::create_dir_all(layout.dir().parent().unwrap_or(layout.dir()))
-        .await
-        .map_err(|source| StorageError::Io {
-            action: "creating",
-            path: layout.dir().to_path_buf(),
-            source,
-        })?;
+    // The capacity check needs the VMs' folder; someone may have removed it since startup.
+    files::ensure_traversable_dir(layout.dir().parent().unwrap_or(layout.dir())).await?;
     check_capacity(spec, layout)?;
     files::ensure_vm_dir(layout).await?;
     for (index, volume) in spec.volumes.iter().enumerate() {

@@ -20,7 +20,7 @@ pub mod reasons;
 pub mod reconcile;
 pub mod status;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +37,7 @@ use crate::api::{NODE_NAME_LABEL, VirtualMachine};
 use crate::domain::DomainType;
 use crate::hypervisor::{Libvirt, events};
 use crate::metrics::AgentMetrics;
+use crate::storage::files;
 use crate::storage::registry::Puller;
 
 use reconcile::{Context, Settings};
@@ -96,8 +97,26 @@ pub enum AgentError {
     Client(#[from] crate::k8s::ClientError),
     #[error(transparent)]
     Events(#[from] events::EventError),
-    #[error("creating the state folder {0}")]
-    StateDir(PathBuf, #[source] std::io::Error),
+    #[error("preparing the state folder")]
+    StateDir(#[source] crate::storage::files::StorageError),
+}
+
+/// Makes the state folder and the VMs' folder traversable by QEMU, and warns about any folder
+/// above them that is not: every VM would then fail to start with "Permission denied".
+async fn prepare_state_dir(state_dir: &Path) -> Result<(), AgentError> {
+    files::ensure_state_dir(state_dir)
+        .await
+        .map_err(AgentError::StateDir)?;
+    for (dir, mode) in files::untraversable_ancestors(state_dir) {
+        warn!(
+            folder = %dir.display(),
+            mode = format!("{mode:04o}"),
+            state_dir = %state_dir.display(),
+            "QEMU runs as its own user and cannot traverse this folder above the state folder; \
+             VMs with disks will fail to start (give it o+x, or move --state-dir)"
+        );
+    }
+    Ok(())
 }
 
 /// A group name or numeric GID -> GID.
@@ -146,8 +165,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         requests.get_or_create(&label).inc();
     })
     .await?;
-    std::fs::create_dir_all(&args.state_dir)
-        .map_err(|e| AgentError::StateDir(args.state_dir.clone(), e))?;
+    prepare_state_dir(&args.state_dir).await?;
     events::start_event_loop()?;
     // Connected (and reconnected) by `libvirt_link`, so the agent starts while libvirtd is away.
     let libvirt = Arc::new(Libvirt::new(&args.libvirt_uri));

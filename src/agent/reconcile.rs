@@ -280,6 +280,7 @@ async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
             reason,
             message,
         } => {
+            info!(vm = %key(vm), phase = ?phase, reason, message, "VM ended");
             let current = vm.status.clone().unwrap_or_default();
             let new = status::ended(
                 &current,

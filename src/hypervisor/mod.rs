@@ -45,7 +45,9 @@ pub enum HypervisorError {
 
 impl HypervisorError {
     /// True when the call failed because the connection to libvirtd is gone, not because of
-    /// the domain: the caller should retry once reconnected instead of failing the VM.
+    /// the domain: the caller should retry once reconnected instead of failing the VM. A dead
+    /// socket is a system error from the RPC layer; a system error from anywhere else (QEMU
+    /// denied a disk, say) is the domain's own failure and must reach the VM's status.
     pub fn is_connection_lost(&self) -> bool {
         match self {
             Self::Disconnected { .. } => true,
@@ -54,10 +56,7 @@ impl HypervisorError {
                     || matches!(
                         source.code(),
                         Enum::Known(
-                            ErrorNumber::NoConnect
-                                | ErrorNumber::InvalidConn
-                                | ErrorNumber::SystemError
-                                | ErrorNumber::Rpc
+                            ErrorNumber::NoConnect | ErrorNumber::InvalidConn | ErrorNumber::Rpc
                         )
                     )
             }
@@ -418,5 +417,38 @@ mod tests {
         lv.undefine("ns_vm").unwrap();
         lv.undefine("ns_vm").unwrap();
         assert_eq!(lv.status("ns_vm").unwrap(), None);
+    }
+
+    #[test]
+    fn a_system_error_outside_the_rpc_layer_is_not_a_lost_connection() {
+        // A file libvirt cannot open fails as a system error, as a disk QEMU may not read does.
+        let lv = Libvirt::open("test:///default").unwrap();
+        let uid = "6c0e36b4-8f43-4d8e-9a51-0d2b9b8f3e11";
+        lv.define("ns_dump", &xml("ns_dump", uid)).unwrap();
+        lv.start("ns_dump").unwrap();
+        let conn = lv.conn("dumping", "ns_dump").unwrap();
+        let domain = conn.lookup_domain_by_name("ns_dump").unwrap();
+        let source = domain
+            .core_dump("/nonexistent/nodevirt/ns_dump.core", 0)
+            .expect_err("dumped into a folder that does not exist");
+        assert_eq!(
+            source.code(),
+            Enum::Known(ErrorNumber::SystemError),
+            "{source}"
+        );
+        let err = HypervisorError::Call {
+            op: "dumping",
+            target: "ns_dump".into(),
+            source,
+        };
+        assert!(!err.is_connection_lost(), "{err:?}");
+        lv.destroy("ns_dump").unwrap();
+        lv.undefine("ns_dump").unwrap();
+        let gone = HypervisorError::Disconnected {
+            op: "starting",
+            target: "ns_vm".into(),
+            uri: "qemu:///system".into(),
+        };
+        assert!(gone.is_connection_lost());
     }
 }

@@ -68,16 +68,40 @@ pub(crate) fn io_error(
     }
 }
 
-/// Creates the VM's folder: traversable by the QEMU user (libvirt runs QEMU unprivileged and
-/// hands it each disk, chowning the file at start), not listable by others.
+/// Creates the VM's folder; see [`ensure_traversable_dir`].
 pub async fn ensure_vm_dir(layout: &VmLayout) -> Result<(), StorageError> {
-    let dir = layout.dir();
+    ensure_traversable_dir(layout.dir()).await
+}
+
+/// Creates `dir` (with its missing parents) and sets it to 0711, whatever the umask: libvirt
+/// runs QEMU as an unprivileged user that opens each disk by its full path (chowning the file,
+/// not its folders), so every folder on the way must be traversable; none needs to be
+/// listable by others.
+pub async fn ensure_traversable_dir(dir: &Path) -> Result<(), StorageError> {
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(io_error("creating", dir))?;
     tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
         .await
         .map_err(io_error("setting permissions of", dir))
+}
+
+/// Creates a state folder and its VMs' folder, both traversable by QEMU.
+pub async fn ensure_state_dir(state_dir: &Path) -> Result<(), StorageError> {
+    ensure_traversable_dir(state_dir).await?;
+    ensure_traversable_dir(&super::layout::vms_dir(state_dir)).await
+}
+
+/// The folders above `dir` that others cannot traverse (no o+x), with their modes: QEMU, running
+/// as its own user, cannot open a disk below them. Folders that cannot be read are skipped.
+pub fn untraversable_ancestors(dir: &Path) -> Vec<(PathBuf, u32)> {
+    dir.ancestors()
+        .skip(1)
+        .filter_map(|ancestor| {
+            let mode = std::fs::metadata(ancestor).ok()?.permissions().mode() & 0o7777;
+            (mode & 0o001 == 0).then(|| (ancestor.to_path_buf(), mode))
+        })
+        .collect()
 }
 
 /// Removes the VM's folder and everything in it; a missing folder is fine.
@@ -253,6 +277,31 @@ mod tests {
         let wrapped =
             std::io::Error::other(std::io::Error::from_raw_os_error(Errno::ENOSPC as i32));
         assert!(is_disk_full(&wrapped));
+    }
+
+    #[tokio::test]
+    async fn state_folders_become_traversable_whatever_their_mode_was() {
+        let root = tempfile::tempdir().unwrap();
+        let private = root.path().join("private");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let state = private.join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+        ensure_traversable_dir(&state).await.unwrap();
+        ensure_traversable_dir(&state.join("vms/new"))
+            .await
+            .unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o711, "an existing 0700 folder is fixed");
+        assert_eq!(mode(&state.join("vms/new")), 0o711);
+        let blocking = untraversable_ancestors(&state);
+        assert!(
+            blocking.contains(&(private.clone(), 0o700)),
+            "{blocking:?} lacks {private:?}"
+        );
+        assert!(untraversable_ancestors(&state.join("vms/new")).contains(&(private, 0o700)));
     }
 
     #[tokio::test]

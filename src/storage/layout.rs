@@ -11,6 +11,11 @@ use crate::api::VirtualMachineSpec;
 use crate::api::volume::VolumeKind;
 use crate::domain::{ImageFormat, ResolvedVolume, ResolvedVolumes};
 
+/// The folder that holds one folder per VM.
+pub fn vms_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("vms")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmLayout {
     dir: PathBuf,
@@ -20,7 +25,7 @@ impl VmLayout {
     /// `uid` must already be checked with `domain::names::check_uid`.
     pub fn new(state_dir: &Path, uid: &str) -> Self {
         Self {
-            dir: state_dir.join("vms").join(uid),
+            dir: vms_dir(state_dir).join(uid),
         }
     }
 

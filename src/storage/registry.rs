@@ -17,7 +17,7 @@ use oci_client::{Client, Reference};
 use tracing::info;
 
 use crate::domain::{ImageFormat, ResolvedVolume};
-use crate::storage::files::{StorageError, io_error, is_disk_full};
+use crate::storage::files::{StorageError, ensure_traversable_dir, io_error, is_disk_full};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -141,9 +141,7 @@ impl Puller {
         if tokio::fs::try_exists(&disk).await.unwrap_or(false) {
             return Ok((resolved(&disk).await?, Fetch::Cached));
         }
-        tokio::fs::create_dir_all(&self.cache)
-            .await
-            .map_err(io_error("creating", &self.cache))?;
+        ensure_traversable_dir(&self.cache).await?;
         let staging = tempfile::Builder::new()
             .prefix(".pull-")
             .tempdir_in(&self.cache)

@@ -67,8 +67,23 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
+        // A failing test shows the daemon's last words: CI keeps only the test's output.
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            eprintln!(
+                "---- last {} lines of {} ----\n{}",
+                tail.len(),
+                self.log.display(),
+                tail.join("\n")
+            );
+        }
     }
 }
+
+/// How much of a daemon's log a failing test prints.
+const LOG_TAIL_LINES: usize = 80;
 
 /// How a test node and its agent look.
 pub struct NodeOptions<'a> {
@@ -120,7 +135,7 @@ impl Agent {
         let state_dir = options
             .state_dir
             .map(PathBuf::from)
-            .unwrap_or_else(|| cluster.dir.join("state").join(&node));
+            .unwrap_or_else(|| cluster.state_root().join(&node));
         std::fs::create_dir_all(&state_dir).unwrap();
         // Bound to its Node, as a DaemonSet Pod's token is: the admission policy requires it.
         let kubeconfig =

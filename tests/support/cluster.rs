@@ -180,6 +180,15 @@ impl Cluster {
         image
     }
 
+    /// The folder that holds the test agents' state folders: traversable by QEMU whatever the
+    /// umask the tests run under (the agent fixes its own folder, not the ones above it).
+    pub fn state_root(&self) -> PathBuf {
+        let root = self.dir.join("state");
+        std::fs::create_dir_all(&root).unwrap();
+        set_mode(&root, 0o711);
+        root
+    }
+
     /// A Node object with `labels` and `memory` allocatable, as a kubelet would register it.
     pub fn node_with(&self, name: &str, labels: &[(&str, &str)], memory: &str) {
         let labels: String = labels
@@ -252,16 +261,29 @@ pub fn unique_suffix() -> String {
 }
 
 /// Polls `check` every 200 ms until it returns Some, or panics naming `what` after `timeout`.
-pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(timeout: Duration, what: &str, check: impl FnMut() -> Option<T>) -> T {
+    wait_for_explained(timeout, what, check, String::new)
+}
+
+/// [`wait_for`], and on timeout the panic message also carries `explain()`: the state that
+/// tells a CI log reader why the wait failed.
+pub fn wait_for_explained<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+    explain: impl FnOnce() -> String,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(value) = check() {
             return value;
         }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if start.elapsed() >= timeout {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                explain()
+            );
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -34,7 +34,7 @@ impl DirectGuest {
             (nanos >> 32) as u32,
             nanos as u64 & 0xffff_ffff_ffff
         );
-        let state = cluster.dir.join("state").join(format!("direct-{name}"));
+        let state = cluster.state_root().join(format!("direct-{name}"));
         let layout = VmLayout::new(&state, uid);
         let image: PathBuf = cluster.guest_claim("default", &format!("direct-{name}"));
         let mut vm: VirtualMachine = serde_yaml::from_str(&format!(
@@ -58,6 +58,7 @@ impl DirectGuest {
             node: None,
         };
         let xml = render(&vm, &volumes, &options).unwrap().to_xml().unwrap();
+        files::ensure_state_dir(&state).await.unwrap();
         files::ensure_vm_dir(&layout).await.unwrap();
         let iso = layout.volume_file(1, VolumeKind::CloudInitNoCloud);
         files::ensure_cloud_init_iso(&iso, uid, name, user_data.as_bytes())

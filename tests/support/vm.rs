@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::agent::Agent;
-use super::cluster::{Cluster, virsh, wait_for};
+use super::cluster::{Cluster, virsh, wait_for_explained};
 
 /// How long a tiny guest may take to boot under TCG on a busy 2-core machine.
 pub const BOOT: Duration = Duration::from_secs(180);
@@ -32,11 +32,18 @@ impl Vm<'_> {
     }
 
     pub fn wait_phase(&self, phase: &str, timeout: Duration) {
-        wait_for(
+        wait_for_explained(
             timeout,
             &format!("VM {}/{} to be {phase}", self.ns, self.name),
             || (self.phase() == phase).then_some(()),
+            || self.describe(),
         );
+    }
+
+    /// `kubectl describe`: status, conditions and events, for failure messages.
+    pub fn describe(&self) -> String {
+        let out = Cluster::get().kubectl(&["-n", self.ns, "describe", "vm", self.name]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub fn ip(&self) -> String {
@@ -45,9 +52,12 @@ impl Vm<'_> {
 
     /// Waits until the VM's status reports an IP, and returns it.
     pub fn wait_ip(&self, timeout: Duration) -> String {
-        wait_for(timeout, "an IP in status", || {
-            Some(self.ip()).filter(|ip| !ip.is_empty())
-        })
+        wait_for_explained(
+            timeout,
+            &format!("an IP in the status of VM {}/{}", self.ns, self.name),
+            || Some(self.ip()).filter(|ip| !ip.is_empty()),
+            || self.describe(),
+        )
     }
 
     pub fn uid(&self) -> String {
