@@ -71,8 +71,12 @@ pub async fn serve(path: &Path, state: Arc<AdminState>, access: Access) -> Resul
         }
         Ok(_) => return Err(AdminError::NotASocket(path.to_path_buf())),
         Err(_) => {
-            if let Some(dir) = path.parent() {
+            if let Some(dir) = path.parent().filter(|dir| !dir.exists()) {
+                // 0755 whatever the umask: the socket's own mode and the peer check guard
+                // access, and the admin group must be able to reach the socket.
                 std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                    .map_err(io("setting permissions of", dir))?;
             }
         }
     }
