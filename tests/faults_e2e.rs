@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::agent::{Agent, NodeOptions};
-use support::cluster::{Cluster, unique_suffix, wait_for};
+use support::cluster::{Cluster, unique_suffix, virsh_on, wait_for};
 use support::registry::Registry;
 use support::vm::{BOOT, Vm, user_data, vm_yaml};
 
@@ -59,16 +59,6 @@ impl Moments {
         self.0 ^= self.0 << 17;
         Duration::from_millis(self.0 % max_millis.max(1))
     }
-}
-
-fn virsh_on(uri: &str, args: &[&str]) -> String {
-    let out = Command::new("virsh")
-        .arg("-c")
-        .arg(uri)
-        .args(args)
-        .output()
-        .expect("virsh");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Running domains of namespace `ns` on `uri`: name -> domain ID.

@@ -290,9 +290,14 @@ pub fn wait_for_explained<T>(
 
 /// `virsh` on the test cluster's libvirtd.
 pub fn virsh(args: &[&str]) -> String {
+    virsh_on("qemu:///system", args)
+}
+
+/// `virsh -c uri ARGS`: its standard output.
+pub fn virsh_on(uri: &str, args: &[&str]) -> String {
     let out = Command::new("virsh")
         .arg("-c")
-        .arg("qemu:///system")
+        .arg(uri)
         .args(args)
         .output()
         .expect("virsh (libvirt-clients)");
