@@ -9,6 +9,9 @@ name=${1:-default}
 dir=${NODEVIRT_CLUSTER_DIR:-/tmp/nodevirt-cluster/$name}
 [ -d "$dir" ] || exit 0
 
+# nodevirt agents and controllers first (hack/demo.sh records them): while they run, a replica
+# set would replace the domains destroyed below and leave QEMU running without libvirtd.
+for f in "$dir"/pids/nodevirt.*; do stop_pid "$f"; done
 if [ -f "$dir/pids/libvirtd" ]; then
   # Every domain on it was made by this cluster's agents; a test that fails may leave some.
   for d in $(virsh -c qemu:///system list --all --name 2>/dev/null); do
@@ -17,8 +20,7 @@ if [ -f "$dir/pids/libvirtd" ]; then
   done
   virsh -c qemu:///system net-destroy nodevirt >/dev/null 2>&1
 fi
-# nodevirt agents and controllers first (hack/demo.sh records them), then the control plane.
-for f in "$dir"/pids/nodevirt.*; do stop_pid "$f"; done
+# Then the control plane and libvirtd.
 for p in kube-controller-manager kube-apiserver etcd libvirtd virtlogd; do
   stop_pid "$dir/pids/$p"
 done
