@@ -71,6 +71,18 @@ impl Target {
 struct Table(Vec<Row>);
 
 impl Table {
+    /// The agent's RSS `when`, against a target in MiB, and the anonymous part of it (heap,
+    /// stacks): the rest is mapped code, shared with other processes.
+    fn add_rss(&mut self, when: &str, memory: &Memory, target_mib: f64) {
+        self.add(format!("agent: RSS {when}"), memory.rss, "MiB")
+            .target(Target::Below(target_mib));
+        self.add(
+            format!("agent: RSS {when}, anonymous (heap, stacks)"),
+            memory.anonymous,
+            "MiB",
+        );
+    }
+
     fn add(&mut self, name: impl Into<String>, value: f64, unit: &'static str) -> &mut Row {
         self.0.push(Row {
             name: name.into(),
@@ -453,14 +465,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let pid = agent.pid().unwrap();
     let (_, idle) = process_usage(pid);
-    table
-        .add("agent: RSS idle", idle.rss, "MiB")
-        .target(Target::Below(15.0));
-    table.add(
-        "agent: RSS idle, anonymous (heap, stacks)",
-        idle.anonymous,
-        "MiB",
-    );
+    table.add_rss("idle", &idle, 15.0);
 
     // 100 VMs, 100 ms apart.
     let ns100 = cluster.namespace("bench-100");
@@ -591,14 +596,7 @@ async fn main() {
             "ms",
         )
         .target(Target::Below(2.0));
-    table
-        .add("agent: RSS with 1100 VMs", loaded.rss, "MiB")
-        .target(Target::Below(40.0));
-    table.add(
-        "agent: RSS with 1100 VMs, anonymous",
-        loaded.anonymous,
-        "MiB",
-    );
+    table.add_rss("with 1100 VMs", &loaded, 40.0);
     table.add("agent: peak RSS (whole run)", loaded.peak, "MiB");
 
     let mut scrapes = Vec::new();

@@ -346,15 +346,11 @@ fn ephemeral_vm_never_writes_the_claims_image() {
     let image = cluster.guest_claim(&ns.name, "guest");
     let before = std::fs::read(&image).unwrap();
     // The user-data comes from a Secret, and overwrites the start of the root disk.
-    cluster.kubectl_ok(&[
-        "-n",
+    cluster.user_data_secret(
         &ns.name,
-        "create",
-        "secret",
-        "generic",
         "userdata",
-        "--from-literal=userdata=#!/bin/sh\ndd if=/dev/zero of=/dev/vda bs=4096 count=64 && sync && echo root-disk-overwritten\n",
-    ]);
+        "#!/bin/sh\ndd if=/dev/zero of=/dev/vda bs=4096 count=64 && sync && echo root-disk-overwritten\n",
+    );
     let vm = Vm {
         ns: &ns.name,
         name: "scribbler",

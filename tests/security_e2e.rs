@@ -47,15 +47,7 @@ async fn the_node_agent_may_touch_only_its_own_node_and_what_its_vms_name() {
     cluster.node_with(&theirs, &[], "8Gi");
     cluster.apply(&vm_on(&ns.name, "mine", &mine));
     cluster.apply(&vm_on(&ns.name, "theirs", &theirs));
-    cluster.kubectl_ok(&[
-        "-n",
-        &ns.name,
-        "create",
-        "secret",
-        "generic",
-        "userdata",
-        "--from-literal=userdata=#!/bin/sh",
-    ]);
+    cluster.user_data_secret(&ns.name, "userdata", "#!/bin/sh");
     let agent = cluster
         .service_account_client("nodevirt", "nodevirt-agent", Some(&mine))
         .await;

@@ -180,6 +180,20 @@ impl Cluster {
         image
     }
 
+    /// A Secret `name` in `namespace` holding `script` under the key `userdata`, as a VM's
+    /// `cloudInitNoCloud.secretRef` reads it.
+    pub fn user_data_secret(&self, namespace: &str, name: &str, script: &str) {
+        self.kubectl_ok(&[
+            "-n",
+            namespace,
+            "create",
+            "secret",
+            "generic",
+            name,
+            &format!("--from-literal=userdata={script}"),
+        ]);
+    }
+
     /// The folder that holds the test agents' state folders: traversable by QEMU whatever the
     /// umask the tests run under (the agent fixes its own folder, not the ones above it).
     pub fn state_root(&self) -> PathBuf {
