@@ -94,6 +94,12 @@ pub enum Error {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Input(#[from] InputError),
+    #[error("reading VM {vm}")]
+    Read {
+        vm: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("writing the status of VM {vm}")]
     Status {
         vm: String,
@@ -240,18 +246,62 @@ async fn fail(
     reason: &str,
     message: &str,
 ) -> Result<Action, Error> {
-    info!(vm = %key(vm), reason, message, "VM failed");
-    let current = vm.status.clone().unwrap_or_default();
+    record_end(
+        ctx,
+        vm,
+        Phase::Failed,
+        reason,
+        message,
+        reasons::EVENT_FAILED,
+    )
+    .await
+}
+
+/// Records the VM's final phase with a condition and an event, once. The cache can lag behind
+/// this agent's own last write: a reconcile queued by the domain's lifecycle event may still
+/// see the VM unfinished after `fail` recorded why, and must not replace that message with the
+/// generic one. So the end is checked against the API server's current object first (the
+/// controller runs one reconcile per VM at a time, so nothing of ours writes in between).
+async fn record_end(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    phase: Phase,
+    reason: &str,
+    message: &str,
+    event_reason: &str,
+) -> Result<Action, Error> {
+    let api: Api<VirtualMachine> =
+        Api::namespaced(ctx.client.clone(), &vm.namespace().unwrap_or_default());
+    let latest = api
+        .get_opt(&vm.name_any())
+        .await
+        .map_err(|source| Error::Read {
+            vm: key(vm),
+            source,
+        })?;
+    let Some(latest) = latest.filter(|latest| latest.uid() == vm.uid()) else {
+        return Ok(Action::await_change());
+    };
+    if latest.phase().is_final() {
+        return Ok(Action::await_change());
+    }
+    info!(vm = %key(vm), phase = ?phase, reason, message, "VM ended");
+    let current = latest.status.clone().unwrap_or_default();
     let new = status::ended(
         &current,
         &ctx.settings.node,
-        Phase::Failed,
+        phase,
         reason,
         message,
         Timestamp::now(),
     );
-    write_status(ctx, vm, &new).await?;
-    publish(ctx, vm, EventType::Warning, reasons::EVENT_FAILED, message).await;
+    write_status(ctx, &latest, &new).await?;
+    let type_ = if phase == Phase::Succeeded {
+        EventType::Normal
+    } else {
+        EventType::Warning
+    };
+    publish(ctx, vm, type_, event_reason, message).await;
     Ok(Action::await_change())
 }
 
@@ -279,26 +329,7 @@ async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
             phase,
             reason,
             message,
-        } => {
-            info!(vm = %key(vm), phase = ?phase, reason, message, "VM ended");
-            let current = vm.status.clone().unwrap_or_default();
-            let new = status::ended(
-                &current,
-                &ctx.settings.node,
-                phase,
-                reason,
-                message,
-                Timestamp::now(),
-            );
-            write_status(ctx, vm, &new).await?;
-            let type_ = if phase == Phase::Succeeded {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            };
-            publish(ctx, vm, type_, reasons::EVENT_STOPPED, message).await;
-            Ok(Action::await_change())
-        }
+        } => record_end(ctx, vm, phase, reason, message, reasons::EVENT_STOPPED).await,
         Step::Wait if vm.phase().is_final() => Ok(Action::await_change()),
         Step::Wait => Ok(Action::requeue(ADDRESS_POLL)),
     }
