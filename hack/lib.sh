@@ -16,6 +16,16 @@ export PATH=$K8S_BIN:$ETCD_BIN:$PATH
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# Fails early, with the numbers, when the filesystem holding $path has less than $need_mib
+# free: a build or a guest's disk copy that runs out halfway fails far less readably.
+require_free_space() {
+  local path=$1 need_mib=$2 what=$3 free_mib
+  mkdir -p "$path"
+  free_mib=$(df --output=avail -m "$path" | tail -n 1 | tr -d ' ')
+  [ "$free_mib" -ge "$need_mib" ] ||
+    die "$what needs ${need_mib} MiB free under $path; $(df -h --output=target "$path" | tail -n 1) has ${free_mib} MiB"
+}
+
 # Stops the process whose PID was recorded in $file, if it is still the one we started: its
 # command line names the program ($file's name up to the first '.'); a stale PID may belong
 # to someone else by now. TERM first, KILL after 5 s.
