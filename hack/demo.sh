@@ -32,7 +32,7 @@ log "the tiny guest on the PersistentVolumeClaim tiny-guest"
 image=$("$REPO_ROOT/hack/guest-image.sh" | tail -n1)
 mkdir -p "$dir/volumes/tiny-guest" "$dir/state"
 chmod 755 "$dir" "$dir/volumes" "$dir/volumes/tiny-guest" "$dir/state"
-cp "$image" "$dir/volumes/tiny-guest/disk.img"
+cp --sparse=always "$image" "$dir/volumes/tiny-guest/disk.img"
 kubectl apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: PersistentVolume
