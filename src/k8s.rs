@@ -1,38 +1,11 @@
-//! Small helpers shared by the agent and the controller: events, status patches, error text.
+//! Small helpers shared by the agent and the controller: clients, status patches, error text.
 
 use std::path::Path;
 
-use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::warn;
-
-/// Records an event; a failure is logged, never returned: events must not block the work.
-pub async fn publish(
-    recorder: &Recorder,
-    reference: &ObjectReference,
-    type_: EventType,
-    reason: &str,
-    note: &str,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: reason.into(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&event, reference).await {
-        warn!(
-            object = %format!("{}/{}", reference.namespace.as_deref().unwrap_or_default(), reference.name.as_deref().unwrap_or_default()),
-            error = %e,
-            "cannot record event {reason}"
-        );
-    }
-}
 
 /// Merge-patches `status` of `object` through the status subresource. The object's UID rides
 /// along as a precondition: if the object was deleted and re-created under the same name, the

@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::Api;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -35,6 +34,7 @@ use tracing::{info, warn};
 use crate::admin::server::AdminState;
 use crate::api::{NODE_NAME_LABEL, VirtualMachine};
 use crate::domain::DomainType;
+use crate::events::EventRecorder;
 use crate::hypervisor::{Libvirt, events};
 use crate::metrics::AgentMetrics;
 use crate::storage::files;
@@ -178,13 +178,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         domain_type: domain_type(args.hypervisor),
     };
     info!(node = %settings.node, libvirt = %args.libvirt_uri, domain_type = %settings.domain_type, "agent starting");
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "nodevirt-agent".into(),
-            instance: Some(args.node_name.clone()),
-        },
-    );
+    let recorder = EventRecorder::new(client.clone(), "nodevirt-agent", &args.node_name);
     let puller = Puller::new(&args.state_dir, &args.insecure_registries);
     let events = Arc::new(event_log::EventLog::default());
     let ctx = Arc::new(Context::new(

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{Instrument, debug, info, warn};
@@ -21,6 +20,7 @@ use crate::api::virtual_machine::DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS;
 use crate::api::{Phase, VirtualMachine, VirtualMachineStatus};
 use crate::domain::names::check_uid;
 use crate::domain::{DomainType, RenderOptions, ResolvedVolume, domain_name, render};
+use crate::events::{EventRecorder, EventType};
 use crate::hypervisor::{DomainState, HypervisorError, Libvirt};
 use crate::k8s::{self, error_chain};
 use crate::metrics::{AgentMetrics, ResultLabel};
@@ -57,7 +57,7 @@ pub struct Context {
     pub puller: Puller,
     pub metrics: Arc<AgentMetrics>,
     pub events: Arc<EventLog>,
-    pub recorder: Recorder,
+    pub recorder: EventRecorder,
     pub settings: Settings,
     /// Consecutive failures per VM UID, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
@@ -68,7 +68,7 @@ impl Context {
         client: Client,
         libvirt: Arc<Libvirt>,
         puller: Puller,
-        recorder: Recorder,
+        recorder: EventRecorder,
         settings: Settings,
         metrics: Arc<AgentMetrics>,
         events: Arc<EventLog>,
@@ -209,14 +209,11 @@ pub fn error_policy(vm: Arc<VirtualMachine>, _err: &ReconcileError, ctx: Arc<Con
 }
 
 async fn publish(ctx: &Context, vm: &VirtualMachine, type_: EventType, reason: &str, note: &str) {
-    let kind = if type_ == EventType::Warning {
-        "Warning"
-    } else {
-        "Normal"
-    };
     ctx.events
-        .record(&vm.uid().unwrap_or_default(), kind, reason, note);
-    k8s::publish(&ctx.recorder, &vm.object_ref(&()), type_, reason, note).await;
+        .record(&vm.uid().unwrap_or_default(), type_.as_str(), reason, note);
+    ctx.recorder
+        .publish(&vm.object_ref(&()), type_, reason, note)
+        .await;
 }
 
 async fn write_status(

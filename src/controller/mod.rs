@@ -20,13 +20,13 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::SignedDuration;
 use kube::Api;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use tracing::info;
 
 use crate::api::{
     OfflineVirtualMachine, VirtualMachine, VirtualMachinePreset, VirtualMachineReplicaSet,
 };
+use crate::events::EventRecorder;
 
 #[derive(Debug, clap::Args)]
 pub struct ControllerArgs {
@@ -90,13 +90,11 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         renew: Duration::from_secs((args.lease_duration / 5).max(1)),
     };
     let leadership = leader::acquire(client.clone(), lease).await;
-    let recorder = Recorder::new(
+    let recorder = Arc::new(EventRecorder::new(
         client.clone(),
-        Reporter {
-            controller: "nodevirt-controller".into(),
-            instance: Some(identity),
-        },
-    );
+        "nodevirt-controller",
+        &identity,
+    ));
     let scheduling_ctx = Arc::new(scheduling::Context {
         client: client.clone(),
         recorder: recorder.clone(),

@@ -18,7 +18,6 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::PostParams;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
@@ -27,6 +26,7 @@ use crate::agent::heartbeat::{HEARTBEAT_ANNOTATION, SCHEDULABLE_LABEL};
 use crate::agent::status::set_ready;
 use crate::api::quantity::{parse_bytes, parse_millicores};
 use crate::api::{NODE_NAME_LABEL, Phase, VirtualMachine, VirtualMachinePreset};
+use crate::events::{EventRecorder, EventType};
 use crate::k8s::{self, error_chain};
 
 use super::placement::{self, NodeInfo, PlacementError, Usage};
@@ -44,7 +44,7 @@ const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(5);
 
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    pub recorder: Arc<EventRecorder>,
     pub nodes: Store<Node>,
     pub vms: Store<VirtualMachine>,
     pub presets: Store<VirtualMachinePreset>,
@@ -166,14 +166,14 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
                 k8s::patch_status(&api, &vm, &status)
                     .await
                     .map_err(write_error(&vm))?;
-                k8s::publish(
-                    &ctx.recorder,
-                    &vm.object_ref(&()),
-                    EventType::Warning,
-                    reasons::FAILED_SCHEDULING,
-                    &message,
-                )
-                .await;
+                ctx.recorder
+                    .publish(
+                        &vm.object_ref(&()),
+                        EventType::Warning,
+                        reasons::FAILED_SCHEDULING,
+                        &message,
+                    )
+                    .await;
             }
             return Ok(Action::requeue(UNSCHEDULABLE_RETRY));
         }
@@ -202,14 +202,14 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
     }
     info!(vm = %key(&vm), node, "placed");
     let note = format!("Placed on node {node}.");
-    k8s::publish(
-        &ctx.recorder,
-        &vm.object_ref(&()),
-        EventType::Normal,
-        reasons::SCHEDULED,
-        &note,
-    )
-    .await;
+    ctx.recorder
+        .publish(
+            &vm.object_ref(&()),
+            EventType::Normal,
+            reasons::SCHEDULED,
+            &note,
+        )
+        .await;
     Ok(Action::await_change())
 }
 
@@ -226,14 +226,9 @@ async fn fail(
     k8s::patch_status(api, vm, &status)
         .await
         .map_err(write_error(vm))?;
-    k8s::publish(
-        &ctx.recorder,
-        &vm.object_ref(&()),
-        EventType::Warning,
-        reason,
-        message,
-    )
-    .await;
+    ctx.recorder
+        .publish(&vm.object_ref(&()), EventType::Warning, reason, message)
+        .await;
     Ok(Action::await_change())
 }
 
@@ -277,14 +272,14 @@ pub async fn watch_node_health(ctx: Arc<Context>) {
             match k8s::patch_status(&api, &vm, &status).await {
                 Ok(_) => {
                     warn!(vm = %key(&vm), "node unresponsive: VM Unknown");
-                    k8s::publish(
-                        &ctx.recorder,
-                        &vm.object_ref(&()),
-                        EventType::Warning,
-                        reasons::NODE_UNRESPONSIVE,
-                        message,
-                    )
-                    .await;
+                    ctx.recorder
+                        .publish(
+                            &vm.object_ref(&()),
+                            EventType::Warning,
+                            reasons::NODE_UNRESPONSIVE,
+                            message,
+                        )
+                        .await;
                 }
                 Err(e) => warn!(vm = %key(&vm), error = %e, "cannot mark VM Unknown"),
             }

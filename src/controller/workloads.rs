@@ -11,7 +11,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
@@ -23,6 +22,7 @@ use crate::api::virtual_machine::Condition;
 use crate::api::{
     OfflineVirtualMachine, Phase, VirtualMachine, VirtualMachineReplicaSet, VirtualMachineStatus,
 };
+use crate::events::{EventRecorder, EventType};
 use crate::k8s::{self, error_chain};
 
 pub mod reasons {
@@ -34,7 +34,7 @@ pub mod reasons {
 
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    pub recorder: Arc<EventRecorder>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,14 +106,14 @@ async fn create_vm<K: Resource<DynamicType = ()> + ResourceExt>(
         .map_err(api_error("creating a VirtualMachine", owner))?;
     let note = format!("Created virtual machine {}", created.name_any());
     info!(owner = %owner.name_any(), vm = %created.name_any(), "created VM");
-    k8s::publish(
-        &ctx.recorder,
-        &owner.object_ref(&()),
-        EventType::Normal,
-        reasons::SUCCESSFUL_CREATE,
-        &note,
-    )
-    .await;
+    ctx.recorder
+        .publish(
+            &owner.object_ref(&()),
+            EventType::Normal,
+            reasons::SUCCESSFUL_CREATE,
+            &note,
+        )
+        .await;
     Ok(())
 }
 
@@ -129,14 +129,14 @@ async fn delete_vm<K: Resource<DynamicType = ()> + ResourceExt>(
         Err(e) => return Err(api_error("deleting a VirtualMachine", owner)(e)),
     }
     let note = format!("Deleted virtual machine {}", vm.name_any());
-    k8s::publish(
-        &ctx.recorder,
-        &owner.object_ref(&()),
-        EventType::Normal,
-        reasons::SUCCESSFUL_DELETE,
-        &note,
-    )
-    .await;
+    ctx.recorder
+        .publish(
+            &owner.object_ref(&()),
+            EventType::Normal,
+            reasons::SUCCESSFUL_DELETE,
+            &note,
+        )
+        .await;
     Ok(())
 }
 
@@ -248,14 +248,14 @@ pub async fn reconcile_replica_set(
             k8s::patch_status(&api, &*rs, &status)
                 .await
                 .map_err(api_error("writing the status", &*rs))?;
-            k8s::publish(
-                &ctx.recorder,
-                &rs.object_ref(&()),
-                EventType::Warning,
-                reasons::INVALID_SELECTOR,
-                &message,
-            )
-            .await;
+            ctx.recorder
+                .publish(
+                    &rs.object_ref(&()),
+                    EventType::Warning,
+                    reasons::INVALID_SELECTOR,
+                    &message,
+                )
+                .await;
         }
         return Ok(Action::await_change());
     }
