@@ -19,7 +19,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use tracing::warn;
+use tracing::{debug, warn};
+
+use crate::k8s::is_not_found;
 
 /// How long a repeat joins the earlier event's series (kube-runtime's and client-go's window).
 const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
@@ -111,12 +113,19 @@ impl EventRecorder {
         note: &str,
     ) {
         let note: String = note.chars().take(MAX_NOTE_CHARS).collect();
-        if let Err(e) = self.publish_or_count(regarding, type_, reason, &note).await {
-            warn!(
-                object = %format!("{}/{}", regarding.namespace.as_deref().unwrap_or_default(), regarding.name.as_deref().unwrap_or_default()),
-                error = %e,
-                "cannot record event {reason}"
-            );
+        let Err(e) = self.publish_or_count(regarding, type_, reason, &note).await else {
+            return;
+        };
+        let object = format!(
+            "{}/{}",
+            regarding.namespace.as_deref().unwrap_or_default(),
+            regarding.name.as_deref().unwrap_or_default()
+        );
+        // Deleting a namespace deletes its VMs, whose last events then have nowhere to go.
+        if namespace_terminating(&e) {
+            debug!(object = %object, "no event {reason}: the namespace is being deleted");
+        } else {
+            warn!(object = %object, error = %e, "cannot record event {reason}");
         }
     }
 
@@ -146,7 +155,7 @@ impl EventRecorder {
                 .await
             {
                 // The API server has let the event expire: start a new one.
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) if is_not_found(&e) => {}
                 other => return other.map(drop),
             }
         }
@@ -200,6 +209,12 @@ impl EventRecorder {
             ..Default::default()
         }
     }
+}
+
+fn namespace_terminating(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.details.as_ref().is_some_and(|d| {
+        d.causes.iter().any(|c| c.reason == "NamespaceTerminating")
+    }))
 }
 
 /// Events with the same key are repeats of one another. The note is part of it: a changed

@@ -30,6 +30,11 @@ pub fn drop_managed_fields<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 
+/// The API server answered 404: the object is not (or no longer) there.
+pub fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
 /// "outer: inner: innermost", skipping a source whose text its parent already quotes.
 pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();

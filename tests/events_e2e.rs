@@ -30,7 +30,12 @@ async fn a_repeated_event_is_one_object_with_a_count_and_a_new_note_is_another()
             .await;
     }
     recorder
-        .publish(&regarding, EventType::Warning, "SyncFailed", "claim not bound")
+        .publish(
+            &regarding,
+            EventType::Warning,
+            "SyncFailed",
+            "claim not bound",
+        )
         .await;
 
     let events: Api<Event> = Api::namespaced(client, &ns.name);

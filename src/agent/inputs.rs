@@ -9,7 +9,7 @@ use kube::{Api, Client};
 
 use crate::api::VirtualMachine;
 use crate::domain::{ImageFormat, ResolvedVolume};
-use crate::k8s::error_chain;
+use crate::k8s::{error_chain, is_not_found};
 use crate::storage::registry::{Credentials, Fetch, Puller};
 
 /// Keys of a Secret that may hold user-data, in the order they are tried.
@@ -44,10 +44,6 @@ pub struct Inputs {
     pub images: BTreeMap<usize, ResolvedVolume>,
     /// How each image was had: pulled or from the cache.
     pub fetches: Vec<Fetch>,
-}
-
-fn is_not_found(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
 pub async fn gather(

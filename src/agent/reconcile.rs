@@ -159,6 +159,17 @@ async fn reconcile_in_span(
         }
     })
     .await;
+    let result = match result {
+        // An earlier reconcile removed the finalizer and the VM is gone; the cache had not
+        // caught up. Nothing is left to do, and no error to report about a VM that is no more.
+        Err(finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e))
+            if k8s::is_not_found(&e) =>
+        {
+            debug!(vm = %key(&vm), "the VM is already gone");
+            Ok(Action::await_change())
+        }
+        other => other,
+    };
     let uid = vm.uid().unwrap_or_default();
     match &result {
         Ok(_) => {
