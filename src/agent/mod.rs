@@ -214,7 +214,8 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
             Ok(_) => {}
         })
         .applied_objects();
-    let controller = Controller::for_stream(vm_events, store.clone());
+    let controller = Controller::for_stream(vm_events, store.clone())
+        .with_config(crate::k8s::controller_config());
     let domain_events = UnboundedReceiverStream::new(rx)
         .filter_map(|e: events::LifecycleEvent| async move { vm_of_domain(&e.domain) });
 

@@ -116,6 +116,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         Api::<VirtualMachine>::all(client.clone()),
         watcher::Config::default(),
     )
+    .with_config(crate::k8s::controller_config())
     .run(
         scheduling::reconcile,
         scheduling::error_policy,
@@ -130,6 +131,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         Api::<VirtualMachine>::all(client.clone()),
         watcher::Config::default(),
     )
+    .with_config(crate::k8s::controller_config())
     .run(
         workloads::reconcile_offline,
         workloads::error_policy,
@@ -144,6 +146,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         Api::<VirtualMachine>::all(client.clone()),
         watcher::Config::default(),
     )
+    .with_config(crate::k8s::controller_config())
     .run(
         workloads::reconcile_replica_set,
         workloads::error_policy,
