@@ -85,7 +85,7 @@ fn seed_like_vm_runs_reports_its_lease_and_is_cleaned_up() {
 }
 
 #[test]
-fn guest_poweroff_is_succeeded_and_outside_destroy_is_failed() {
+fn guest_poweroff_is_succeeded_and_outside_destroy_or_killed_qemu_is_failed() {
     let cluster = Cluster::get();
     let ns = cluster.namespace("e2e-stop");
     let agent = Agent::start(cluster, "stop");
@@ -99,20 +99,23 @@ fn guest_poweroff_is_succeeded_and_outside_destroy_is_failed() {
         ns: &ns.name,
         name: "destroyed",
     };
-    cluster.apply(&vm_yaml(
-        off.ns,
-        off.name,
-        &agent.node,
-        root,
-        &user_data("sleep 2; sync; poweroff -f"),
-    ));
-    cluster.apply(&vm_yaml(
-        killed.ns,
-        killed.name,
-        &agent.node,
-        root,
-        &user_data("echo up"),
-    ));
+    let crashed = Vm {
+        ns: &ns.name,
+        name: "crashes",
+    };
+    for (vm, script) in [
+        (&off, "sleep 2; sync; poweroff -f"),
+        (&killed, "echo up"),
+        (&crashed, "echo up"),
+    ] {
+        cluster.apply(&vm_yaml(
+            vm.ns,
+            vm.name,
+            &agent.node,
+            root,
+            &user_data(script),
+        ));
+    }
 
     killed.wait_phase("Running", BOOT);
     virsh(&["destroy", &killed.domain()]);
@@ -129,6 +132,29 @@ fn guest_poweroff_is_succeeded_and_outside_destroy_is_failed() {
         "{}",
         killed.condition_message()
     );
+
+    // QEMU killed (as the OOM killer would): Failed, and the message says where QEMU's log is.
+    crashed.wait_phase("Running", BOOT);
+    let pid_file = format!("/run/libvirt/qemu/{}.pid", crashed.domain());
+    let pid = std::fs::read_to_string(&pid_file).expect(&pid_file);
+    let status = std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -9 {pid}");
+    crashed.wait_phase("Failed", Duration::from_secs(10));
+    let log = format!("/var/log/libvirt/qemu/{}.log", crashed.domain());
+    let message = crashed.condition_message();
+    assert!(
+        message.contains("crashed") && message.contains(&log),
+        "the condition should say the VM crashed and name QEMU's log: {message}"
+    );
+    assert_eq!(
+        crashed.get("{.status.conditions[?(@.type==\"Ready\")].reason}"),
+        "Crashed"
+    );
+    let written = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(written.contains("qemu"), "{log}:\n{written}");
 
     off.wait_phase("Succeeded", BOOT);
     assert!(
@@ -293,6 +319,10 @@ fn invalid_vms_fail_with_a_readable_condition_while_a_valid_one_runs() {
     assert!(
         message.contains("Permission denied") && message.contains(&*locked_image.to_string_lossy()),
         "the condition should name the file QEMU may not open: {message}"
+    );
+    assert!(
+        message.contains(&format!("/var/log/libvirt/qemu/{}.log", locked.domain())),
+        "the condition should name QEMU's log: {message}"
     );
     assert_eq!(
         locked.get("{.status.conditions[?(@.type==\"Ready\")].reason}"),

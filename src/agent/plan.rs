@@ -67,7 +67,7 @@ pub fn plan(phase: Phase, uid: &str, domain: Option<&DomainStatus>) -> Step {
             ShutoffReason::Failed => finish(
                 Phase::Failed,
                 reasons::START_FAILED,
-                "QEMU failed; see the domain's log on the node.",
+                "QEMU failed to start.",
             ),
             // Defined and never started (the agent stopped in between): start it now.
             ShutoffReason::Unknown if phase != Phase::Running => Step::Start,

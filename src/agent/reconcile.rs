@@ -270,6 +270,19 @@ async fn fail(
 /// see the VM unfinished after `fail` recorded why, and must not replace that message with the
 /// generic one. So the end is checked against the API server's current object first (the
 /// controller runs one reconcile per VM at a time, so nothing of ours writes in between).
+/// A crash or a failed start is explained in QEMU's own log: the message says where it is.
+fn with_qemu_log(ctx: &Context, vm: &VirtualMachine, reason: &str, message: &str) -> String {
+    let domain = domain_name(&vm.namespace().unwrap_or_default(), &vm.name_any());
+    match ctx.libvirt.qemu_log(&domain) {
+        Some(log) if [reasons::CRASHED, reasons::START_FAILED].contains(&reason) => format!(
+            "{message} (QEMU's log on node {}: {})",
+            ctx.settings.node,
+            log.display()
+        ),
+        _ => message.to_string(),
+    }
+}
+
 async fn record_end(
     ctx: &Context,
     vm: &VirtualMachine,
@@ -293,6 +306,7 @@ async fn record_end(
     if latest.phase().is_final() {
         return Ok(Action::await_change());
     }
+    let message = &with_qemu_log(ctx, vm, reason, message);
     info!(vm = %key(vm), phase = ?phase, reason, message, "VM ended");
     let current = latest.status.clone().unwrap_or_default();
     let new = status::ended(

@@ -11,6 +11,7 @@
 pub mod events;
 pub mod stats;
 
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use virt::connect::Connect;
@@ -139,6 +140,12 @@ impl Libvirt {
 
     pub fn uri(&self) -> &str {
         &self.uri
+    }
+
+    /// Where libvirt keeps `domain`'s QEMU log (its command line and its last words), when
+    /// this is the node's own system daemon; None for other connections.
+    pub fn qemu_log(&self, domain: &str) -> Option<PathBuf> {
+        qemu_log_path(&self.uri, domain)
     }
 
     /// Opens a new connection and makes it the current one, dropping the previous one. Returns
@@ -373,8 +380,35 @@ fn decode_state(state: DomainStateEnum, reason: DomainStateReasonEnum) -> Domain
     }
 }
 
+fn qemu_log_path(uri: &str, domain: &str) -> Option<PathBuf> {
+    let (scheme, rest) = uri.split_once("://")?;
+    // No host between "//" and the path: this node's daemon.
+    let path = rest.split('?').next()?;
+    (matches!(scheme, "qemu" | "qemu+unix") && path == "/system")
+        .then(|| PathBuf::from(format!("/var/log/libvirt/qemu/{domain}.log")))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_qemu_log_is_known_for_the_local_system_daemon_only() {
+        let log = Some(PathBuf::from("/var/log/libvirt/qemu/ns_vm.log"));
+        assert_eq!(qemu_log_path("qemu:///system", "ns_vm"), log);
+        assert_eq!(
+            qemu_log_path("qemu+unix:///system?socket=/run/x.sock", "ns_vm"),
+            log
+        );
+        for other in [
+            "qemu:///session",
+            "qemu+ssh://host/system",
+            "test:///default",
+            "test+unix:///default",
+            "nonsense",
+        ] {
+            assert_eq!(qemu_log_path(other, "ns_vm"), None, "{other}");
+        }
+    }
+
     use super::*;
 
     fn xml(name: &str, uid: &str) -> String {
