@@ -265,11 +265,6 @@ async fn fail(
     .await
 }
 
-/// Records the VM's final phase with a condition and an event, once. The cache can lag behind
-/// this agent's own last write: a reconcile queued by the domain's lifecycle event may still
-/// see the VM unfinished after `fail` recorded why, and must not replace that message with the
-/// generic one. So the end is checked against the API server's current object first (the
-/// controller runs one reconcile per VM at a time, so nothing of ours writes in between).
 /// A crash or a failed start is explained in QEMU's own log: the message says where it is.
 fn with_qemu_log(ctx: &Context, vm: &VirtualMachine, reason: &str, message: &str) -> String {
     let domain = domain_name(&vm.namespace().unwrap_or_default(), &vm.name_any());
@@ -283,6 +278,11 @@ fn with_qemu_log(ctx: &Context, vm: &VirtualMachine, reason: &str, message: &str
     }
 }
 
+/// Records the VM's final phase with a condition and an event, once. The cache can lag behind
+/// this agent's own last write: a reconcile queued by the domain's lifecycle event may still
+/// see the VM unfinished after `fail` recorded why, and must not replace that message with the
+/// generic one. So the end is checked against the API server's current object first (the
+/// controller runs one reconcile per VM at a time, so nothing of ours writes in between).
 async fn record_end(
     ctx: &Context,
     vm: &VirtualMachine,

@@ -390,25 +390,6 @@ fn qemu_log_path(uri: &str, domain: &str) -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn the_qemu_log_is_known_for_the_local_system_daemon_only() {
-        let log = Some(PathBuf::from("/var/log/libvirt/qemu/ns_vm.log"));
-        assert_eq!(qemu_log_path("qemu:///system", "ns_vm"), log);
-        assert_eq!(
-            qemu_log_path("qemu+unix:///system?socket=/run/x.sock", "ns_vm"),
-            log
-        );
-        for other in [
-            "qemu:///session",
-            "qemu+ssh://host/system",
-            "test:///default",
-            "test+unix:///default",
-            "nonsense",
-        ] {
-            assert_eq!(qemu_log_path(other, "ns_vm"), None, "{other}");
-        }
-    }
-
     use super::*;
 
     fn xml(name: &str, uid: &str) -> String {
@@ -484,5 +465,24 @@ mod tests {
             uri: "qemu:///system".into(),
         };
         assert!(gone.is_connection_lost());
+    }
+
+    #[test]
+    fn the_qemu_log_is_known_for_the_local_system_daemon_only() {
+        let log = Some(PathBuf::from("/var/log/libvirt/qemu/ns_vm.log"));
+        assert_eq!(qemu_log_path("qemu:///system", "ns_vm"), log);
+        assert_eq!(
+            qemu_log_path("qemu+unix:///system?socket=/run/x.sock", "ns_vm"),
+            log
+        );
+        for other in [
+            "qemu:///session",
+            "qemu+ssh://host/system",
+            "test:///default",
+            "test+unix:///default",
+            "nonsense",
+        ] {
+            assert_eq!(qemu_log_path(other, "ns_vm"), None, "{other}");
+        }
     }
 }
