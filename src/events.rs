@@ -18,7 +18,7 @@ use k8s_openapi::api::events::v1::{Event, EventSeries};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
 use tracing::{debug, warn};
 
 use crate::k8s::is_not_found;
@@ -103,15 +103,16 @@ impl EventRecorder {
         }
     }
 
-    /// Records an event about `regarding`. A failure is logged, never returned: events must
-    /// not hold up the work they describe.
-    pub async fn publish(
+    /// Records an event about `object`. A failure is logged, never returned: events must not
+    /// hold up the work they describe.
+    pub async fn publish<K: Resource<DynamicType = ()>>(
         &self,
-        regarding: &ObjectReference,
+        object: &K,
         type_: EventType,
         reason: &str,
         note: &str,
     ) {
+        let regarding = &object.object_ref(&());
         let note: String = note.chars().take(MAX_NOTE_CHARS).collect();
         let Err(e) = self.publish_or_count(regarding, type_, reason, &note).await else {
             return;

@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::ListParams;
+use nodevirt::api::VirtualMachine;
 use nodevirt::events::{EventRecorder, EventType};
 use support::cluster::Cluster;
 
@@ -24,18 +25,24 @@ async fn a_repeated_event_is_one_object_with_a_count_and_a_new_note_is_another()
         uid: Some("0f9b6e2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b".into()),
         ..Default::default()
     };
+    let vm: VirtualMachine = serde_json::from_value(serde_json::json!({
+        "apiVersion": "kubevirt.io/v1alpha1",
+        "kind": "VirtualMachine",
+        "metadata": {
+            "name": "vm",
+            "namespace": ns.name,
+            "uid": "0f9b6e2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b",
+        },
+        "spec": {"domain": {}},
+    }))
+    .unwrap();
     for _ in 0..3 {
         recorder
-            .publish(&regarding, EventType::Warning, "SyncFailed", "disk full")
+            .publish(&vm, EventType::Warning, "SyncFailed", "disk full")
             .await;
     }
     recorder
-        .publish(
-            &regarding,
-            EventType::Warning,
-            "SyncFailed",
-            "claim not bound",
-        )
+        .publish(&vm, EventType::Warning, "SyncFailed", "claim not bound")
         .await;
 
     let events: Api<Event> = Api::namespaced(client, &ns.name);

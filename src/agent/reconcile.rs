@@ -13,7 +13,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::api::virtual_machine::DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS;
@@ -222,9 +222,7 @@ pub fn error_policy(vm: Arc<VirtualMachine>, _err: &ReconcileError, ctx: Arc<Con
 async fn publish(ctx: &Context, vm: &VirtualMachine, type_: EventType, reason: &str, note: &str) {
     ctx.events
         .record(&vm.uid().unwrap_or_default(), type_.as_str(), reason, note);
-    ctx.recorder
-        .publish(&vm.object_ref(&()), type_, reason, note)
-        .await;
+    ctx.recorder.publish(vm, type_, reason, note).await;
 }
 
 async fn write_status(

@@ -19,7 +19,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::PostParams;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
 use crate::agent::heartbeat::{HEARTBEAT_ANNOTATION, SCHEDULABLE_LABEL};
@@ -168,7 +168,7 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
                     .map_err(write_error(&vm))?;
                 ctx.recorder
                     .publish(
-                        &vm.object_ref(&()),
+                        &*vm,
                         EventType::Warning,
                         reasons::FAILED_SCHEDULING,
                         &message,
@@ -203,12 +203,7 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
     info!(vm = %key(&vm), node, "placed");
     let note = format!("Placed on node {node}.");
     ctx.recorder
-        .publish(
-            &vm.object_ref(&()),
-            EventType::Normal,
-            reasons::SCHEDULED,
-            &note,
-        )
+        .publish(&*vm, EventType::Normal, reasons::SCHEDULED, &note)
         .await;
     Ok(Action::await_change())
 }
@@ -227,7 +222,7 @@ async fn fail(
         .await
         .map_err(write_error(vm))?;
     ctx.recorder
-        .publish(&vm.object_ref(&()), EventType::Warning, reason, message)
+        .publish(vm, EventType::Warning, reason, message)
         .await;
     Ok(Action::await_change())
 }
@@ -274,7 +269,7 @@ pub async fn watch_node_health(ctx: Arc<Context>) {
                     warn!(vm = %key(&vm), "node unresponsive: VM Unknown");
                     ctx.recorder
                         .publish(
-                            &vm.object_ref(&()),
+                            &*vm,
                             EventType::Warning,
                             reasons::NODE_UNRESPONSIVE,
                             message,

@@ -107,12 +107,7 @@ async fn create_vm<K: Resource<DynamicType = ()> + ResourceExt>(
     let note = format!("Created virtual machine {}", created.name_any());
     info!(owner = %owner.name_any(), vm = %created.name_any(), "created VM");
     ctx.recorder
-        .publish(
-            &owner.object_ref(&()),
-            EventType::Normal,
-            reasons::SUCCESSFUL_CREATE,
-            &note,
-        )
+        .publish(owner, EventType::Normal, reasons::SUCCESSFUL_CREATE, &note)
         .await;
     Ok(())
 }
@@ -130,12 +125,7 @@ async fn delete_vm<K: Resource<DynamicType = ()> + ResourceExt>(
     }
     let note = format!("Deleted virtual machine {}", vm.name_any());
     ctx.recorder
-        .publish(
-            &owner.object_ref(&()),
-            EventType::Normal,
-            reasons::SUCCESSFUL_DELETE,
-            &note,
-        )
+        .publish(owner, EventType::Normal, reasons::SUCCESSFUL_DELETE, &note)
         .await;
     Ok(())
 }
@@ -250,7 +240,7 @@ pub async fn reconcile_replica_set(
                 .map_err(api_error("writing the status", &*rs))?;
             ctx.recorder
                 .publish(
-                    &rs.object_ref(&()),
+                    &*rs,
                     EventType::Warning,
                     reasons::INVALID_SELECTOR,
                     &message,
