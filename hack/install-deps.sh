@@ -15,6 +15,8 @@ APT_PACKAGES=(
   dnsmasq-base iproute2 iptables
   # certificates, registry for registryDisk tests, scripting
   openssl ca-certificates curl jq apache2-utils docker-registry skopeo
+  # real kubelet nodes: container runtime, CNI plugins, the static pause binary, mount tools
+  containerd runc containernetworking-plugins gcc libc6-dev util-linux conntrack ethtool socat
 )
 
 install_apt() {
@@ -33,9 +35,12 @@ install_apt() {
 
 # k8s.io/kubernetes replaces its staging modules with local folders, so it cannot be
 # `go install`ed; hack/k8s/ is a wrapper module that pins each staging module instead.
+# The control plane, kubectl, and what each real node runs (kubelet, kube-proxy).
+K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
+
 build_k8s() {
   local missing=0
-  for b in kube-apiserver kube-controller-manager kubectl; do
+  for b in "${K8S_BINARIES[@]}"; do
     [ -x "$K8S_BIN/$b" ] || missing=1
   done
   [ $missing -eq 0 ] && return 0
@@ -46,7 +51,7 @@ build_k8s() {
     ld+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ld+=" -X $pkg.gitTreeState=clean"
   done
-  for b in kube-apiserver kube-controller-manager kubectl; do
+  for b in "${K8S_BINARIES[@]}"; do
     [ -x "$K8S_BIN/$b" ] && continue
     log "go build $b $K8S_VERSION (a cold build takes many minutes)"
     (cd "$REPO_ROOT/hack/k8s" && CGO_ENABLED=0 go build -trimpath -ldflags "$ld" \

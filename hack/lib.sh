@@ -41,3 +41,135 @@ stop_pid() {
   fi
   rm -f "$file"
 }
+
+# A cluster's state folder from its name, or the folder itself when given a path.
+cluster_dir() {
+  case $1 in
+    */*) printf '%s\n' "$1" ;;
+    *) printf '%s\n' "${NODEVIRT_CLUSTER_DIR:-/tmp/nodevirt-cluster/$1}" ;;
+  esac
+}
+
+# --- a node's cgroup, the same path under every cgroup v1 hierarchy ---
+# Every process of a node (its daemons, containerd's shims and pods, libvirtd's QEMU) lives
+# below it, so two nodes on one machine never share a cgroup and cluster-down can find and
+# stop all of a node's processes.
+node_cgroup_hierarchies() {
+  local h
+  for h in /sys/fs/cgroup/*/; do
+    h=${h%/}
+    [ -f "$h/cgroup.procs" ] && [ "$(basename "$h")" != unified ] && printf '%s\n' "$h"
+  done
+}
+
+# Creates the cgroup $1 (e.g. /nodevirt/demo/node1) in every hierarchy. A cpuset cgroup takes
+# no process until it has CPUs and memory nodes, so each new level copies its parent's.
+node_cgroup_create() {
+  local path=$1 h sub part
+  for h in $(node_cgroup_hierarchies); do
+    sub=$h
+    for part in ${path//\// }; do
+      sub=$sub/$part
+      [ -d "$sub" ] && continue
+      mkdir "$sub"
+      if [ -f "$sub/cpuset.cpus" ]; then
+        cat "$(dirname "$sub")/cpuset.cpus" >"$sub/cpuset.cpus"
+        cat "$(dirname "$sub")/cpuset.mems" >"$sub/cpuset.mems"
+      fi
+    done
+  done
+}
+
+node_cgroup_join() {
+  local path=$1 pid=$2 h
+  for h in $(node_cgroup_hierarchies); do echo "$pid" >"$h$path/cgroup.procs"; done
+}
+
+# Every PID in the cgroup $1 or below it (pods' cgroups are nested under the node's).
+node_cgroup_pids() {
+  find /sys/fs/cgroup/pids"$1" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u
+}
+
+# Stops every process of the cgroup, TERM then KILL, and removes the cgroup (leaves first).
+node_cgroup_remove() {
+  local path=$1 h pids
+  pids=$(node_cgroup_pids "$path")
+  [ -n "$pids" ] && kill $pids 2>/dev/null
+  for _ in $(seq 50); do
+    pids=$(node_cgroup_pids "$path")
+    [ -z "$pids" ] && break
+    sleep 0.1
+  done
+  [ -n "$pids" ] && kill -9 $pids 2>/dev/null
+  for _ in $(seq 50); do [ -z "$(node_cgroup_pids "$path")" ] && break; sleep 0.1; done
+  for h in $(node_cgroup_hierarchies); do
+    [ -d "$h$path" ] && find "$h$path" -depth -type d -exec rmdir {} + 2>/dev/null
+  done
+  return 0
+}
+
+# Writes a kubeconfig for $server trusting $ca, for the user named $4, authenticated by a
+# client certificate (write_kubeconfig FILE SERVER CA USER CERT KEY) or a bearer token
+# (... USER --token TOKEN).
+write_kubeconfig() {
+  local file=$1 server=$2 ca=$3 name=$4 user
+  if [ "$5" = --token ]; then
+    user="token: $6"
+  else
+    user="client-certificate-data: $(base64 -w0 <"$5")
+    client-key-data: $(base64 -w0 <"$6")"
+  fi
+  cat >"$file" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: nodevirt
+  cluster:
+    server: $server
+    certificate-authority-data: $(base64 -w0 <"$ca")
+users:
+- name: $name
+  user:
+    $user
+contexts:
+- name: nodevirt
+  context: {cluster: nodevirt, user: $name, namespace: default}
+current-context: nodevirt
+KC
+  chmod 600 "$file"
+}
+
+# Signs a client certificate for CN $2 (and organization $3, if not empty) with the CA of the
+# cluster in $1, into $4.crt and $4.key.
+sign_client_cert() {
+  local dir=$1 cn=$2 org=$3 out=$4 subj
+  subj="/CN=$cn"
+  [ -n "$org" ] && subj="/O=$org$subj"
+  openssl req -newkey rsa:2048 -nodes -subj "$subj" -keyout "$out.key" -out "$out.csr" 2>/dev/null
+  openssl x509 -req -in "$out.csr" -CA "$dir/pki/ca.crt" -CAkey "$dir/pki/ca.key" \
+    -CAcreateserial -days 30 -out "$out.crt" 2>/dev/null
+  chmod 600 "$out.key"
+  rm -f "$out.csr"
+}
+
+# The pods' sandbox image of the local nodes (containerd's sandbox_image), imported into each.
+PAUSE_IMAGE=localhost/nodevirt-pause:1
+
+# Builds hack/image/pause.c into a docker-archive at $1/pause.tar (PAUSE_ARCHIVE), which
+# `ctr image import` reads. Fixed mtimes and owners: the same source gives the same image.
+build_pause_image() {
+  local out=$1 work diff
+  work=$(mktemp -d)
+  mkdir "$work/root"
+  gcc -static -Os -s -o "$work/root/pause" "$REPO_ROOT/hack/image/pause.c"
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$work/root" \
+    -cf "$work/layer.tar" pause
+  diff=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
+  printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/pause"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+    "$diff" >"$work/config.json"
+  printf '[{"Config":"config.json","RepoTags":["%s"],"Layers":["layer.tar"]}]' \
+    "$PAUSE_IMAGE" >"$work/manifest.json"
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$work" \
+    -cf "$out/pause.tar" manifest.json config.json layer.tar
+  rm -rf "$work"
+}
