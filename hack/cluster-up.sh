@@ -111,6 +111,7 @@ start kube-apiserver kube-apiserver --etcd-servers "http://127.0.0.1:$etcd_port"
   --authorization-mode Node,RBAC --allow-privileged=true --enable-admission-plugins NodeRestriction \
   --kubelet-client-certificate pki/apiserver-kubelet-client.crt \
   --kubelet-client-key pki/apiserver-kubelet-client.key \
+  --kubelet-preferred-address-types InternalIP \
   --service-cluster-ip-range 10.0.0.0/24 \
   --service-account-issuer "https://$api_host:$api_port" \
   --service-account-key-file pki/sa.pub --service-account-signing-key-file pki/sa.key \
