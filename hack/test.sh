@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Installs what the tests need and runs every test, unit to end-to-end.
-# The end-to-end tests run against a cluster this script starts (hack/cluster-up.sh test:
-# etcd, kube-apiserver, kube-controller-manager, libvirtd in its network namespace) and stops
-# when it exits, whatever the outcome.
+# Installs what the tests need and runs every test, unit to end-to-end, on two clusters this
+# script starts and stops, whatever the outcome:
+#   1. "test" (hack/cluster-up.sh test): the control plane and libvirtd in its network
+#      namespace; the tests start agents and controllers as plain processes, many at once;
+#   2. "nodes" (hack/cluster-up.sh nodes --nodes 2, then hack/deploy.sh nodes): two real
+#      nodes with nodevirt deployed from its image as a DaemonSet and a Deployment, for
+#      tests/nodes_e2e.rs.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
@@ -32,3 +35,14 @@ cargo test --locked --no-fail-fast --lib --bins --tests -- --test-threads="${NOD
 # These stop libvirtd and the API server that every other test uses: alone, one at a time.
 log "outage tests (alone)"
 cargo test --locked --test outage_e2e -- --ignored --test-threads=1
+"$REPO_ROOT/hack/cluster-down.sh" test
+
+log "real nodes: a two-node cluster with nodevirt deployed from its image"
+export NODEVIRT_CLUSTER_DIR=/tmp/nodevirt-cluster/nodes
+trap '"$REPO_ROOT/hack/cluster-down.sh" nodes' EXIT
+"$REPO_ROOT/hack/cluster-up.sh" nodes --nodes 2 >/dev/null
+# The debug build, as every other suite uses: the image is the same but for the binary.
+"$REPO_ROOT/hack/deploy.sh" nodes "$REPO_ROOT/target/debug/nodevirt" >/dev/null
+source "$NODEVIRT_CLUSTER_DIR/env"
+# --nocapture: the tests print what they measure (rollout duration, node-loss times).
+cargo test --locked --test nodes_e2e -- --ignored --test-threads=1 --nocapture

@@ -33,13 +33,22 @@ impl Cluster {
             );
             let cluster = Cluster { dir, kubeconfig };
             cluster.kubectl_ok(&["get", "--raw", "/readyz"]);
-            cluster.kubectl_ok(&[
-                "apply",
-                "-f",
-                repo_root().join("daemonset.yaml").to_str().unwrap(),
-            ]);
+            // A cluster with real nodes runs nodevirt as hack/deploy.sh deployed it: applying
+            // daemonset.yaml here would replace the image it set.
+            if !cluster.has_nodes() {
+                cluster.kubectl_ok(&[
+                    "apply",
+                    "-f",
+                    repo_root().join("daemonset.yaml").to_str().unwrap(),
+                ]);
+            }
             cluster
         })
+    }
+
+    /// Whether hack/cluster-up.sh started real nodes for this cluster (`--nodes N`).
+    pub fn has_nodes(&self) -> bool {
+        std::fs::read_dir(self.dir.join("nodes")).is_ok_and(|mut d| d.next().is_some())
     }
 
     /// Stops or starts again one of the cluster's components (hack/cluster-ctl.sh).

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cluster;
 pub mod direct;
 pub mod libvirt;
+pub mod node;
 pub mod registry;
 pub mod vm;
 pub mod vm_builder;

@@ -1,0 +1,565 @@
+//! nodevirt as its users run it: on a cluster with two real nodes (kubelet, containerd,
+//! kube-proxy and libvirtd each, hack/cluster-up.sh NAME --nodes 2), deployed from its image
+//! with `kubectl apply -k` (hack/deploy.sh): the agent DaemonSet's pods and the controller
+//! Deployment's. hack/test.sh starts that cluster after the other suites and runs these alone,
+//! one at a time (`cargo test --test nodes_e2e -- --ignored --test-threads=1`): they replace
+//! and kill the agent pods every other test would use.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use support::cluster::{Cluster, Namespace, wait_for, wait_for_explained};
+use support::node::Node;
+use support::vm::{BOOT, Vm, user_data, vm_yaml};
+
+fn cluster() -> &'static Cluster {
+    let cluster = Cluster::get();
+    assert!(
+        cluster.has_nodes(),
+        "{} has no real nodes: start it with hack/cluster-up.sh NAME --nodes 2 and hack/deploy.sh NAME",
+        cluster.dir.display()
+    );
+    cluster
+}
+
+/// A VM that costs little under TCG: no guest OS (SeaBIOS finds no bootable disk and waits),
+/// assigned to `node` directly.
+fn idle_vm_yaml(ns: &str, name: &str, node: &str) -> String {
+    format!(
+        r#"apiVersion: kubevirt.io/v1alpha1
+kind: VirtualMachine
+metadata:
+  name: {name}
+  namespace: {ns}
+  labels: {{kubevirt.io/nodeName: {node}}}
+spec:
+  terminationGracePeriodSeconds: 0
+  domain:
+    resources: {{requests: {{memory: 32Mi}}}}
+    devices:
+      disks:
+      - {{name: scratch, volumeName: scratch, disk: {{bus: virtio}}}}
+  volumes:
+  - {{name: scratch, emptyDisk: {{capacity: 16Mi}}}}
+"#
+    )
+}
+
+/// `count` idle VMs spread over `nodes`, Running; returns (vm name, node index).
+fn idle_vms(ns: &Namespace, nodes: &[Node], count: usize) -> Vec<(String, usize)> {
+    let cluster = cluster();
+    let vms: Vec<(String, usize)> = (0..count)
+        .map(|i| (format!("idle{i}"), i % nodes.len()))
+        .collect();
+    let yaml: Vec<String> = vms
+        .iter()
+        .map(|(name, n)| idle_vm_yaml(&ns.name, name, &nodes[*n].name))
+        .collect();
+    cluster.apply(&yaml.join("---\n"));
+    for (name, _) in &vms {
+        Vm { ns: &ns.name, name }.wait_phase("Running", BOOT);
+    }
+    vms
+}
+
+/// Every VM's libvirt domain ID on its node: a restarted domain gets a new one.
+fn domain_ids(ns: &Namespace, nodes: &[Node], vms: &[(String, usize)]) -> BTreeMap<String, String> {
+    vms.iter()
+        .map(|(name, n)| {
+            let vm = Vm { ns: &ns.name, name };
+            (name.clone(), nodes[*n].domain_id(&vm.domain()))
+        })
+        .collect()
+}
+
+/// Phases of every VM of the namespace that is not Running, as "name=phase".
+fn not_running(ns: &Namespace) -> Vec<String> {
+    let out = cluster().kubectl_ok(&[
+        "-n",
+        &ns.name,
+        "get",
+        "vms",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}={.status.phase}{\"\\n\"}{end}",
+    ]);
+    out.lines()
+        .filter(|l| !l.ends_with("=Running"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn agents_ready(cluster: &Cluster) -> String {
+    cluster.kubectl_ok(&[
+        "-n",
+        "nodevirt",
+        "get",
+        "daemonset",
+        "nodevirt-agent",
+        "-o",
+        "jsonpath={.status.numberReady}/{.status.desiredNumberScheduled}/{.status.updatedNumberScheduled}",
+    ])
+}
+
+#[test]
+#[ignore = "needs the two-node cluster of hack/deploy.sh: hack/test.sh runs it"]
+fn every_node_runs_a_ready_agent_pod_and_the_controller_elects_a_leader() {
+    let cluster = cluster();
+    let nodes = Node::all(cluster);
+    assert_eq!(nodes.len(), 2, "the suite expects two nodes");
+    assert_eq!(agents_ready(cluster), "2/2/2");
+    for node in &nodes {
+        let (pod, _) = node.agent_pod();
+        // The pod's projected token is bound to the node: the admission policy let the
+        // agent label its own Node (the heartbeat), and only with such a token.
+        let label = cluster.kubectl_ok(&[
+            "get",
+            "node",
+            &node.name,
+            "-o",
+            "jsonpath={.metadata.labels.kubevirt\\.io/schedulable}",
+        ]);
+        assert_eq!(label, "true", "{}'s agent {pod} did not label its Node", node.name);
+        // Logs are JSON lines on stdout, read through the API server from the kubelet.
+        let logs = cluster.kubectl_ok(&["-n", "nodevirt", "logs", &pod]);
+        let first = logs.lines().next().expect("the agent logged nothing");
+        let line: serde_json::Value = serde_json::from_str(first)
+            .unwrap_or_else(|e| panic!("agent log line is not JSON ({e}): {first}"));
+        assert!(line.get("level").is_some(), "{line}");
+    }
+    let pods = cluster.kubectl_ok(&[
+        "-n",
+        "nodevirt",
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=nodevirt-controller",
+        "-o",
+        "jsonpath={range .items[?(@.status.phase==\"Running\")]}{.metadata.name}{\"\\n\"}{end}",
+    ]);
+    let pods: Vec<&str> = pods.lines().collect();
+    assert_eq!(pods.len(), 2, "two controller pods Running: {pods:?}");
+    let holder = cluster.kubectl_ok(&[
+        "-n",
+        "nodevirt",
+        "get",
+        "lease",
+        "nodevirt-controller",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert!(
+        pods.contains(&holder.as_str()),
+        "the Lease is held by {holder:?}, not one of the controller pods {pods:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs the two-node cluster of hack/deploy.sh: hack/test.sh runs it"]
+fn guests_boot_on_both_nodes_placed_by_the_controller_pod() {
+    let cluster = cluster();
+    let nodes = Node::all(cluster);
+    let ns = cluster.namespace("e2e-nodes");
+    let mut started = Vec::new();
+    for node in &nodes {
+        let name = format!("on-{}", node.name);
+        // A claim each: a VM writes its claim's image, and QEMU locks it.
+        let claim = format!("guest-{}", node.name);
+        cluster.guest_claim(&ns.name, &claim);
+        // No kubevirt.io/nodeName label: the controller (a pod) places it by nodeSelector.
+        let yaml = vm_yaml(
+            &ns.name,
+            &name,
+            &node.name,
+            &format!("persistentVolumeClaim: {{claimName: {claim}}}"),
+            &user_data("echo up"),
+        )
+        .replace(
+            &format!("  labels: {{kubevirt.io/nodeName: {}}}\n", node.name),
+            "",
+        )
+        .replace(
+            "spec:\n",
+            &format!("spec:\n  nodeSelector: {{kubernetes.io/hostname: {}}}\n", node.name),
+        );
+        cluster.apply(&yaml);
+        started.push((name, node));
+    }
+    for (name, node) in &started {
+        let vm = Vm { ns: &ns.name, name };
+        vm.wait_phase("Running", BOOT);
+        assert_eq!(vm.get("{.status.nodeName}"), node.name);
+        let ip = vm.wait_ip(BOOT);
+        assert!(
+            ip.starts_with("10.213."),
+            "{name}: an address of {}'s libvirt network, got {ip}",
+            node.name
+        );
+        // On the node, `nodevirt admin` reaches the agent pod through the hostPath socket.
+        let admin = node.exec_ok(&[env!("CARGO_BIN_EXE_nodevirt"), "admin", "vms"]);
+        assert!(admin.contains(name.as_str()), "{}: admin vms:\n{admin}", node.name);
+        assert!(node.domains().contains(&vm.domain()), "{}", node.name);
+    }
+}
+
+#[test]
+#[ignore = "needs the two-node cluster of hack/deploy.sh: hack/test.sh runs it"]
+fn the_agent_in_its_pod_chooses_the_hypervisor_the_host_would_and_writes_only_its_host_paths() {
+    let cluster = cluster();
+    let nodes = Node::all(cluster);
+    let ns = cluster.namespace("e2e-hostpaths");
+    let vms = idle_vms(&ns, &nodes, 2);
+    for node in &nodes {
+        let on_host = node.exec_ok(&[env!("CARGO_BIN_EXE_nodevirt"), "hypervisor"]);
+        let on_host = on_host.trim();
+        assert!(on_host == "kvm" || on_host == "qemu", "{on_host:?}");
+        let metrics = node.metrics();
+        let in_pod = format!("nodevirt_agent_hypervisor{{type=\"{on_host}\"}} 1");
+        assert!(
+            metrics.lines().any(|l| l == in_pod),
+            "{}: the host's agent chooses {on_host}; the pod's metrics say:\n{}",
+            node.name,
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("nodevirt_agent_hypervisor"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+
+        // Writable to the agent: its hostPaths, and the files kubelet gives every container.
+        let pid = node.agent_pid();
+        let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        let writable_allowed = [
+            "/run/libvirt",
+            "/var/lib/nodevirt",
+            "/run/nodevirt",
+            "/etc/hosts",
+            "/etc/hostname",
+            "/etc/resolv.conf",
+            "/dev/termination-log",
+        ];
+        let mut root_read_only = false;
+        for line in mountinfo.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (target, options) = (fields[4], fields[5]);
+            let writable = options.split(',').any(|o| o == "rw");
+            if target == "/" {
+                root_read_only = !writable;
+            } else if writable
+                && !["/proc", "/sys", "/dev"]
+                    .iter()
+                    .any(|p| target == *p || target.starts_with(&format!("{p}/")))
+            {
+                assert!(
+                    writable_allowed.contains(&target),
+                    "{}: the agent can write at {target}, which is not one of its hostPaths:\n{line}",
+                    node.name
+                );
+            }
+        }
+        assert!(root_read_only, "{}: the agent's root filesystem is writable", node.name);
+    }
+    // What it wrote for its VMs is on the node, in the node's state folder.
+    for (name, n) in &vms {
+        let uid = Vm { ns: &ns.name, name }.uid();
+        let listing = nodes[*n].exec_ok(&["ls", &format!("/var/lib/nodevirt/vms/{uid}")]);
+        assert!(listing.contains("console.log"), "{name}: {listing}");
+    }
+}
+
+#[test]
+#[ignore = "needs the two-node cluster of hack/deploy.sh: hack/test.sh runs it"]
+fn a_rollout_replaces_every_agent_one_node_at_a_time_and_restarts_no_vm() {
+    let cluster = cluster();
+    let nodes = Node::all(cluster);
+    let ns = cluster.namespace("e2e-rollout");
+    let vms = idle_vms(&ns, &nodes, 10);
+    let before = domain_ids(&ns, &nodes, &vms);
+    let old_pods: Vec<String> = nodes.iter().map(|n| n.agent_pod().1).collect();
+
+    // A new image: the archive hack/deploy.sh imported carries the version's tag too.
+    let image = cluster.kubectl_ok(&[
+        "-n",
+        "nodevirt",
+        "get",
+        "daemonset",
+        "nodevirt-agent",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    ]);
+    let version_tag = format!("nodevirt:{}", env!("CARGO_PKG_VERSION"));
+    let commit_tag = image.trim().to_string();
+    assert_ne!(commit_tag, version_tag, "hack/deploy.sh deploys the commit's tag");
+    let restore = Restore(commit_tag.clone());
+    let started = Instant::now();
+    cluster.kubectl_ok(&[
+        "-n",
+        "nodevirt",
+        "set",
+        "image",
+        "daemonset/nodevirt-agent",
+        &format!("agent={version_tag}"),
+    ]);
+    // While it rolls: at most one node without an agent, and every VM Running throughout.
+    let mut seen_phases = Vec::new();
+    wait_for_explained(
+        Duration::from_secs(300),
+        "the rollout to replace both agents",
+        || {
+            seen_phases.extend(not_running(&ns));
+            (agents_ready(cluster) == "2/2/2"
+                && nodes
+                    .iter()
+                    .zip(&old_pods)
+                    .all(|(n, old)| n.agent_pod().1 != *old))
+            .then_some(())
+        },
+        || agents_ready(cluster),
+    );
+    let rollout = started.elapsed();
+    println!("rollout of 2 agents with 10 VMs running: {:.1} s", rollout.as_secs_f64());
+    assert!(seen_phases.is_empty(), "VMs left Running during the rollout: {seen_phases:?}");
+    assert_eq!(domain_ids(&ns, &nodes, &vms), before, "a domain was restarted");
+    // The new agents adopted the VMs: they still report them, and delete them when asked.
+    let (first, n) = &vms[0];
+    cluster.kubectl_ok(&["-n", &ns.name, "delete", "vm", first, "--timeout=60s"]);
+    let domain = Vm { ns: &ns.name, name: first }.domain();
+    wait_for(Duration::from_secs(30), "the deleted VM's domain to go", || {
+        (!nodes[*n].domains().contains(&domain)).then_some(())
+    });
+    drop(restore);
+}
+
+/// Puts the DaemonSet's image back, so a failed assertion leaves the cluster as deployed.
+struct Restore(String);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let cluster = Cluster::get();
+        cluster.kubectl(&[
+            "-n",
+            "nodevirt",
+            "set",
+            "image",
+            "daemonset/nodevirt-agent",
+            &format!("agent={}", self.0),
+        ]);
+        cluster.kubectl(&[
+            "-n",
+            "nodevirt",
+            "rollout",
+            "status",
+            "daemonset/nodevirt-agent",
+            "--timeout=300s",
+        ]);
+    }
+}
+
+#[test]
+#[ignore = "needs the two-node cluster of hack/deploy.sh: hack/test.sh runs it"]
+fn a_deleted_or_killed_agent_comes_back_and_adopts_its_vms() {
+    let cluster = cluster();
+    let nodes = Node::all(cluster);
+    let ns = cluster.namespace("e2e-agentpod");
+    let vms = idle_vms(&ns, &nodes, 4);
+    let before = domain_ids(&ns, &nodes, &vms);
+    let node = &nodes[0];
+
+    // Deleted: the DaemonSet makes a new pod.
+    let (pod, uid) = node.agent_pod();
+    cluster.kubectl_ok(&["-n", "nodevirt", "delete", "pod", &pod, "--wait=false"]);
+    wait_for(Duration::from_secs(120), "a new agent pod on node1", || {
+        (node.agent_pod().1 != uid).then_some(())
+    });
+    // Killed as the OOM killer would: the container is restarted in the same pod.
+    let (pod, _) = node.agent_pod();
+    let restarts = |pod: &str| {
+        cluster.kubectl_ok(&[
+            "-n",
+            "nodevirt",
+            "get",
+            "pod",
+            pod,
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount}",
+        ])
+    };
+    let count = restarts(&pod);
+    let pid = node.agent_pid();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "kill -KILL {pid}");
+    wait_for(Duration::from_secs(120), "the killed agent's container to restart", || {
+        (restarts(&pod) != count && node.agent_pod().0 == pod).then_some(())
+    });
+
+    assert!(not_running(&ns).is_empty(), "{:?}", not_running(&ns));
+    assert_eq!(domain_ids(&ns, &nodes, &vms), before, "a domain was restarted");
+    // Adopted, not just left alone: the agent acts on a VM it did not start.
+    let (name, _) = vms.iter().find(|(_, n)| *n == 0).unwrap();
+    cluster.kubectl_ok(&["-n", &ns.name, "delete", "vm", name, "--timeout=60s"]);
+    let domain = Vm { ns: &ns.name, name }.domain();
+    assert!(!node.domains().contains(&domain), "{domain} outlived its VM");
+    // And it runs new ones.
+    cluster.apply(&idle_vm_yaml(&ns.name, "after", &node.name));
+    Vm { ns: &ns.name, name: "after" }.wait_phase("Running", BOOT);
+}
+
+/// Sets `args` on the container of a nodevirt workload (`daemonset/...` or `deployment/...`)
+/// and waits for its rollout; the guard puts the old ones back.
+struct Tuned {
+    workload: &'static str,
+    old: String,
+}
+
+fn container_args(workload: &str) -> String {
+    Cluster::get().kubectl_ok(&[
+        "-n",
+        "nodevirt",
+        "get",
+        workload,
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].args}",
+    ])
+}
+
+fn set_args(workload: &str, args_json: &str) {
+    let cluster = Cluster::get();
+    cluster.kubectl_ok(&[
+        "-n",
+        "nodevirt",
+        "patch",
+        workload,
+        "--type=json",
+        "-p",
+        &format!(r#"[{{"op":"replace","path":"/spec/template/spec/containers/0/args","value":{args_json}}}]"#),
+    ]);
+    cluster.kubectl_ok(&["-n", "nodevirt", "rollout", "status", workload, "--timeout=300s"]);
+}
+
+impl Tuned {
+    fn with(workload: &'static str, extra: &[&str]) -> Tuned {
+        let old = container_args(workload);
+        let mut args: Vec<String> = serde_json::from_str(&old).unwrap();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        set_args(workload, &serde_json::to_string(&args).unwrap());
+        Tuned { workload, old }
+    }
+}
+
+impl Drop for Tuned {
+    fn drop(&mut self) {
+        set_args(self.workload, &self.old);
+    }
+}
+
+#[test]
+#[ignore = "needs the two-node cluster of hack/deploy.sh: hack/test.sh runs it"]
+fn a_lost_node_s_replicas_come_back_on_the_other_and_never_run_twice() {
+    let cluster = cluster();
+    let nodes = Node::all(cluster);
+    let (node1, node2) = (&nodes[0], &nodes[1]);
+    // An operator's tuning for a quick test: a heartbeat every 5 s, a node lost after 30 s
+    // without one (defaults: 60 s and 300 s).
+    let _agents = Tuned::with("daemonset/nodevirt-agent", &["--heartbeat-interval=5"]);
+    let _controller = Tuned::with("deployment/nodevirt-controller", &["--node-heartbeat-timeout=30"]);
+    let ns = cluster.namespace("e2e-nodeloss");
+    // Preferred on node2, so the replicas start there and can only come back on node1.
+    cluster.apply(&format!(
+        r#"apiVersion: kubevirt.io/v1alpha1
+kind: VirtualMachineReplicaSet
+metadata: {{name: lost, namespace: {ns}}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: lost}}}}
+  template:
+    metadata: {{labels: {{app: lost}}}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      affinity:
+        nodeAffinity:
+          preferredDuringSchedulingIgnoredDuringExecution:
+          - weight: 100
+            preference:
+              matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [{node}]}}]
+      domain:
+        resources: {{requests: {{memory: 32Mi}}}}
+        devices:
+          disks: [{{name: scratch, volumeName: scratch, disk: {{bus: virtio}}}}]
+      volumes: [{{name: scratch, emptyDisk: {{capacity: 16Mi}}}}]
+"#,
+        ns = ns.name,
+        node = node2.name
+    ));
+    let replicas = |node: &str| -> Vec<(String, String)> {
+        let out = cluster.kubectl_ok(&[
+            "-n",
+            &ns.name,
+            "get",
+            "vms",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.metadata.uid} {.status.nodeName} {.status.phase}{\"\\n\"}{end}",
+        ]);
+        out.lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (f.len() == 4 && f[2] == node && f[3] == "Running")
+                    .then(|| (f[0].to_string(), f[1].to_string()))
+            })
+            .collect()
+    };
+    let lost = wait_for(Duration::from_secs(120), "2 replicas Running on node2", || {
+        Some(replicas(&node2.name)).filter(|r| r.len() == 2)
+    });
+
+    // node2 is lost: its kubelet and its agent die; libvirtd and the guests keep running, as
+    // behind a network partition.
+    cluster.ctl("stop", &format!("{}/kubelet", node2.name));
+    let pid = node2.agent_pid();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let lost_at = Instant::now();
+    for (name, _) in &lost {
+        Vm { ns: &ns.name, name }.wait_phase("Unknown", Duration::from_secs(120));
+    }
+    let unknown_after = lost_at.elapsed();
+    wait_for(Duration::from_secs(180), "2 replacement replicas Running on node1", || {
+        (replicas(&node1.name).len() == 2).then_some(())
+    });
+    let replaced_after = lost_at.elapsed();
+    println!(
+        "node lost: its VMs Unknown after {:.1} s, replicas Running on {} after {:.1} s",
+        unknown_after.as_secs_f64(),
+        node1.name,
+        replaced_after.as_secs_f64()
+    );
+
+    // node2 returns: its agent finds the replaced VMs deleted, destroys their domains and
+    // removes their folders, and only then are they gone.
+    cluster.ctl("start", &format!("{}/kubelet", node2.name));
+    let back = Instant::now();
+    for (name, uid) in &lost {
+        let vm = Vm { ns: &ns.name, name };
+        wait_for_explained(
+            Duration::from_secs(180),
+            &format!("the replaced VM {name} to be gone"),
+            || vm.uid().is_empty().then_some(()),
+            || vm.describe(),
+        );
+        assert!(!node2.domains().contains(&vm.domain()), "{name} still runs on node2");
+        let folder = node2.exec(&["test", "-e", &format!("/var/lib/nodevirt/vms/{uid}")]);
+        assert!(!folder.status.success(), "{name}'s folder is still on node2");
+    }
+    println!(
+        "node back: replaced VMs' domains destroyed after {:.1} s",
+        back.elapsed().as_secs_f64()
+    );
+    node2.agent_pod();
+    assert_eq!(replicas(&node1.name).len(), 2);
+}
