@@ -28,8 +28,7 @@ for nd in "$dir"/nodes/*/; do
   ip netns delete "$(cat "$nd/netns")" 2>/dev/null
 done
 if mountpoint -q "$dir/ns"; then umount "$dir/ns"; fi
-rmdir "/sys/fs/cgroup/pids/nodevirt/$name" 2>/dev/null
-for h in $(node_cgroup_hierarchies); do rmdir "$h/nodevirt/$name" 2>/dev/null; done
+for h in $(node_cgroup_hierarchies); do rmdir "$h/nodevirt/$name" "$h/nodevirt" 2>/dev/null; done
 
 # nodevirt agents and controllers first (hack/demo.sh records them): while they run, a replica
 # set would replace the domains destroyed below and leave QEMU running without libvirtd.

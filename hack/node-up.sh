@@ -175,7 +175,8 @@ in_node() { "$REPO_ROOT/hack/node-exec.sh" "$dir" "$node" "$@"; }
 start_on_node() {
   local what=$1; shift
   printf '%q ' "$@" >"$nd/cmd/$what"
-  in_node "$@" >"$nd/logs/$what.log" 2>&1 &
+  # exec all the way down (node-exec.sh and nsenter exec too): the PID recorded is the daemon's.
+  (exec "$REPO_ROOT/hack/node-exec.sh" "$dir" "$node" "$@" >"$nd/logs/$what.log" 2>&1) &
   echo $! >"$nd/pids/$what"
 }
 wait_on_node() {

@@ -25,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::admin::server::{AdminState, router};
 use crate::agent::event_log::EventLog;
+use crate::agent::hypervisor_choice::{Hypervisor, HypervisorChoice};
 use crate::api::{VirtualMachine, VirtualMachineSpec};
 use crate::cli::manifest::Manifest;
 use crate::cli::render::{RenderArgs, RenderError, render_manifest};
@@ -246,6 +247,7 @@ impl AdminHarness {
             state_dir: state_dir.path().to_path_buf(),
             resync,
             events,
+            hypervisor: Arc::new(HypervisorChoice::new(Hypervisor::Qemu)),
         });
         Ok(Self {
             runtime,

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use nodevirt::agent::{self, AgentArgs};
+use nodevirt::agent::{self, AgentArgs, LibvirtArgs};
 use nodevirt::cli::admin::{self as admin_cli, AdminArgs};
 use nodevirt::cli::power::{PowerArgs, set_running};
 use nodevirt::cli::render::{self, RenderArgs};
@@ -28,15 +28,17 @@ enum LogFormat {
     Json,
 }
 
-/// Logs go to stderr; RUST_LOG filters them (default info).
+/// For the long-running commands (agent, controller) only: their logs go to stdout, as any
+/// container's do (`kubectl logs`, journald); RUST_LOG filters them (default info). The
+/// one-shot commands log nothing and print their errors on stderr.
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only for a person at a terminal, never into log files.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stdout)
         .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
@@ -54,6 +56,9 @@ enum Command {
     Agent(AgentArgs),
     /// Run the cluster-wide controller: placement, presets, OfflineVirtualMachines, ReplicaSets.
     Controller(ControllerArgs),
+    /// Print the domain type the agent would use with these flags (kvm or qemu), decided as
+    /// the agent decides it.
+    Hypervisor(LibvirtArgs),
     /// Ask a local agent through its admin socket (debugging a node).
     Admin(AdminArgs),
     /// Start an OfflineVirtualMachine (set spec.running to true).
@@ -78,6 +83,16 @@ fn main() -> ExitCode {
             init_tracing(cli.log_format);
             run_async(controller::run(args))
         }
+        Command::Hypervisor(args) => match agent::hypervisor_choice::decide_for(&args) {
+            Ok(decision) => {
+                println!("{}", decision.domain_type);
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("error: choosing the hypervisor: {}", error_chain(&err));
+                ExitCode::FAILURE
+            }
+        },
         Command::Admin(args) => run_async(admin_cli::run(args)),
         Command::Start(args) => run_async(set_running(args, true)),
         Command::Stop(args) => run_async(set_running(args, false)),

@@ -44,6 +44,11 @@ struct PhaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HypervisorLabel {
+    r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
 }
@@ -75,6 +80,8 @@ pub struct AgentMetrics {
     pub api_requests: Family<MethodLabel, Counter>,
     /// registryDisk fetches by result: pulled, cached.
     pub registry_fetches: Family<ResultLabel, Counter>,
+    /// 1 for the domain type in use (kvm, qemu), or for "unknown" before it is decided.
+    hypervisor: Family<HypervisorLabel, Gauge>,
 }
 
 impl Default for AgentMetrics {
@@ -97,7 +104,9 @@ impl AgentMetrics {
             watch_errors: Counter::default(),
             registry_fetches: Family::default(),
             api_requests: Family::default(),
+            hypervisor: Family::default(),
         };
+        metrics.set_hypervisor("unknown");
         registry.register(
             "nodevirt_reconciles",
             "VM reconciles by result",
@@ -144,6 +153,11 @@ impl AgentMetrics {
             metrics.api_requests.clone(),
         );
         registry.register(
+            "nodevirt_agent_hypervisor",
+            "The domain type the agent defines domains with (kvm, qemu; unknown until decided)",
+            metrics.hypervisor.clone(),
+        );
+        registry.register(
             "nodevirt_build",
             "Build information",
             Info::new(BuildLabels {
@@ -154,6 +168,14 @@ impl AgentMetrics {
             registry,
             ..metrics
         }
+    }
+
+    /// Makes `name` the one hypervisor series with value 1.
+    pub fn set_hypervisor(&self, name: &'static str) {
+        self.hypervisor.clear();
+        self.hypervisor
+            .get_or_create(&HypervisorLabel { r#type: name })
+            .set(1);
     }
 
     /// The whole exposition: the agent's metrics, then the per-VM ones of this scrape.
@@ -276,11 +298,19 @@ mod tests {
             r#"kubevirt_vmi_phase_count{node="n1",phase="running"} 2"#,
             r#"nodevirt_reconciles_total{result="ok"} 1"#,
             "nodevirt_build_info{version=",
+            r#"nodevirt_agent_hypervisor{type="unknown"} 1"#,
         ] {
             assert!(text.contains(line), "missing {line}\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
         let empty = metrics.render("n1", &[], &[]).unwrap();
         assert!(!empty.contains("name=\"vm\""), "a gone VM leaves no series");
+        metrics.set_hypervisor("kvm");
+        let decided = metrics.render("n1", &[], &[]).unwrap();
+        let series: Vec<&str> = decided
+            .lines()
+            .filter(|l| l.starts_with("nodevirt_agent_hypervisor{"))
+            .collect();
+        assert_eq!(series, [r#"nodevirt_agent_hypervisor{type="kvm"} 1"#]);
     }
 }

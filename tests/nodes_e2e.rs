@@ -120,7 +120,11 @@ fn every_node_runs_a_ready_agent_pod_and_the_controller_elects_a_leader() {
             "-o",
             "jsonpath={.metadata.labels.kubevirt\\.io/schedulable}",
         ]);
-        assert_eq!(label, "true", "{}'s agent {pod} did not label its Node", node.name);
+        assert_eq!(
+            label, "true",
+            "{}'s agent {pod} did not label its Node",
+            node.name
+        );
         // Logs are JSON lines on stdout, read through the API server from the kubelet.
         let logs = cluster.kubectl_ok(&["-n", "nodevirt", "logs", &pod]);
         let first = logs.lines().next().expect("the agent logged nothing");
@@ -181,7 +185,10 @@ fn guests_boot_on_both_nodes_placed_by_the_controller_pod() {
         )
         .replace(
             "spec:\n",
-            &format!("spec:\n  nodeSelector: {{kubernetes.io/hostname: {}}}\n", node.name),
+            &format!(
+                "spec:\n  nodeSelector: {{kubernetes.io/hostname: {}}}\n",
+                node.name
+            ),
         );
         cluster.apply(&yaml);
         started.push((name, node));
@@ -198,7 +205,11 @@ fn guests_boot_on_both_nodes_placed_by_the_controller_pod() {
         );
         // On the node, `nodevirt admin` reaches the agent pod through the hostPath socket.
         let admin = node.exec_ok(&[env!("CARGO_BIN_EXE_nodevirt"), "admin", "vms"]);
-        assert!(admin.contains(name.as_str()), "{}: admin vms:\n{admin}", node.name);
+        assert!(
+            admin.contains(name.as_str()),
+            "{}: admin vms:\n{admin}",
+            node.name
+        );
         assert!(node.domains().contains(&vm.domain()), "{}", node.name);
     }
 }
@@ -258,7 +269,11 @@ fn the_agent_in_its_pod_chooses_the_hypervisor_the_host_would_and_writes_only_it
                 );
             }
         }
-        assert!(root_read_only, "{}: the agent's root filesystem is writable", node.name);
+        assert!(
+            root_read_only,
+            "{}: the agent's root filesystem is writable",
+            node.name
+        );
     }
     // What it wrote for its VMs is on the node, in the node's state folder.
     for (name, n) in &vms {
@@ -290,7 +305,10 @@ fn a_rollout_replaces_every_agent_one_node_at_a_time_and_restarts_no_vm() {
     ]);
     let version_tag = format!("nodevirt:{}", env!("CARGO_PKG_VERSION"));
     let commit_tag = image.trim().to_string();
-    assert_ne!(commit_tag, version_tag, "hack/deploy.sh deploys the commit's tag");
+    assert_ne!(
+        commit_tag, version_tag,
+        "hack/deploy.sh deploys the commit's tag"
+    );
     let restore = Restore(commit_tag.clone());
     let started = Instant::now();
     cluster.kubectl_ok(&[
@@ -318,16 +336,32 @@ fn a_rollout_replaces_every_agent_one_node_at_a_time_and_restarts_no_vm() {
         || agents_ready(cluster),
     );
     let rollout = started.elapsed();
-    println!("rollout of 2 agents with 10 VMs running: {:.1} s", rollout.as_secs_f64());
-    assert!(seen_phases.is_empty(), "VMs left Running during the rollout: {seen_phases:?}");
-    assert_eq!(domain_ids(&ns, &nodes, &vms), before, "a domain was restarted");
+    println!(
+        "rollout of 2 agents with 10 VMs running: {:.1} s",
+        rollout.as_secs_f64()
+    );
+    assert!(
+        seen_phases.is_empty(),
+        "VMs left Running during the rollout: {seen_phases:?}"
+    );
+    assert_eq!(
+        domain_ids(&ns, &nodes, &vms),
+        before,
+        "a domain was restarted"
+    );
     // The new agents adopted the VMs: they still report them, and delete them when asked.
     let (first, n) = &vms[0];
     cluster.kubectl_ok(&["-n", &ns.name, "delete", "vm", first, "--timeout=60s"]);
-    let domain = Vm { ns: &ns.name, name: first }.domain();
-    wait_for(Duration::from_secs(30), "the deleted VM's domain to go", || {
-        (!nodes[*n].domains().contains(&domain)).then_some(())
-    });
+    let domain = Vm {
+        ns: &ns.name,
+        name: first,
+    }
+    .domain();
+    wait_for(
+        Duration::from_secs(30),
+        "the deleted VM's domain to go",
+        || (!nodes[*n].domains().contains(&domain)).then_some(()),
+    );
     drop(restore);
 }
 
@@ -392,20 +426,42 @@ fn a_deleted_or_killed_agent_comes_back_and_adopts_its_vms() {
         .status()
         .unwrap();
     assert!(killed.success(), "kill -KILL {pid}");
-    wait_for(Duration::from_secs(120), "the killed agent's container to restart", || {
-        (restarts(&pod) != count && node.agent_pod().0 == pod).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(120),
+        "the killed agent's container to restart",
+        || (restarts(&pod) != count && node.agent_pod().0 == pod).then_some(()),
+    );
 
     assert!(not_running(&ns).is_empty(), "{:?}", not_running(&ns));
-    assert_eq!(domain_ids(&ns, &nodes, &vms), before, "a domain was restarted");
+    assert_eq!(
+        domain_ids(&ns, &nodes, &vms),
+        before,
+        "a domain was restarted"
+    );
     // Adopted, not just left alone: the agent acts on a VM it did not start.
     let (name, _) = vms.iter().find(|(_, n)| *n == 0).unwrap();
     cluster.kubectl_ok(&["-n", &ns.name, "delete", "vm", name, "--timeout=60s"]);
     let domain = Vm { ns: &ns.name, name }.domain();
-    assert!(!node.domains().contains(&domain), "{domain} outlived its VM");
+    assert!(
+        !node.domains().contains(&domain),
+        "{domain} outlived its VM"
+    );
     // And it runs new ones.
     cluster.apply(&idle_vm_yaml(&ns.name, "after", &node.name));
-    Vm { ns: &ns.name, name: "after" }.wait_phase("Running", BOOT);
+    Vm {
+        ns: &ns.name,
+        name: "after",
+    }
+    .wait_phase("Running", BOOT);
+}
+
+/// Starts a node's stopped kubelet again (`NODE/kubelet`), also when the test fails first.
+struct NodeBack(String);
+
+impl Drop for NodeBack {
+    fn drop(&mut self) {
+        Cluster::get().ctl("start", &self.0);
+    }
 }
 
 /// Sets `args` on the container of a nodevirt workload (`daemonset/...` or `deployment/...`)
@@ -437,7 +493,14 @@ fn set_args(workload: &str, args_json: &str) {
         "-p",
         &format!(r#"[{{"op":"replace","path":"/spec/template/spec/containers/0/args","value":{args_json}}}]"#),
     ]);
-    cluster.kubectl_ok(&["-n", "nodevirt", "rollout", "status", workload, "--timeout=300s"]);
+    cluster.kubectl_ok(&[
+        "-n",
+        "nodevirt",
+        "rollout",
+        "status",
+        workload,
+        "--timeout=300s",
+    ]);
 }
 
 impl Tuned {
@@ -465,7 +528,10 @@ fn a_lost_node_s_replicas_come_back_on_the_other_and_never_run_twice() {
     // An operator's tuning for a quick test: a heartbeat every 5 s, a node lost after 30 s
     // without one (defaults: 60 s and 300 s).
     let _agents = Tuned::with("daemonset/nodevirt-agent", &["--heartbeat-interval=5"]);
-    let _controller = Tuned::with("deployment/nodevirt-controller", &["--node-heartbeat-timeout=30"]);
+    let _controller = Tuned::with(
+        "deployment/nodevirt-controller",
+        &["--node-heartbeat-timeout=30"],
+    );
     let ns = cluster.namespace("e2e-nodeloss");
     // Preferred on node2, so the replicas start there and can only come back on node1.
     cluster.apply(&format!(
@@ -511,13 +577,17 @@ spec:
             })
             .collect()
     };
-    let lost = wait_for(Duration::from_secs(120), "2 replicas Running on node2", || {
-        Some(replicas(&node2.name)).filter(|r| r.len() == 2)
-    });
+    let lost = wait_for(
+        Duration::from_secs(120),
+        "2 replicas Running on node2",
+        || Some(replicas(&node2.name)).filter(|r| r.len() == 2),
+    );
 
     // node2 is lost: its kubelet and its agent die; libvirtd and the guests keep running, as
     // behind a network partition.
-    cluster.ctl("stop", &format!("{}/kubelet", node2.name));
+    let kubelet = format!("{}/kubelet", node2.name);
+    cluster.ctl("stop", &kubelet);
+    let node_back = NodeBack(kubelet.clone());
     let pid = node2.agent_pid();
     let killed = std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])
@@ -529,9 +599,11 @@ spec:
         Vm { ns: &ns.name, name }.wait_phase("Unknown", Duration::from_secs(120));
     }
     let unknown_after = lost_at.elapsed();
-    wait_for(Duration::from_secs(180), "2 replacement replicas Running on node1", || {
-        (replicas(&node1.name).len() == 2).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(180),
+        "2 replacement replicas Running on node1",
+        || (replicas(&node1.name).len() == 2).then_some(()),
+    );
     let replaced_after = lost_at.elapsed();
     println!(
         "node lost: its VMs Unknown after {:.1} s, replicas Running on {} after {:.1} s",
@@ -542,7 +614,7 @@ spec:
 
     // node2 returns: its agent finds the replaced VMs deleted, destroys their domains and
     // removes their folders, and only then are they gone.
-    cluster.ctl("start", &format!("{}/kubelet", node2.name));
+    drop(node_back);
     let back = Instant::now();
     for (name, uid) in &lost {
         let vm = Vm { ns: &ns.name, name };
@@ -552,9 +624,15 @@ spec:
             || vm.uid().is_empty().then_some(()),
             || vm.describe(),
         );
-        assert!(!node2.domains().contains(&vm.domain()), "{name} still runs on node2");
+        assert!(
+            !node2.domains().contains(&vm.domain()),
+            "{name} still runs on node2"
+        );
         let folder = node2.exec(&["test", "-e", &format!("/var/lib/nodevirt/vms/{uid}")]);
-        assert!(!folder.status.success(), "{name}'s folder is still on node2");
+        assert!(
+            !folder.status.success(),
+            "{name}'s folder is still on node2"
+        );
     }
     println!(
         "node back: replaced VMs' domains destroyed after {:.1} s",

@@ -189,3 +189,31 @@ fn committed_crds_match_the_code() {
         assert!(text.contains(&format!("- {short}\n")), "{short}");
     }
 }
+
+/// `kubectl apply -k .` deploys the image of this version: kustomization.yaml's tag follows
+/// Cargo.toml, and its one resource is daemonset.yaml, whose containers name that image.
+#[test]
+fn kustomization_deploys_this_version() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let kustomization: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root.join("kustomization.yaml")).expect("kustomization.yaml"),
+    )
+    .expect("kustomization.yaml is YAML");
+    assert_eq!(
+        kustomization["resources"],
+        serde_yaml::Value::from(vec!["daemonset.yaml"])
+    );
+    let image = &kustomization["images"][0];
+    assert_eq!(image["name"].as_str(), Some("nodevirt"));
+    assert_eq!(image["newTag"].as_str(), Some(env!("CARGO_PKG_VERSION")));
+    let deployment = std::fs::read_to_string(root.join("daemonset.yaml")).unwrap();
+    let images: Vec<&str> = deployment
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("image: "))
+        .collect();
+    assert_eq!(
+        images,
+        ["nodevirt", "nodevirt"],
+        "the agent's and the controller's"
+    );
+}

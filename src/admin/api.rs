@@ -7,7 +7,7 @@
 //!   GET  /v1/vms/{ns}/{name}/xml          its live domain XML        -> DomainXml
 //!   GET  /v1/vms/{ns}/{name}/console?lines=N  its serial log's tail -> ConsoleTail
 //!   POST /v1/vms/{ns}/{name}/resync       reconcile it now           -> Accepted
-//!   GET  /v1/health                       libvirt and watch state    -> Health
+//!   GET  /v1/health                       libvirt, hypervisor, watch -> Health
 //! Errors: a status code and ErrorBody.
 
 use serde::{Deserialize, Serialize};
@@ -64,9 +64,17 @@ pub struct Accepted {
 pub struct Health {
     pub version: String,
     pub node: String,
+    /// The domain type the agent defines domains with: kvm, qemu, or unknown until it has
+    /// asked libvirtd (agents older than this field do not send it).
+    #[serde(default = "unknown")]
+    pub hypervisor: String,
     pub libvirt_connected: bool,
     pub watch_synced: bool,
     pub vms: usize,
+}
+
+fn unknown() -> String {
+    "unknown".into()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

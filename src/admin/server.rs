@@ -18,6 +18,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::agent::event_log::EventLog;
+use crate::agent::hypervisor_choice::HypervisorChoice;
 use crate::api::VirtualMachine;
 use crate::domain::domain_name;
 use crate::hypervisor::{DomainState, DomainStatus, Libvirt};
@@ -37,12 +38,15 @@ pub struct AdminState {
     pub state_dir: PathBuf,
     pub resync: UnboundedSender<ObjectRef<VirtualMachine>>,
     pub events: Arc<EventLog>,
+    pub hypervisor: Arc<HypervisorChoice>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("refusing to use {0}: it exists and is not a socket")]
     NotASocket(PathBuf),
+    #[error("refusing to replace {0}: another process answers on it (a second agent?)")]
+    InUse(PathBuf),
     #[error("{action} {path}")]
     Io {
         action: &'static str,
@@ -61,12 +65,34 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Admin
     }
 }
 
-/// Binds the socket and serves until the task is dropped: mode 0600, or 0660 owned by
-/// `access.group` when one is given; every connection's peer is checked too (`peer`). A stale
-/// socket is replaced; any other file at the path is left alone and refused.
+/// Binds the socket ([`bind`]) and serves until the task is dropped; every connection's peer
+/// is checked too (`peer`).
 pub async fn serve(path: &Path, state: Arc<AdminState>, access: Access) -> Result<(), AdminError> {
+    let listener = bind(path, &access)?;
+    let app = router(state).layer(axum::middleware::from_fn_with_state(
+        Arc::new(access),
+        peer::require_access,
+    ));
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<peer::Peer>(),
+    )
+    .await
+    .map_err(io("serving", path))
+}
+
+/// Binds the socket: mode 0600, or 0660 owned by `access.group` when one is given.
+///
+/// 1. A missing folder is created, mode 0755 (the folder may also be a hostPath that exists).
+/// 2. A socket left by an agent that is gone (a previous Pod, a crash) is removed and bound
+///    again; one that still answers is another agent's and is refused, as is any other file
+///    at the path, which is left alone.
+fn bind(path: &Path, access: &Access) -> Result<tokio::net::UnixListener, AdminError> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(AdminError::InUse(path.to_path_buf()));
+            }
             std::fs::remove_file(path).map_err(io("removing the stale socket", path))?;
         }
         Ok(_) => return Err(AdminError::NotASocket(path.to_path_buf())),
@@ -91,16 +117,7 @@ pub async fn serve(path: &Path, state: Arc<AdminState>, access: Access) -> Resul
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(io("setting permissions of", path))?;
-    let app = router(state).layer(axum::middleware::from_fn_with_state(
-        Arc::new(access),
-        peer::require_access,
-    ));
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<peer::Peer>(),
-    )
-    .await
-    .map_err(io("serving", path))
+    Ok(listener)
 }
 
 /// The paths of `api`, answered from `state`; the transport (the socket, or a test's
@@ -285,8 +302,61 @@ async fn health(State(state): State<Arc<AdminState>>) -> Json<Health> {
     Json(Health {
         version: env!("CARGO_PKG_VERSION").into(),
         node: state.node.clone(),
+        hypervisor: state.hypervisor.label().into(),
         libvirt_connected: connected,
         watch_synced: *state.synced.borrow(),
         vms: state.vms.state().len(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn a_missing_folder_is_made_and_a_stale_socket_replaced() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("run/nodevirt/admin.sock");
+        let access = Access { group: None };
+        let first = bind(&path, &access).unwrap();
+        assert_eq!(mode(path.parent().unwrap()), 0o755);
+        assert_eq!(mode(&path), 0o600);
+        // The previous Pod's agent is gone; its socket file stays behind.
+        drop(first);
+        assert!(
+            std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_socket()
+        );
+        let again = bind(&path, &access).unwrap();
+        let (client, accepted) =
+            tokio::join!(tokio::net::UnixStream::connect(&path), again.accept());
+        client.unwrap();
+        accepted.unwrap();
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    #[tokio::test]
+    async fn a_live_socket_or_another_file_is_refused_and_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("admin.sock");
+        let access = Access { group: None };
+        let _live = bind(&path, &access).unwrap();
+        let err = bind(&path, &access).unwrap_err();
+        assert!(matches!(err, AdminError::InUse(_)), "{err}");
+        assert!(
+            tokio::net::UnixStream::connect(&path).await.is_ok(),
+            "still served"
+        );
+        let file = root.path().join("not-a-socket");
+        std::fs::write(&file, "x").unwrap();
+        let err = bind(&file, &access).unwrap_err();
+        assert!(matches!(err, AdminError::NotASocket(_)), "{err}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"x");
+    }
 }

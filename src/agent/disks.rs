@@ -1,8 +1,17 @@
 //! Making the files a VM's volumes need, before its domain is defined.
+//!
+//! An overlay needs its backing's virtual size: a claim's image is a node path the agent cannot
+//! open, so the node's libvirtd reads it through a probe domain (`hypervisor::backing`); a
+//! registry disk's image is in the agent's own state folder and is read here.
+
+use std::path::Path;
+use std::sync::Arc;
 
 use crate::api::VirtualMachineSpec;
 use crate::api::quantity::{HumanBytes, parse_bytes};
 use crate::api::volume::VolumeKind;
+use crate::domain::probe::probe_name;
+use crate::hypervisor::{HypervisorError, Libvirt};
 use crate::storage::files::{self, StorageError};
 use crate::storage::layout::VmLayout;
 
@@ -14,6 +23,12 @@ pub enum DiskError {
     Storage(#[from] StorageError),
     #[error("{0}")]
     Unsupported(String),
+    #[error("{field}: the claim's image")]
+    Backing {
+        field: String,
+        #[source]
+        source: HypervisorError,
+    },
     #[error("{field}: {capacity} is more than the {free} free in the state folder {dir}")]
     NoSpace {
         field: String,
@@ -24,7 +39,7 @@ pub enum DiskError {
 }
 
 /// Free bytes of the filesystem holding `dir`; `None` when it cannot be told.
-fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+fn free_bytes(dir: &Path) -> Option<u64> {
     let stat = nix::sys::statvfs::statvfs(dir).ok()?;
     Some(stat.blocks_available().saturating_mul(stat.fragment_size()))
 }
@@ -58,13 +73,15 @@ fn check_capacity(spec: &VirtualMachineSpec, layout: &VmLayout) -> Result<(), Di
 }
 
 /// Creates every generated disk of `spec` in the VM's folder. Idempotent: files that exist are
-/// kept (a crash in the middle is finished on the next run).
+/// kept, and nothing is asked of libvirt for them (a crash in the middle is finished on the
+/// next run). `uid` is the VM's: cloud-init's instance-id, and the name of its probe domains.
 pub async fn prepare(
     spec: &VirtualMachineSpec,
     layout: &VmLayout,
-    instance_id: &str,
+    uid: &str,
     hostname: &str,
     inputs: &Inputs,
+    libvirt: &Arc<Libvirt>,
 ) -> Result<(), DiskError> {
     // The capacity check needs the VMs' folder; someone may have removed it since startup.
     files::ensure_traversable_dir(layout.dir().parent().unwrap_or(layout.dir())).await?;
@@ -75,6 +92,9 @@ pub async fn prepare(
             continue;
         };
         let path = layout.volume_file(index, kind);
+        if files::exists(&path).await {
+            continue;
+        }
         match kind {
             VolumeKind::CloudInitNoCloud => {
                 let data = inputs
@@ -82,7 +102,7 @@ pub async fn prepare(
                     .get(&index)
                     .map(Vec::as_slice)
                     .unwrap_or_default();
-                files::ensure_cloud_init_iso(&path, instance_id, hostname, data).await?;
+                files::ensure_cloud_init_iso(&path, uid, hostname, data).await?;
             }
             VolumeKind::EmptyDisk => {
                 let field = format!("spec.volumes[{index}].emptyDisk.capacity");
@@ -103,16 +123,100 @@ pub async fn prepare(
                     .and_then(|e| e.persistent_volume_claim.as_ref())
                     .and_then(|c| inputs.claims.get(&c.claim_name));
                 if let Some(backing) = claim {
-                    files::ensure_overlay(&path, backing).await?;
+                    let (probe, image) = (probe_name(uid, index), backing.clone());
+                    let size = libvirt
+                        .run(move |lv| lv.backing_capacity(&probe, &image))
+                        .await
+                        .map_err(|source| DiskError::Backing {
+                            field: format!("spec.volumes[{index}].ephemeral"),
+                            source,
+                        })?;
+                    files::ensure_overlay(&path, backing, size).await?;
                 }
             }
             VolumeKind::RegistryDisk => {
                 if let Some(image) = inputs.images.get(&index) {
-                    files::ensure_overlay(&path, image).await?;
+                    let size = files::local_image_size(image).await?;
+                    files::ensure_overlay(&path, image, size).await?;
                 }
             }
             VolumeKind::PersistentVolumeClaim => {}
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ImageFormat, ResolvedVolume};
+    use crate::hypervisor::backing::TEST_DRIVER_CAPACITY;
+    use crate::storage::files::image_info;
+
+    const UID: &str = "3e1f5a7c-9b2d-4c6e-8f0a-1b3c5d7e9f2a";
+
+    #[tokio::test]
+    async fn libvirt_sizes_a_claims_overlay_and_the_agent_a_registry_disks() {
+        let spec: VirtualMachineSpec = serde_yaml::from_str(
+            "domain: {resources: {requests: {memory: 64Mi}}}\n\
+             volumes:\n\
+             - {name: claim, ephemeral: {persistentVolumeClaim: {claimName: pv-claim}}}\n\
+             - {name: image, registryDisk: {image: registry.example/disk:1}}\n",
+        )
+        .unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let layout = VmLayout::new(state.path(), UID);
+        let cached = state.path().join("image.qcow2");
+        files::ensure_empty_disk(&cached, 2 << 30).await.unwrap();
+        // A node path the agent cannot see.
+        let node_path = "/srv/nodevirt-absent/pv-claim/disk.img";
+        let mut inputs = Inputs::default();
+        inputs.claims.insert(
+            "pv-claim".into(),
+            ResolvedVolume::File {
+                path: node_path.into(),
+                format: ImageFormat::Raw,
+            },
+        );
+        inputs.images.insert(
+            1,
+            ResolvedVolume::File {
+                path: cached.display().to_string(),
+                format: ImageFormat::Qcow2,
+            },
+        );
+        let libvirt = Arc::new(Libvirt::open("test:///default").unwrap());
+        prepare(&spec, &layout, UID, "vm", &inputs, &libvirt)
+            .await
+            .unwrap();
+        let claim = layout.volume_file(0, VolumeKind::Ephemeral);
+        // The test driver's made-up size: libvirt was asked, the file was not read.
+        assert_eq!(
+            image_info(&claim),
+            (
+                TEST_DRIVER_CAPACITY,
+                Some(node_path.into()),
+                Some("raw".into())
+            )
+        );
+        assert_eq!(libvirt.status(&probe_name(UID, 0)).unwrap(), None);
+        let image = layout.volume_file(1, VolumeKind::RegistryDisk);
+        assert_eq!(image_info(&image).0, 2 << 30);
+
+        // Files that exist are kept without asking libvirt anything...
+        libvirt.disconnect();
+        prepare(&spec, &layout, UID, "vm", &inputs, &libvirt)
+            .await
+            .unwrap();
+        // ...and a lost connection while sizing is told apart, for a retry.
+        std::fs::remove_file(&claim).unwrap();
+        let err = prepare(&spec, &layout, UID, "vm", &inputs, &libvirt)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, DiskError::Backing { field, source }
+                if field == "spec.volumes[0].ephemeral" && source.is_connection_lost()),
+            "{err:?}"
+        );
+    }
 }

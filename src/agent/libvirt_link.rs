@@ -3,10 +3,13 @@
 //! 1. Connect (at start, and whenever the connection is found dead), retrying with exponential
 //!    backoff from 0.5 s to 30 s; the agent serves, answers its admin socket and keeps its
 //!    watch meanwhile, and `/readyz` says libvirt is away.
-//! 2. On each new connection, subscribe to its domain lifecycle events (a subscription dies
+//! 2. On the first connection, decide the domain type (`hypervisor_choice`; logged once, and
+//!    set in `nodevirt_agent_hypervisor`); a failure to decide is a failed connect, retried.
+//!    Reconnects keep the decision.
+//! 3. On each new connection, subscribe to its domain lifecycle events (a subscription dies
 //!    with its connection).
-//! 3. Then ask for a reconcile of every VM: events that happened while disconnected are lost,
-//!    and reconciles that failed meanwhile waited on backoff.
+//! 4. Then ask for a reconcile of every VM: events that happened while disconnected are lost,
+//!    and reconciles that failed meanwhile (or waited for the decision) waited on backoff.
 //!
 //! Running domains are not touched by any of this: QEMU keeps running while libvirtd is away,
 //! and a reconcile that failed because the connection was lost is retried, never blamed on
@@ -23,6 +26,8 @@ use crate::hypervisor::{HypervisorError, Libvirt};
 use crate::k8s::error_chain;
 use crate::metrics::AgentMetrics;
 
+use super::hypervisor_choice::{Decision, HypervisorChoice};
+
 /// How often a live connection is checked. `virConnectIsAlive` is local (no RPC): libvirt's
 /// event loop notices the closed socket and keepalive timeouts.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -37,7 +42,9 @@ fn next_retry(delay: Duration) -> Duration {
 #[derive(Debug, thiserror::Error)]
 enum LinkError {
     #[error(transparent)]
-    Connect(#[from] HypervisorError),
+    Connect(HypervisorError),
+    #[error("choosing the hypervisor")]
+    Choose(#[source] HypervisorError),
     #[error(transparent)]
     Subscribe(#[from] events::EventError),
 }
@@ -46,6 +53,7 @@ enum LinkError {
 /// after every successful connect.
 pub async fn run(
     libvirt: Arc<Libvirt>,
+    hypervisor: Arc<HypervisorChoice>,
     events_tx: UnboundedSender<LifecycleEvent>,
     metrics: Arc<AgentMetrics>,
     up: tokio::sync::watch::Sender<bool>,
@@ -54,11 +62,15 @@ pub async fn run(
     let mut ever_connected = false;
     let mut retry = FIRST_RETRY;
     loop {
-        let tx = events_tx.clone();
+        let (tx, choice, counts) = (
+            events_tx.clone(),
+            Arc::clone(&hypervisor),
+            Arc::clone(&metrics),
+        );
         let connected = libvirt
-            .run(move |lv| Ok(connect(lv, tx)))
+            .run(move |lv| Ok(connect(lv, &choice, &counts, tx)))
             .await
-            .unwrap_or_else(|e| Err(e.into()));
+            .unwrap_or_else(|e| Err(LinkError::Connect(e)));
         match connected {
             Ok(()) => {
                 metrics.libvirt_connected.set(1);
@@ -91,8 +103,30 @@ pub async fn run(
     }
 }
 
-fn connect(lv: &Libvirt, events_tx: UnboundedSender<LifecycleEvent>) -> Result<(), LinkError> {
-    let conn = lv.connect()?;
+/// Connects, decides the hypervisor if not yet decided, and subscribes to the connection's
+/// events.
+fn connect(
+    lv: &Libvirt,
+    hypervisor: &HypervisorChoice,
+    metrics: &AgentMetrics,
+    events_tx: UnboundedSender<LifecycleEvent>,
+) -> Result<(), LinkError> {
+    let conn = lv.connect().map_err(LinkError::Connect)?;
+    match hypervisor.decide_once(lv) {
+        Ok(Some(Decision {
+            domain_type,
+            reason,
+        })) => {
+            info!(uri = %lv.uri(), "hypervisor chosen: {domain_type} ({reason})");
+            metrics.set_hypervisor(hypervisor.label());
+        }
+        Ok(None) => {}
+        Err(e) => {
+            // No VM can be defined without it: try again, as after a failed connect.
+            lv.disconnect();
+            return Err(LinkError::Choose(e));
+        }
+    }
     if let Err(e) = events::subscribe(&conn, events_tx) {
         // Without events a stopped guest would only be noticed at resync: try again.
         lv.disconnect();

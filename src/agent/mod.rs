@@ -5,14 +5,20 @@
 //! 2. Reconciles each VM (`reconcile`): disks, domain, status, events; level-triggered.
 //! 3. libvirt lifecycle events trigger the reconcile of the domain's VM, so a guest that stops
 //!    is reported within seconds.
-//! 4. Beside it: the libvirt connection with reconnect (`libvirt_link`), orphaned-domain
-//!    cleanup (`gc`) and the node heartbeat (`heartbeat`).
+//! 4. Beside it: the libvirt connection with reconnect (`libvirt_link`), which also decides
+//!    the domain type once (`hypervisor_choice`), orphaned-domain cleanup (`gc`) and the node
+//!    heartbeat (`heartbeat`).
+//!
+//! It runs on the node or in a Pod: libvirtd is reached through its socket, the node's KVM is
+//! libvirtd's to report, and the node's files (a claim's image) are libvirtd's to open: the
+//! agent sees none of them, only its state folder, which is at the node's own path.
 
 mod disks;
 pub mod event_log;
 pub mod gc;
 pub mod heartbeat;
 pub mod http;
+pub mod hypervisor_choice;
 mod inputs;
 mod libvirt_link;
 pub mod plan;
@@ -33,23 +39,15 @@ use tracing::{info, warn};
 
 use crate::admin::server::AdminState;
 use crate::api::{NODE_NAME_LABEL, VirtualMachine};
-use crate::domain::DomainType;
 use crate::events::EventRecorder;
 use crate::hypervisor::{Libvirt, events};
 use crate::metrics::AgentMetrics;
 use crate::storage::files;
 use crate::storage::registry::Puller;
 
+use hypervisor_choice::HypervisorChoice;
+pub use hypervisor_choice::{Hypervisor, LibvirtArgs};
 use reconcile::{Context, Settings};
-
-/// How the agent picks the domain type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Hypervisor {
-    /// KVM where /dev/kvm can be opened, else QEMU's software emulation (TCG).
-    Auto,
-    Kvm,
-    Qemu,
-}
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
@@ -59,10 +57,8 @@ pub struct AgentArgs {
     /// A kubeconfig file; without it, $KUBECONFIG, ~/.kube/config or the in-cluster config.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    #[arg(long, env = "NODEVIRT_LIBVIRT_URI", default_value = "qemu:///system")]
-    pub libvirt_uri: String,
-    #[arg(long, value_enum, env = "NODEVIRT_HYPERVISOR", default_value_t = Hypervisor::Auto)]
-    pub hypervisor: Hypervisor,
+    #[command(flatten)]
+    pub libvirt: LibvirtArgs,
     /// One folder per VM UID holding its generated disks and console log.
     #[arg(long, env = "NODEVIRT_STATE_DIR", default_value = "/var/lib/nodevirt")]
     pub state_dir: PathBuf,
@@ -131,24 +127,6 @@ fn parse_group(value: &str) -> Result<u32, String> {
     }
 }
 
-fn domain_type(choice: Hypervisor) -> DomainType {
-    match choice {
-        Hypervisor::Kvm => DomainType::Kvm,
-        Hypervisor::Qemu => DomainType::Qemu,
-        Hypervisor::Auto => {
-            let kvm = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/kvm");
-            if kvm.is_ok() {
-                DomainType::Kvm
-            } else {
-                DomainType::Qemu
-            }
-        }
-    }
-}
-
 /// The VM a domain named `<namespace>_<name>` belongs to.
 fn vm_of_domain(domain: &str) -> Option<ObjectRef<VirtualMachine>> {
     let (namespace, name) = domain.split_once('_')?;
@@ -168,16 +146,22 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     prepare_state_dir(&args.state_dir).await?;
     events::start_event_loop()?;
     // Connected (and reconnected) by `libvirt_link`, so the agent starts while libvirtd is away.
-    let libvirt = Arc::new(Libvirt::new(&args.libvirt_uri));
+    let libvirt = Arc::new(Libvirt::new(&args.libvirt.libvirt_uri));
+    let hypervisor = Arc::new(HypervisorChoice::new(args.libvirt.hypervisor));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
 
     let settings = Settings {
         node: args.node_name.clone(),
         state_dir: args.state_dir.clone(),
         network: (args.network != "none").then(|| args.network.clone()),
-        domain_type: domain_type(args.hypervisor),
+        hypervisor: Arc::clone(&hypervisor),
     };
-    info!(node = %settings.node, libvirt = %args.libvirt_uri, domain_type = %settings.domain_type, "agent starting");
+    info!(
+        node = %settings.node,
+        libvirt = %args.libvirt.libvirt_uri,
+        hypervisor = ?args.libvirt.hypervisor,
+        "agent starting"
+    );
     let recorder = EventRecorder::new(client.clone(), "nodevirt-agent", &args.node_name);
     let puller = Puller::new(&args.state_dir, &args.insecure_registries);
     let events = Arc::new(event_log::EventLog::default());
@@ -236,6 +220,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         state_dir: args.state_dir.clone(),
         resync: resync_tx.clone(),
         events,
+        hypervisor: Arc::clone(&hypervisor),
     });
     let admin_path = args.admin_socket.clone();
     let access = crate::admin::peer::Access {
@@ -257,6 +242,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let (connected_tx, connected) = tokio::sync::watch::channel(false);
     let link = tokio::spawn(libvirt_link::run(
         Arc::clone(&endpoint.libvirt),
+        hypervisor,
         tx,
         Arc::clone(&metrics),
         connected_tx,
@@ -299,5 +285,7 @@ mod tests {
             (Some("default"), "testvm")
         );
         assert!(vm_of_domain("no-underscore").is_none());
+        let probe = crate::domain::probe::probe_name("0f9b6e2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b", 0);
+        assert!(vm_of_domain(&probe).is_none(), "a probe domain is no VM's");
     }
 }

@@ -19,7 +19,7 @@ use tracing::{Instrument, debug, info, warn};
 use crate::api::virtual_machine::DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS;
 use crate::api::{Phase, VirtualMachine, VirtualMachineStatus};
 use crate::domain::names::check_uid;
-use crate::domain::{DomainType, RenderOptions, ResolvedVolume, domain_name, render};
+use crate::domain::{RenderOptions, ResolvedVolume, domain_name, render};
 use crate::events::{EventRecorder, EventType};
 use crate::hypervisor::{DomainState, HypervisorError, Libvirt};
 use crate::k8s::{self, error_chain};
@@ -28,10 +28,12 @@ use crate::storage::files::{StorageError, remove_vm_dir};
 use crate::storage::layout::{VmLayout, resolve_volumes};
 use crate::storage::registry::{Fetch, Puller};
 
+use super::disks::{self, DiskError};
 use super::event_log::EventLog;
+use super::hypervisor_choice::HypervisorChoice;
 use super::inputs::{InputError, gather};
 use super::plan::{Step, plan};
-use super::{disks, reasons, status};
+use super::{reasons, status};
 
 /// The finalizer the agent puts on every VM it runs.
 pub const FINALIZER: &str = "nodevirt.io/agent";
@@ -48,7 +50,8 @@ pub struct Settings {
     pub node: String,
     pub state_dir: PathBuf,
     pub network: Option<String>,
-    pub domain_type: DomainType,
+    /// The domain type, decided once libvirtd first answers.
+    pub hypervisor: Arc<HypervisorChoice>,
 }
 
 pub struct Context {
@@ -361,9 +364,15 @@ async fn create(
     uid: &str,
     name: &str,
 ) -> Result<Action, Error> {
+    // Decided on connecting, before the first define; a reconcile can only get here in the
+    // moment between the connection and the decision. The link resyncs every VM after it.
+    let Some(domain_type) = ctx.settings.hypervisor.domain_type() else {
+        debug!(vm = %key(vm), "waiting for the hypervisor to be chosen");
+        return Ok(Action::requeue(WAITING_RETRY));
+    };
     let layout = VmLayout::new(&ctx.settings.state_dir, uid);
     let options = RenderOptions {
-        domain_type: ctx.settings.domain_type,
+        domain_type,
         network: ctx.settings.network.clone(),
         console_log: layout.console_log().display().to_string(),
         node: Some(ctx.settings.node.clone()),
@@ -419,8 +428,19 @@ async fn create(
         Ok(xml) => xml,
         Err(message) => return fail(ctx, vm, reasons::INVALID_SPEC, &message).await,
     };
-    if let Err(e) = disks::prepare(&vm.spec, &layout, uid, &vm.name_any(), &inputs).await {
-        return fail(ctx, vm, reasons::STORAGE_FAILED, &error_chain(&e)).await;
+    let hostname = vm.name_any();
+    match disks::prepare(&vm.spec, &layout, uid, &hostname, &inputs, &ctx.libvirt).await {
+        Ok(()) => {}
+        // libvirtd went away while sizing a claim's image: not the VM's fault, try again.
+        Err(DiskError::Backing { source, .. }) if source.is_connection_lost() => {
+            return Err(source.into());
+        }
+        Err(e) => {
+            if matches!(e, DiskError::Backing { .. }) {
+                ctx.metrics.libvirt_errors.inc();
+            }
+            return fail(ctx, vm, reasons::STORAGE_FAILED, &error_chain(&e)).await;
+        }
     }
     let domain = name.to_string();
     if let Err(e) = ctx.libvirt.run(move |lv| lv.define(&domain, &xml)).await {

@@ -44,7 +44,7 @@ pub enum AdminCommand {
     },
     /// Reconcile one VM now.
     Resync { vm: String },
-    /// libvirt connection, watch state, version.
+    /// libvirt connection, hypervisor, watch state, version.
     Health,
 }
 
@@ -140,8 +140,8 @@ pub async fn run(args: AdminArgs) -> Result<(), AdminCliError> {
             let health: Health = call(socket, Method::GET, "/v1/health").await?;
             print(args.output, &health, |h| {
                 format!(
-                    "version: {}\nnode: {}\nlibvirt connected: {}\nwatch synced: {}\nvms: {}\n",
-                    h.version, h.node, h.libvirt_connected, h.watch_synced, h.vms
+                    "version: {}\nnode: {}\nhypervisor: {}\nlibvirt connected: {}\nwatch synced: {}\nvms: {}\n",
+                    h.version, h.node, h.hypervisor, h.libvirt_connected, h.watch_synced, h.vms
                 )
             });
         }

@@ -257,10 +257,12 @@ pub async fn reconcile_replica_set(
         .into_iter()
         .filter(|vm| owned_by(vm, &uid))
         .collect();
+    // A replica on a lost node (Unknown) is replaced like an ended one: its deletion waits on
+    // the node's agent (the finalizer), which destroys the domain when the node returns.
     let (live, ended): (Vec<_>, Vec<_>) = owned
         .into_iter()
         .filter(|vm| vm.metadata.deletion_timestamp.is_none())
-        .partition(|vm| !vm.phase().is_final());
+        .partition(|vm| !vm.phase().is_final() && vm.phase() != Phase::Unknown);
     let wanted = rs.spec.replicas.unwrap_or(1).max(0) as usize;
     let ready = live
         .iter()

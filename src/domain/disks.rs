@@ -278,6 +278,27 @@ fn disk_letters(mut index: usize) -> String {
     String::from_utf8(letters).unwrap_or_default()
 }
 
+/// libvirt's disk type (file or block), `<source>` and image format for `volume`.
+pub(super) fn disk_source(volume: &ResolvedVolume) -> (&'static str, DiskSource, ImageFormat) {
+    let (disk_type, source) = match volume {
+        ResolvedVolume::File { path, .. } => (
+            "file",
+            DiskSource {
+                file: Some(path.clone()),
+                dev: None,
+            },
+        ),
+        ResolvedVolume::Block { path } => (
+            "block",
+            DiskSource {
+                file: None,
+                dev: Some(path.clone()),
+            },
+        ),
+    };
+    (disk_type, source, volume.format())
+}
+
 pub fn disks(
     spec: &VirtualMachineSpec,
     resolved: &ResolvedVolumes,
@@ -350,33 +371,16 @@ pub fn disks(
             .and_then(|c| c.read_only)
             .unwrap_or(false);
         // cloud-init and pulled images are files the agent made; a lun passes a device through.
-        let (disk_type, source, format) = match source {
-            ResolvedVolume::File { .. } if device.device == "lun" => {
-                return Err(FieldError::new(
-                    format!("{field}.lun"),
-                    format!(
-                        "volume {:?} is a file; a lun needs a block device (a claim with volumeMode: Block)",
-                        volume.name
-                    ),
-                ));
-            }
-            ResolvedVolume::File { path, format } => (
-                "file",
-                DiskSource {
-                    file: Some(path.clone()),
-                    dev: None,
-                },
-                *format,
-            ),
-            ResolvedVolume::Block { path } => (
-                "block",
-                DiskSource {
-                    file: None,
-                    dev: Some(path.clone()),
-                },
-                ImageFormat::Raw,
-            ),
-        };
+        if device.device == "lun" && matches!(source, ResolvedVolume::File { .. }) {
+            return Err(FieldError::new(
+                format!("{field}.lun"),
+                format!(
+                    "volume {:?} is a file; a lun needs a block device (a claim with volumeMode: Block)",
+                    volume.name
+                ),
+            ));
+        }
+        let (disk_type, source, format) = disk_source(source);
         // An open tray holds no medium.
         let source = (device.tray != Some("open")).then_some(source);
         out.push(Disk {

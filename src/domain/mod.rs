@@ -5,6 +5,9 @@
 //! 2. [`render`] checks the VM and builds the typed [`model::Domain`]; the first invalid field
 //!    ends it with a [`FieldError`] that names the field and what is expected.
 //! 3. [`model::Domain::to_xml`] serializes it; quick-xml escapes every value.
+//!
+//! Beside it, [`probe`] builds the probe domain through which the node's libvirtd tells the
+//! agent the size of an image only the node can see.
 
 mod disks;
 #[cfg(test)]
@@ -13,6 +16,7 @@ mod hardware;
 pub mod limits;
 pub mod model;
 pub mod names;
+pub mod probe;
 mod render;
 
 use std::collections::BTreeMap;
@@ -48,6 +52,9 @@ impl From<crate::api::quantity::QuantityError> for FieldError {
         FieldError::new(err.field, message)
     }
 }
+
+/// The guest architecture of every domain nodevirt renders.
+pub const GUEST_ARCH: &str = "x86_64";
 
 /// How the hypervisor runs the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -101,6 +108,23 @@ impl ImageFormat {
 pub enum ResolvedVolume {
     File { path: String, format: ImageFormat },
     Block { path: String },
+}
+
+impl ResolvedVolume {
+    /// The file or device, as the node names it.
+    pub fn path(&self) -> &str {
+        match self {
+            ResolvedVolume::File { path, .. } | ResolvedVolume::Block { path } => path,
+        }
+    }
+
+    /// The format its image is opened with; a block device is raw.
+    pub fn format(&self) -> ImageFormat {
+        match self {
+            ResolvedVolume::File { format, .. } => *format,
+            ResolvedVolume::Block { .. } => ImageFormat::Raw,
+        }
+    }
 }
 
 /// Volume name -> its source on this node.

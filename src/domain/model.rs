@@ -406,13 +406,18 @@ pub struct Stats {
 impl Domain {
     /// The document libvirt's defineXML takes.
     pub fn to_xml(&self) -> Result<String, quick_xml::SeError> {
-        let mut out = String::new();
-        let mut serializer = quick_xml::se::Serializer::new(&mut out);
-        serializer.indent(' ', 2);
-        self.serialize(serializer)?;
-        out.push('\n');
-        Ok(out)
+        document(self)
     }
+}
+
+/// `element` as an indented XML document, every value escaped.
+pub(super) fn document(element: &impl Serialize) -> Result<String, quick_xml::SeError> {
+    let mut out = String::new();
+    let mut serializer = quick_xml::se::Serializer::new(&mut out);
+    serializer.indent(' ', 2);
+    element.serialize(serializer)?;
+    out.push('\n');
+    Ok(out)
 }
 
 impl VmMetadata {

@@ -70,7 +70,7 @@ pub fn render(
         vcpu: cores,
         os: Os {
             os_type: OsType {
-                arch: "x86_64",
+                arch: super::GUEST_ARCH,
                 machine,
                 value: "hvm",
             },

@@ -8,6 +8,8 @@
 //! [`HypervisorError::Disconnected`], and [`HypervisorError::is_connection_lost`] tells callers
 //! to retry rather than blame the VM. Whoever owns the agent reconnects ([`Libvirt::connect`]).
 
+pub mod backing;
+pub mod capabilities;
 pub mod events;
 pub mod stats;
 
@@ -42,6 +44,27 @@ pub enum HypervisorError {
     },
     #[error("libvirt: a call on {uri} panicked: {message}")]
     Panicked { uri: String, message: String },
+    /// A step of sizing a backing image through a probe domain (`backing`).
+    #[error("libvirt: {step} the backing image {path}")]
+    Probe {
+        step: &'static str,
+        path: String,
+        #[source]
+        source: virt::error::Error,
+    },
+    #[error("libvirt: writing the probe domain of the backing image {path}")]
+    ProbeXml {
+        path: String,
+        #[source]
+        source: quick_xml::SeError,
+    },
+    #[error("libvirt: reading {what} of {uri}")]
+    Parse {
+        what: &'static str,
+        uri: String,
+        #[source]
+        source: quick_xml::DeError,
+    },
 }
 
 impl HypervisorError {
@@ -52,7 +75,7 @@ impl HypervisorError {
     pub fn is_connection_lost(&self) -> bool {
         match self {
             Self::Disconnected { .. } => true,
-            Self::Call { source, .. } => {
+            Self::Call { source, .. } | Self::Probe { source, .. } => {
                 source.domain() == Enum::Known(virt::error::ErrorDomain::Rpc)
                     || matches!(
                         source.code(),
@@ -61,7 +84,7 @@ impl HypervisorError {
                         )
                     )
             }
-            Self::Panicked { .. } => false,
+            Self::Panicked { .. } | Self::Parse { .. } | Self::ProbeXml { .. } => false,
         }
     }
 }
@@ -143,7 +166,8 @@ impl Libvirt {
     }
 
     /// Where libvirt keeps `domain`'s QEMU log (its command line and its last words), when
-    /// this is the node's own system daemon; None for other connections.
+    /// this is the node's own system daemon; None for other connections. A path on the node,
+    /// written by its libvirtd: the agent only names it in messages, never reads it.
     pub fn qemu_log(&self, domain: &str) -> Option<PathBuf> {
         qemu_log_path(&self.uri, domain)
     }
@@ -215,6 +239,23 @@ impl Libvirt {
     fn err(op: &'static str, target: &str) -> impl FnOnce(virt::error::Error) -> HypervisorError {
         let target = target.to_string();
         move |source| HypervisorError::Call { op, target, source }
+    }
+
+    /// The domain types the daemon offers for `os_type` guests of `arch`, from its
+    /// capabilities (see `capabilities`): `["qemu", "kvm"]` on a KVM host.
+    pub fn guest_domain_types(&self, os_type: &str, arch: &str) -> Result<Vec<String>> {
+        let op = "reading the capabilities of";
+        let xml = self
+            .conn(op, &self.uri)?
+            .capabilities()
+            .map_err(Self::err(op, &self.uri))?;
+        capabilities::guest_domain_types(&xml, os_type, arch).map_err(|source| {
+            HypervisorError::Parse {
+                what: "the capabilities",
+                uri: self.uri.clone(),
+                source,
+            }
+        })
     }
 
     fn find(&self, name: &str) -> Result<Option<Domain>> {
@@ -432,6 +473,16 @@ mod tests {
         lv.undefine("ns_vm").unwrap();
         lv.undefine("ns_vm").unwrap();
         assert_eq!(lv.status("ns_vm").unwrap(), None);
+    }
+
+    #[test]
+    fn the_test_driver_offers_no_kvm_and_no_x86_64() {
+        let lv = Libvirt::open("test:///default").unwrap();
+        assert_eq!(lv.guest_domain_types("hvm", "i686").unwrap(), ["test"]);
+        assert!(lv.guest_domain_types("hvm", "x86_64").unwrap().is_empty());
+        lv.disconnect();
+        let err = lv.guest_domain_types("hvm", "x86_64").unwrap_err();
+        assert!(err.is_connection_lost(), "{err:?}");
     }
 
     #[test]

@@ -23,6 +23,12 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    #[error("reading the virtual size of the image {path}")]
+    ImageSize {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{tool} failed making {path}: {stderr}")]
     Tool {
         tool: &'static str,
@@ -118,7 +124,8 @@ fn partial(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-async fn exists(path: &Path) -> bool {
+/// True when `path` exists (false when that cannot be told).
+pub async fn exists(path: &Path) -> bool {
     tokio::fs::try_exists(path).await.unwrap_or(false)
 }
 
@@ -241,19 +248,80 @@ pub async fn ensure_empty_disk(path: &Path, bytes: u64) -> Result<(), StorageErr
     create_qcow2(path, &[], &[size.as_ref()]).await
 }
 
-/// A qcow2 overlay over `backing`, which QEMU then only ever reads.
-pub async fn ensure_overlay(path: &Path, backing: &ResolvedVolume) -> Result<(), StorageError> {
-    let (backing_path, format) = match backing {
-        ResolvedVolume::File { path, format } => (path, *format),
-        ResolvedVolume::Block { path } => (path, ImageFormat::Raw),
-    };
-    let options: [&OsStr; 4] = [
+/// A qcow2 overlay of `size` bytes (the backing's virtual size) over `backing`, which QEMU
+/// then only ever reads. The overlay names the backing by its node path, where QEMU opens it;
+/// qemu-img does not open it (`-u`), so the agent need not see it.
+pub async fn ensure_overlay(
+    path: &Path,
+    backing: &ResolvedVolume,
+    size: u64,
+) -> Result<(), StorageError> {
+    let size = size.to_string();
+    let options: [&OsStr; 5] = [
+        "-u".as_ref(),
         "-F".as_ref(),
-        format.as_str().as_ref(),
+        backing.format().as_str().as_ref(),
         "-b".as_ref(),
-        backing_path.as_ref(),
+        backing.path().as_ref(),
     ];
-    create_qcow2(path, &options, &[]).await
+    create_qcow2(path, &options, &[size.as_ref()]).await
+}
+
+/// The virtual size of `image`, a file the agent itself can open (a registry disk's image in
+/// its state folder): a raw file's length, or the size in a qcow2 header. The node's own
+/// files are sized by its libvirtd instead (`hypervisor::backing`).
+pub async fn local_image_size(image: &ResolvedVolume) -> Result<u64, StorageError> {
+    let path = Path::new(image.path());
+    read_image_size(path, image.format())
+        .await
+        .map_err(|source| StorageError::ImageSize {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+async fn read_image_size(path: &Path, format: ImageFormat) -> std::io::Result<u64> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::open(path).await?;
+    match format {
+        ImageFormat::Raw => file.seek(std::io::SeekFrom::End(0)).await,
+        ImageFormat::Qcow2 => {
+            let mut header = [0u8; QCOW2_HEADER_LEN];
+            file.read_exact(&mut header).await?;
+            qcow2_virtual_size(&header).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "not a qcow2 image")
+            })
+        }
+    }
+}
+
+/// The start of a qcow2 header: magic (4 bytes), version (4), backing file offset (8) and
+/// size (4), cluster bits (4), then the virtual size in bytes (8, big-endian).
+const QCOW2_HEADER_LEN: usize = 32;
+
+fn qcow2_virtual_size(header: &[u8; QCOW2_HEADER_LEN]) -> Option<u64> {
+    let (magic, rest) = header.split_first_chunk::<4>()?;
+    let size = rest.get(20..28)?.try_into().ok()?;
+    (magic == b"QFI\xfb").then(|| u64::from_be_bytes(size))
+}
+
+/// qemu-img's view of an image, for tests: (virtual size, backing file and its format as
+/// written in it).
+#[cfg(test)]
+pub(crate) fn image_info(path: &Path) -> (u64, Option<String>, Option<String>) {
+    let out = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json", "-U"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = |key: &str| info[key].as_str().map(String::from);
+    (
+        info["virtual-size"].as_u64().unwrap(),
+        text("backing-filename"),
+        text("backing-filename-format"),
+    )
 }
 
 #[cfg(test)]
@@ -334,7 +402,8 @@ mod tests {
             path: iso.display().to_string(),
             format: ImageFormat::Raw,
         };
-        ensure_overlay(&overlay, &backing).await.unwrap();
+        let size = local_image_size(&backing).await.unwrap();
+        ensure_overlay(&overlay, &backing, size).await.unwrap();
         let leftovers: Vec<_> = std::fs::read_dir(layout.dir())
             .unwrap()
             .filter_map(|e| e.ok())
@@ -347,14 +416,89 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_tool_leaves_nothing_behind() {
+    async fn an_overlay_has_the_size_it_is_given_and_names_the_node_path_unopened() {
+        // Node paths the agent cannot see: qemu-img must not open them.
         let dir = tempfile::tempdir().unwrap();
+        let node_path = "/srv/nodevirt-absent/pv-1/disk.img";
         let overlay = dir.path().join("overlay.qcow2");
         let backing = ResolvedVolume::File {
+            path: node_path.into(),
+            format: ImageFormat::Qcow2,
+        };
+        ensure_overlay(&overlay, &backing, 10 << 20).await.unwrap();
+        assert_eq!(
+            image_info(&overlay),
+            (10 << 20, Some(node_path.into()), Some("qcow2".into()))
+        );
+        let device = "/dev/disk/by-id/nodevirt-absent";
+        let over_block = dir.path().join("over-block.qcow2");
+        let backing = ResolvedVolume::Block {
+            path: device.into(),
+        };
+        ensure_overlay(&over_block, &backing, 3 << 30)
+            .await
+            .unwrap();
+        assert_eq!(
+            image_info(&over_block),
+            (3 << 30, Some(device.into()), Some("raw".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_local_image_is_sized_by_its_length_or_its_qcow2_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("disk.img");
+        std::fs::File::create(&raw)
+            .unwrap()
+            .set_len(10 << 20)
+            .unwrap();
+        let raw_path = raw.display().to_string();
+        let as_raw = ResolvedVolume::File {
+            path: raw_path.clone(),
+            format: ImageFormat::Raw,
+        };
+        assert_eq!(local_image_size(&as_raw).await.unwrap(), 10 << 20);
+        // A qcow2 image (a registry disk) gives its virtual size, not its file's length.
+        let image = dir.path().join("image.qcow2");
+        ensure_empty_disk(&image, 3 << 30).await.unwrap();
+        let qcow2 = ResolvedVolume::File {
+            path: image.display().to_string(),
+            format: ImageFormat::Qcow2,
+        };
+        assert_eq!(local_image_size(&qcow2).await.unwrap(), 3 << 30);
+        let not_qcow2 = ResolvedVolume::File {
+            path: raw_path.clone(),
+            format: ImageFormat::Qcow2,
+        };
+        let err = local_image_size(&not_qcow2).await.unwrap_err();
+        assert_eq!(
+            crate::k8s::error_chain(&err),
+            format!("reading the virtual size of the image {raw_path}: not a qcow2 image")
+        );
+        let missing = ResolvedVolume::File {
             path: "/nonexistent/disk.img".into(),
             format: ImageFormat::Raw,
         };
-        let err = ensure_overlay(&overlay, &backing).await.unwrap_err();
+        let err = local_image_size(&missing).await.unwrap_err();
+        assert_eq!(
+            crate::k8s::error_chain(&err),
+            "reading the virtual size of the image /nonexistent/disk.img: \
+             No such file or directory (os error 2)"
+        );
+
+        let mut header = [0u8; QCOW2_HEADER_LEN];
+        header[..4].copy_from_slice(b"QFI\xfb");
+        header[24..].copy_from_slice(&(5u64 << 30).to_be_bytes());
+        assert_eq!(qcow2_virtual_size(&header), Some(5 << 30));
+        header[0] = b'X';
+        assert_eq!(qcow2_virtual_size(&header), None);
+    }
+
+    #[tokio::test]
+    async fn a_failed_tool_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("huge.qcow2");
+        let err = ensure_empty_disk(&disk, u64::MAX).await.unwrap_err();
         assert!(err.to_string().contains("qemu-img failed making"), "{err}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

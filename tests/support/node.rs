@@ -134,9 +134,8 @@ impl Node {
             };
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            let is_agent = args.len() > 1
-                && args[0].ends_with(b"/nodevirt")
-                && args[1] == b"agent".as_slice();
+            let is_agent =
+                args.len() > 1 && args[0].ends_with(b"/nodevirt") && args[1] == b"agent".as_slice();
             let in_node = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
                 .is_ok_and(|c| c.lines().any(|l| l.contains(&cgroup)));
             if is_agent && in_node {
