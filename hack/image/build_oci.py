@@ -263,6 +263,8 @@ def unpack(args):
     if "sha256:" + hashlib.sha256(gzip.decompress(data)).hexdigest() != config["rootfs"]["diff_ids"][0]:
         die(f"{args.archive}: the layer does not match the config's diff_id")
     os.makedirs(args.dir, exist_ok=True)
+    # The root of a container's filesystem is 0755 whatever the umask: nonroot must traverse it.
+    os.chmod(args.dir, 0o755)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as layer:
         # Our own archive, digests checked: keep modes (1777 /tmp) and absolute symlinks.
         extra = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}

@@ -3,7 +3,7 @@
 //! are enough.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use super::cluster::{Cluster, unique_suffix, wait_for};
@@ -35,7 +35,8 @@ impl Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_nodevirt"))
             .args(&self.args)
             .env("RUST_LOG", "info,kube=warn")
-            .stdout(Stdio::null())
+            // Logs are on stdout; stderr only carries what dies before logging starts.
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start nodevirt");
