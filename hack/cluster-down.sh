@@ -40,6 +40,7 @@ if [ -f "$dir/pids/libvirtd" ]; then
     virsh -c qemu:///system undefine "$d" >/dev/null 2>&1
   done
   virsh -c qemu:///system net-destroy nodevirt >/dev/null 2>&1
+  virsh -c qemu:///system net-undefine nodevirt >/dev/null 2>&1
 fi
 # Then the control plane and libvirtd.
 for p in kube-scheduler kube-controller-manager kube-apiserver etcd libvirtd virtlogd; do

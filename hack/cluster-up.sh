@@ -39,25 +39,6 @@ cd "$dir"
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
-# Starts a daemon in the background with its log and PID recorded.
-# Starts a component in the background; its command line is kept in cmd/ so that
-# hack/cluster-ctl.sh can start it again after a fault test stopped it.
-start() {
-  local what=$1; shift
-  printf '%q ' "$@" >"cmd/$what"
-  "$@" >"logs/$what.log" 2>&1 &
-  echo $! >"pids/$what"
-}
-wait_for() {
-  local what=$1 seconds=$2; shift 2
-  for _ in $(seq $((seconds * 5))); do
-    "$@" >/dev/null 2>&1 && return 0
-    sleep 0.2
-  done
-  log "$what did not come up in ${seconds}s; last lines of its log:"
-  tail -n 20 "logs/$what.log" >&2 || true
-  exit 1
-}
 
 # --- the cluster's network: a bridge the nodes' namespaces hang on, with the control plane's
 # address. The first free 10.215.<n>.0/24 is this cluster's.
@@ -96,15 +77,15 @@ sched_port=$(free_port)
 echo "$api_port" > api-port
 
 # --- etcd ---
-start etcd etcd --name default --data-dir "$dir/etcd" --unsafe-no-fsync \
+start_component "$dir" etcd etcd --name default --data-dir "$dir/etcd" --unsafe-no-fsync \
   --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
   --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" \
   --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
   --initial-cluster "default=http://127.0.0.1:$etcd_peer_port"
-wait_for etcd 30 curl -sf "http://127.0.0.1:$etcd_port/health"
+wait_component "$dir" etcd 30 curl -sf "http://127.0.0.1:$etcd_port/health"
 
 # --- kube-apiserver ---
-start kube-apiserver kube-apiserver --etcd-servers "http://127.0.0.1:$etcd_port" \
+start_component "$dir" kube-apiserver kube-apiserver --etcd-servers "http://127.0.0.1:$etcd_port" \
   --bind-address "$api_host" --advertise-address "$api_host" --secure-port "$api_port" \
   --cert-dir "$dir/pki" --tls-cert-file pki/apiserver.crt --tls-private-key-file pki/apiserver.key \
   --client-ca-file pki/ca.crt --token-auth-file pki/tokens.csv \
@@ -121,21 +102,21 @@ write_kubeconfig kubeconfig "$server" pki/ca.crt admin --token "$admin_token"
 write_kubeconfig scheduler.kubeconfig "$server" pki/ca.crt kube-scheduler pki/scheduler.crt pki/scheduler.key
 write_kubeconfig kube-proxy.kubeconfig "$server" pki/ca.crt kube-proxy pki/kube-proxy.crt pki/kube-proxy.key
 export KUBECONFIG=$dir/kubeconfig
-wait_for kube-apiserver 60 kubectl get --raw /readyz
+wait_component "$dir" kube-apiserver 60 kubectl get --raw /readyz
 
 # --- kube-controller-manager: garbage collection, PV binding, namespace deletion, SA tokens ---
-start kube-controller-manager kube-controller-manager --kubeconfig "$dir/kubeconfig" \
+start_component "$dir" kube-controller-manager kube-controller-manager --kubeconfig "$dir/kubeconfig" \
   --bind-address 127.0.0.1 --secure-port "$kcm_port" --leader-elect=false \
   --service-account-private-key-file pki/sa.key --root-ca-file pki/ca.crt \
   --use-service-account-credentials=false --profiling=false
-wait_for kube-controller-manager 60 curl -skf "https://127.0.0.1:$kcm_port/healthz"
+wait_component "$dir" kube-controller-manager 60 curl -skf "https://127.0.0.1:$kcm_port/healthz"
 
 # --- kube-scheduler: places Pods (the nodevirt agents' and controller's, later VMs' holders) ---
-start kube-scheduler kube-scheduler --kubeconfig "$dir/scheduler.kubeconfig" \
+start_component "$dir" kube-scheduler kube-scheduler --kubeconfig "$dir/scheduler.kubeconfig" \
   --authentication-kubeconfig "$dir/scheduler.kubeconfig" \
   --authorization-kubeconfig "$dir/scheduler.kubeconfig" \
   --bind-address 127.0.0.1 --secure-port "$sched_port" --leader-elect=false --profiling=false
-wait_for kube-scheduler 60 curl -skf "https://127.0.0.1:$sched_port/healthz"
+wait_component "$dir" kube-scheduler 60 curl -skf "https://127.0.0.1:$sched_port/healthz"
 
 # --- the CRDs, from the code ---
 nodevirt_bin=${NODEVIRT_BIN:-$REPO_ROOT/target/debug/nodevirt}
@@ -163,9 +144,9 @@ else
     ip netns add nodevirt 2>/dev/null || true
     ip -n nodevirt link set lo up
     echo nodevirt > netns
-    start virtlogd ip netns exec nodevirt virtlogd
-    start libvirtd ip netns exec nodevirt libvirtd
-    wait_for libvirtd 30 virsh -c qemu:///system version
+    start_component "$dir" virtlogd ip netns exec nodevirt virtlogd
+    start_component "$dir" libvirtd ip netns exec nodevirt libvirtd
+    wait_component "$dir" libvirtd 30 virsh -c qemu:///system version
   fi
   if ! virsh net-info nodevirt >/dev/null 2>&1; then
     virsh net-define "$REPO_ROOT/hack/libvirt-network.xml" >/dev/null

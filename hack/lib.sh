@@ -173,3 +173,34 @@ build_pause_image() {
     -cf "$out/pause.tar" manifest.json config.json layer.tar
   rm -rf "$work"
 }
+
+# Starts a component in the background with its log in $1/logs/$2.log and PID in $1/pids/$2;
+# its command line is kept in $1/cmd/$2 so that hack/cluster-ctl.sh can start it again. With
+# `--node CLUSTER_DIR NODE` before the command, it runs on that node (hack/node-exec.sh). Each
+# step execs the next, so the PID recorded is the component's own.
+start_component() {
+  local state=$1 what=$2 run=()
+  shift 2
+  if [ "$1" = --node ]; then
+    run=("$REPO_ROOT/hack/node-exec.sh" "$2" "$3")
+    shift 3
+  fi
+  printf '%q ' "$@" >"$state/cmd/$what"
+  (exec "${run[@]}" "$@" >"$state/logs/$what.log" 2>&1) &
+  echo $! >"$state/pids/$what"
+}
+
+# (Locals are named so as not to shadow the callers' $dir, which their commands may use.)
+# Polls the command after $3 every 0.2 s until it succeeds; after $3 seconds, fails with the
+# last lines of $1/logs/$2.log.
+wait_component() {
+  local state=$1 what=$2 seconds=$3
+  shift 3
+  for _ in $(seq $((seconds * 5))); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  log "$what did not come up in ${seconds}s ($state); last lines of its log:"
+  tail -n 20 "$state/logs/$what.log" >&2 || true
+  exit 1
+}

@@ -62,9 +62,12 @@ fi
 mkdir -p -m 1777 "$nd/root/run/lock"
 # libvirt's folders start as the packages made them (owners matter: QEMU runs as libvirt-qemu).
 for d in /var/lib/libvirt /etc/libvirt; do cp -a "$d/." "$nd/root$d/"; done
-# ... without the package's NAT network "default": the node defines its own below.
-rm -f "$nd/root/etc/libvirt/qemu/networks/default.xml" \
-  "$nd/root/etc/libvirt/qemu/networks/autostart/default.xml"
+# ... without any domain, network or pool defined on the machine (the package's NAT network
+# "default", a plain cluster's "nodevirt"): the node defines its own network below.
+find "$nd/root/etc/libvirt/qemu" -maxdepth 1 -name '*.xml' -delete
+rm -rf "$nd/root/etc/libvirt/qemu/networks" "$nd/root/etc/libvirt/qemu/autostart" \
+  "$nd/root/etc/libvirt/storage" "$nd/root/var/lib/libvirt/dnsmasq"
+mkdir -p "$nd/root/etc/libvirt/qemu/networks/autostart"
 chmod 755 "$nd" "$nd/root" "$nd/root/var" "$nd/root/var/lib" "$nd/root/var/lib/nodevirt"
 # The namespace is kept by a bind mount of its nsfs file, which must sit on a private mount.
 if ! mountpoint -q "$dir/ns"; then
@@ -172,28 +175,11 @@ YAML
 
 # --- 5. the node's daemons ---
 in_node() { "$REPO_ROOT/hack/node-exec.sh" "$dir" "$node" "$@"; }
-start_on_node() {
-  local what=$1; shift
-  printf '%q ' "$@" >"$nd/cmd/$what"
-  # exec all the way down (node-exec.sh and nsenter exec too): the PID recorded is the daemon's.
-  (exec "$REPO_ROOT/hack/node-exec.sh" "$dir" "$node" "$@" >"$nd/logs/$what.log" 2>&1) &
-  echo $! >"$nd/pids/$what"
-}
-wait_on_node() {
-  local what=$1 seconds=$2; shift 2
-  for _ in $(seq $((seconds * 5))); do
-    "$@" >/dev/null 2>&1 && return 0
-    sleep 0.2
-  done
-  log "$node: $what did not come up in ${seconds}s; last lines of its log:"
-  tail -n 20 "$nd/logs/$what.log" >&2 || true
-  exit 1
-}
 
 if [ -e /dev/kvm ]; then chgrp kvm /dev/kvm && chmod 660 /dev/kvm; fi
-start_on_node virtlogd virtlogd
-start_on_node libvirtd libvirtd
-wait_on_node libvirtd 30 in_node virsh -c qemu:///system version
+start_component "$nd" virtlogd --node "$dir" "$node" virtlogd
+start_component "$nd" libvirtd --node "$dir" "$node" libvirtd
+wait_component "$nd" libvirtd 90 in_node virsh -c qemu:///system version
 # The guests' network is libvirt's "default", as on a node where libvirt was just installed
 # (the agent's default --network), on a subnet of this node's own.
 sed -e "s/10\.213\.0\./10.213.$index./g" -e "s|<name>nodevirt</name>|<name>default</name>|" \
@@ -201,13 +187,13 @@ sed -e "s/10\.213\.0\./10.213.$index./g" -e "s|<name>nodevirt</name>|<name>defau
 in_node virsh -q net-define "$nd/libvirt-network.xml" >/dev/null
 in_node virsh -q net-start default >/dev/null
 
-start_on_node containerd containerd --config "$nd/containerd.toml"
-wait_on_node containerd 30 in_node ctr -a /run/containerd/containerd.sock version
+start_component "$nd" containerd --node "$dir" "$node" containerd --config "$nd/containerd.toml"
+wait_component "$nd" containerd 90 in_node ctr -a /run/containerd/containerd.sock version
 in_node ctr -a /run/containerd/containerd.sock -n k8s.io image import "$PAUSE_ARCHIVE" >/dev/null
 
-start_on_node kubelet kubelet --config "$nd/kubelet.yaml" --kubeconfig "$nd/kubelet.kubeconfig" \
+start_component "$nd" kubelet --node "$dir" "$node" kubelet --config "$nd/kubelet.yaml" --kubeconfig "$nd/kubelet.kubeconfig" \
   --hostname-override "$node" --node-ip "$node_ip" \
   --node-labels "nodevirt.io/local-cluster=$(basename "$dir")"
-start_on_node kube-proxy kube-proxy --config "$nd/kube-proxy.yaml"
-wait_on_node kubelet 120 kubectl wait --for condition=Ready --timeout=2s "node/$node"
+start_component "$nd" kube-proxy --node "$dir" "$node" kube-proxy --config "$nd/kube-proxy.yaml"
+wait_component "$nd" kubelet 120 kubectl wait --for condition=Ready --timeout=2s "node/$node"
 log "node $node is Ready: IP $node_ip, libvirt host UUID $uuid, cgroup $cgroup"

@@ -90,10 +90,22 @@ fn not_running(ns: &Namespace) -> Vec<String> {
         .collect()
 }
 
-fn agents_ready(cluster: &Cluster) -> String {
-    cluster.kubectl_ok(&[
-        "-n",
-        "nodevirt",
+/// `kubectl -n nodevirt ARGS`: its stdout; panics if it fails.
+fn in_nodevirt(args: &[&str]) -> String {
+    let mut all = vec!["-n", "nodevirt"];
+    all.extend_from_slice(args);
+    Cluster::get().kubectl_ok(&all)
+}
+
+/// `kubectl -n nodevirt ARGS`, for clean-up that must not panic while a test unwinds.
+fn in_nodevirt_unchecked(args: &[&str]) {
+    let mut all = vec!["-n", "nodevirt"];
+    all.extend_from_slice(args);
+    Cluster::get().kubectl(&all);
+}
+
+fn agents_ready() -> String {
+    in_nodevirt(&[
         "get",
         "daemonset",
         "nodevirt-agent",
@@ -108,7 +120,7 @@ fn every_node_runs_a_ready_agent_pod_and_the_controller_elects_a_leader() {
     let cluster = cluster();
     let nodes = Node::all(cluster);
     assert_eq!(nodes.len(), 2, "the suite expects two nodes");
-    assert_eq!(agents_ready(cluster), "2/2/2");
+    assert_eq!(agents_ready(), "2/2/2");
     for node in &nodes {
         let (pod, _) = node.agent_pod();
         // The pod's projected token is bound to the node: the admission policy let the
@@ -126,15 +138,13 @@ fn every_node_runs_a_ready_agent_pod_and_the_controller_elects_a_leader() {
             node.name
         );
         // Logs are JSON lines on stdout, read through the API server from the kubelet.
-        let logs = cluster.kubectl_ok(&["-n", "nodevirt", "logs", &pod]);
+        let logs = in_nodevirt(&["logs", &pod]);
         let first = logs.lines().next().expect("the agent logged nothing");
         let line: serde_json::Value = serde_json::from_str(first)
             .unwrap_or_else(|e| panic!("agent log line is not JSON ({e}): {first}"));
         assert!(line.get("level").is_some(), "{line}");
     }
-    let pods = cluster.kubectl_ok(&[
-        "-n",
-        "nodevirt",
+    let pods = in_nodevirt(&[
         "get",
         "pods",
         "-l",
@@ -144,9 +154,7 @@ fn every_node_runs_a_ready_agent_pod_and_the_controller_elects_a_leader() {
     ]);
     let pods: Vec<&str> = pods.lines().collect();
     assert_eq!(pods.len(), 2, "two controller pods Running: {pods:?}");
-    let holder = cluster.kubectl_ok(&[
-        "-n",
-        "nodevirt",
+    let holder = in_nodevirt(&[
         "get",
         "lease",
         "nodevirt-controller",
@@ -294,9 +302,7 @@ fn a_rollout_replaces_every_agent_one_node_at_a_time_and_restarts_no_vm() {
     let old_pods: Vec<String> = nodes.iter().map(|n| n.agent_pod().1).collect();
 
     // A new image: the archive hack/deploy.sh imported carries the version's tag too.
-    let image = cluster.kubectl_ok(&[
-        "-n",
-        "nodevirt",
+    let image = in_nodevirt(&[
         "get",
         "daemonset",
         "nodevirt-agent",
@@ -311,9 +317,7 @@ fn a_rollout_replaces_every_agent_one_node_at_a_time_and_restarts_no_vm() {
     );
     let restore = Restore(commit_tag.clone());
     let started = Instant::now();
-    cluster.kubectl_ok(&[
-        "-n",
-        "nodevirt",
+    in_nodevirt(&[
         "set",
         "image",
         "daemonset/nodevirt-agent",
@@ -326,14 +330,14 @@ fn a_rollout_replaces_every_agent_one_node_at_a_time_and_restarts_no_vm() {
         "the rollout to replace both agents",
         || {
             seen_phases.extend(not_running(&ns));
-            (agents_ready(cluster) == "2/2/2"
+            (agents_ready() == "2/2/2"
                 && nodes
                     .iter()
                     .zip(&old_pods)
                     .all(|(n, old)| n.agent_pod().1 != *old))
             .then_some(())
         },
-        || agents_ready(cluster),
+        agents_ready,
     );
     let rollout = started.elapsed();
     println!(
@@ -370,18 +374,13 @@ struct Restore(String);
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        let cluster = Cluster::get();
-        cluster.kubectl(&[
-            "-n",
-            "nodevirt",
+        in_nodevirt_unchecked(&[
             "set",
             "image",
             "daemonset/nodevirt-agent",
             &format!("agent={}", self.0),
         ]);
-        cluster.kubectl(&[
-            "-n",
-            "nodevirt",
+        in_nodevirt_unchecked(&[
             "rollout",
             "status",
             "daemonset/nodevirt-agent",
@@ -402,16 +401,14 @@ fn a_deleted_or_killed_agent_comes_back_and_adopts_its_vms() {
 
     // Deleted: the DaemonSet makes a new pod.
     let (pod, uid) = node.agent_pod();
-    cluster.kubectl_ok(&["-n", "nodevirt", "delete", "pod", &pod, "--wait=false"]);
+    in_nodevirt(&["delete", "pod", &pod, "--wait=false"]);
     wait_for(Duration::from_secs(120), "a new agent pod on node1", || {
         (node.agent_pod().1 != uid).then_some(())
     });
     // Killed as the OOM killer would: the container is restarted in the same pod.
     let (pod, _) = node.agent_pod();
     let restarts = |pod: &str| {
-        cluster.kubectl_ok(&[
-            "-n",
-            "nodevirt",
+        in_nodevirt(&[
             "get",
             "pod",
             pod,
@@ -472,9 +469,7 @@ struct Tuned {
 }
 
 fn container_args(workload: &str) -> String {
-    Cluster::get().kubectl_ok(&[
-        "-n",
-        "nodevirt",
+    in_nodevirt(&[
         "get",
         workload,
         "-o",
@@ -483,24 +478,16 @@ fn container_args(workload: &str) -> String {
 }
 
 fn set_args(workload: &str, args_json: &str) {
-    let cluster = Cluster::get();
-    cluster.kubectl_ok(&[
-        "-n",
-        "nodevirt",
+    in_nodevirt(&[
         "patch",
         workload,
         "--type=json",
         "-p",
-        &format!(r#"[{{"op":"replace","path":"/spec/template/spec/containers/0/args","value":{args_json}}}]"#),
+        &format!(
+            r#"[{{"op":"replace","path":"/spec/template/spec/containers/0/args","value":{args_json}}}]"#
+        ),
     ]);
-    cluster.kubectl_ok(&[
-        "-n",
-        "nodevirt",
-        "rollout",
-        "status",
-        workload,
-        "--timeout=300s",
-    ]);
+    in_nodevirt(&["rollout", "status", workload, "--timeout=300s"]);
 }
 
 impl Tuned {
