@@ -15,5 +15,8 @@ shift 2
 # Join the cgroups first: the command inherits them, and cluster-down finds every process of
 # the node (containerd shims, pods, QEMU) there.
 node_cgroup_join "$(cat "$dir/nodes/$node/cgroup")" $$
+# A node's daemons get the umask a service manager gives them, whatever the caller's: under
+# 077, containerd would unpack image layers into folders only root can enter.
+umask 022
 exec nsenter --net="/run/netns/$(cat "$dir/nodes/$node/netns")" \
   --mount="$dir/ns/$node.mnt" -- "$@"
