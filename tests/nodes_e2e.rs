@@ -144,26 +144,44 @@ fn every_node_runs_a_ready_agent_pod_and_the_controller_elects_a_leader() {
             .unwrap_or_else(|e| panic!("agent log line is not JSON ({e}): {first}"));
         assert!(line.get("level").is_some(), "{line}");
     }
-    let pods = in_nodevirt(&[
-        "get",
-        "pods",
-        "-l",
-        "app.kubernetes.io/name=nodevirt-controller",
-        "-o",
-        "jsonpath={range .items[?(@.status.phase==\"Running\")]}{.metadata.name}{\"\\n\"}{end}",
-    ]);
-    let pods: Vec<&str> = pods.lines().collect();
-    assert_eq!(pods.len(), 2, "two controller pods Running: {pods:?}");
-    let holder = in_nodevirt(&[
-        "get",
-        "lease",
-        "nodevirt-controller",
-        "-o",
-        "jsonpath={.spec.holderIdentity}",
-    ]);
-    assert!(
-        pods.contains(&holder.as_str()),
-        "the Lease is held by {holder:?}, not one of the controller pods {pods:?}"
+    // Ready and not terminating: a replica of an earlier rollout may still be shutting down.
+    let ready_pods = || {
+        in_nodevirt(&[
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=nodevirt-controller",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.metadata.deletionTimestamp} \
+             {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+        ])
+        .lines()
+        .filter(|l| l.split_whitespace().collect::<Vec<_>>().len() == 2 && l.ends_with("True"))
+        .map(|l| l.split(' ').next().unwrap_or_default().to_string())
+        .collect::<Vec<String>>()
+    };
+    let pods = wait_for(
+        Duration::from_secs(120),
+        "two Ready controller pods",
+        || Some(ready_pods()).filter(|p| p.len() == 2),
+    );
+    let pods: Vec<&str> = pods.iter().map(String::as_str).collect();
+    // A Lease left by a replaced replica lapses within its duration (15 s); then one of these
+    // holds it.
+    let holder = || {
+        in_nodevirt(&[
+            "get",
+            "lease",
+            "nodevirt-controller",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+    };
+    wait_for_explained(
+        Duration::from_secs(60),
+        "the Lease held by one of the controller pods",
+        || pods.contains(&holder().as_str()).then_some(()),
+        || format!("held by {:?}, pods {pods:?}", holder()),
     );
 }
 
@@ -583,7 +601,9 @@ spec:
     assert!(killed.success());
     let lost_at = Instant::now();
     for (name, _) in &lost {
-        Vm { ns: &ns.name, name }.wait_phase("Unknown", Duration::from_secs(120));
+        // Up to the timeout, plus a controller failover if the leader's Lease was renewed by
+        // a replica the tuning rollout replaced (15 s), plus the marking period.
+        Vm { ns: &ns.name, name }.wait_phase("Unknown", Duration::from_secs(240));
     }
     let unknown_after = lost_at.elapsed();
     wait_for(
