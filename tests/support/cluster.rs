@@ -76,14 +76,7 @@ impl Cluster {
 
     /// Runs kubectl and returns its stdout; panics with its stderr when it fails.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_of_success(self.kubectl(args), &format!("kubectl {}", args.join(" ")))
     }
 
     pub fn apply(&self, yaml: &str) {
@@ -277,6 +270,16 @@ pub fn guest_image() -> &'static Path {
         let stdout = String::from_utf8_lossy(&out.stdout);
         PathBuf::from(stdout.lines().last().expect("image path").trim())
     })
+}
+
+/// A command's stdout; panics naming `what` with its stderr when it failed.
+pub fn stdout_of_success(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 pub fn unique_suffix() -> String {

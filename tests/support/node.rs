@@ -5,7 +5,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use super::cluster::{Cluster, repo_root, wait_for_explained};
+use super::cluster::{Cluster, repo_root, stdout_of_success, wait_for_explained};
 
 pub struct Node {
     pub name: String,
@@ -45,15 +45,10 @@ impl Node {
 
     /// Runs `args` on the node and returns its stdout; panics with its stderr if it fails.
     pub fn exec_ok(&self, args: &[&str]) -> String {
-        let out = self.exec(args);
-        assert!(
-            out.status.success(),
-            "on {}: {} failed: {}",
-            self.name,
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_of_success(
+            self.exec(args),
+            &format!("on {}: {}", self.name, args.join(" ")),
+        )
     }
 
     /// `virsh` on the node's libvirtd; panics if virsh fails (e.g. libvirtd unreachable).
