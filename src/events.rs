@@ -189,8 +189,7 @@ impl EventRecorder {
         let object = regarding.name.as_deref().unwrap_or("object");
         Event {
             metadata: ObjectMeta {
-                // Unique per object and moment, as client-go names them.
-                name: Some(format!("{object}.{:x}", now.as_nanosecond())),
+                name: Some(event_name(object, now)),
                 namespace: Some(
                     regarding
                         .namespace
@@ -210,6 +209,18 @@ impl EventRecorder {
             ..Default::default()
         }
     }
+}
+
+/// `<object>.<nanoseconds in hex>`: unique per object and moment, as client-go names events.
+/// An object's name may itself be 253 characters, the most an event's name may be: it is cut
+/// so that the whole stays a valid DNS subdomain (the cut part ending in a letter or digit).
+fn event_name(object: &str, now: Timestamp) -> String {
+    let suffix = format!(".{:x}", now.as_nanosecond());
+    let room = crate::domain::limits::DNS_SUBDOMAIN_MAX_LEN - suffix.len();
+    let head = object.get(..room).unwrap_or(object);
+    let head = head.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    let head = if head.is_empty() { "object" } else { head };
+    format!("{head}{suffix}")
 }
 
 fn namespace_terminating(e: &kube::Error) -> bool {
@@ -244,6 +255,26 @@ mod tests {
             name: Some("vm".into()),
             uid: Some(uid.into()),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn event_names_stay_valid_for_any_valid_object_name() {
+        let now = Timestamp::now();
+        let suffix = format!(".{:x}", now.as_nanosecond());
+        assert_eq!(event_name("testvm", now), format!("testvm{suffix}"));
+        // 253 characters whose cut would end in '-' or '.': the cut part ends alphanumeric.
+        let long = format!("{}-b.{}", "a".repeat(230), "c".repeat(19));
+        for object in [long.as_str(), &"x".repeat(253), &"a.".repeat(126)] {
+            let name = event_name(object, now);
+            assert!(name.len() <= 253, "{} characters", name.len());
+            assert!(name.ends_with(&suffix));
+            let head = name.strip_suffix(&suffix).unwrap();
+            assert!(object.starts_with(head) && !head.is_empty());
+            assert!(
+                head.ends_with(|c: char| c.is_ascii_alphanumeric()),
+                "{head}"
+            );
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use kube::api::{Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::{Api, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -24,10 +24,24 @@ where
         .await
 }
 
-/// Drops `metadata.managedFields` from a watched object before it is cached: they can be
-/// larger than the rest of the object and nothing here reads them.
-pub fn drop_managed_fields<K: Resource>(object: &mut K) {
-    object.meta_mut().managed_fields = None;
+/// The same through an untyped client, for an object nodevirt's types may not read (see
+/// `crate::watch`): a typed patch would decode the answer, fail, and log the whole object.
+pub async fn patch_status_untyped<K, S>(
+    client: &kube::Client,
+    object: &K,
+    status: &S,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()>,
+    S: Serialize,
+{
+    let resource = ApiResource::erase::<K>(&());
+    let namespace = object.meta().namespace.as_deref().unwrap_or_default();
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    let name = object.meta().name.as_deref().unwrap_or_default();
+    let mut untyped = DynamicObject::new(name, &resource).within(namespace);
+    untyped.metadata.uid = object.meta().uid.clone();
+    patch_status(&api, &untyped, status).await.map(drop)
 }
 
 /// How each controller runs: at most 16 reconciles at once. Unbounded, 1000 VMs created

@@ -12,3 +12,4 @@ pub mod hypervisor;
 pub mod k8s;
 pub mod metrics;
 pub mod storage;
+pub mod watch;

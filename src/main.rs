@@ -28,12 +28,18 @@ enum LogFormat {
     Json,
 }
 
+/// Whatever RUST_LOG says: kube's client logs a whole response body when it cannot decode
+/// it (at warn) and bodies of other answers (at debug and trace), and a body is an object:
+/// a VM's inline user-data, a Secret. Errors it returns still reach our own log lines.
+const NO_BODIES: &str = "kube_client::client=error";
+
 /// For the long-running commands (agent, controller) only: their logs go to stdout, as any
 /// container's do (`kubectl logs`, journald); RUST_LOG filters them (default info). The
 /// one-shot commands log nothing and print their errors on stderr.
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .add_directive(NO_BODIES.parse().expect("a valid directive"));
     // Colours only for a person at a terminal, never into log files.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()

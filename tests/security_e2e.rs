@@ -143,8 +143,77 @@ async fn the_node_agent_may_touch_only_its_own_node_and_what_its_vms_name() {
         "and not their labels",
     );
 
-    // Nodes: its own, not another.
+    // What a stolen agent token did before the policy was tightened: an ownerReference to a
+    // UID that does not exist (the garbage collector then deleted the VM), a foreign
+    // finalizer (the VM could never be deleted), an annotation.
+    refused(
+        vms.patch(
+            "mine",
+            &pp,
+            &merge(json!({"metadata": {"ownerReferences": [{
+                "apiVersion": "v1", "kind": "ConfigMap", "name": "gone",
+                "uid": "00000000-0000-0000-0000-000000000000"
+            }]}})),
+        )
+        .await,
+        "giving a VM an owner that does not exist",
+        "may not change ownerReferences",
+    );
+    refused(
+        vms.patch(
+            "mine",
+            &pp,
+            &merge(json!({"metadata": {"finalizers": ["nodevirt.io/agent", "evil.io/hold"]}})),
+        )
+        .await,
+        "adding a foreign finalizer",
+        "nor finalizers other than nodevirt.io/agent",
+    );
+    refused(
+        vms.patch(
+            "mine",
+            &pp,
+            &merge(json!({"metadata": {"annotations": {"nodevirt.io/force-stop": "true"}}})),
+        )
+        .await,
+        "annotating a VM",
+        "may not change a VM's annotations",
+    );
+
+    // Nodes: its own, not another; on its own only the schedulable label and heartbeat.
     let nodes: Api<Node> = Api::all(agent.clone());
+    nodes
+        .patch(
+            &mine,
+            &pp,
+            &merge(json!({"metadata": {"annotations": {"kubevirt.io/heartbeat": "2026-12-02T00:00:00Z"}}})),
+        )
+        .await
+        .expect("the agent may write its heartbeat on its own Node");
+    refused(
+        nodes
+            .patch(
+                &mine,
+                &pp,
+                &merge(json!({"spec": {"taints": [{"key": "evil", "effect": "NoExecute"}]}})),
+            )
+            .await,
+        "tainting its own Node",
+        "may not change its Node's spec",
+    );
+    refused(
+        nodes
+            .patch(
+                &mine,
+                &pp,
+                &merge(
+                    json!({"metadata": {"labels": {"node-role.kubernetes.io/control-plane": ""}}}),
+                ),
+            )
+            .await,
+        "labelling its own Node with a label it does not own",
+        "may only change the label kubevirt.io/schedulable",
+    );
     nodes
         .patch(
             &mine,
@@ -186,15 +255,167 @@ async fn the_node_agent_may_touch_only_its_own_node_and_what_its_vms_name() {
         "jsonpath={.status.phase}",
     ]);
     assert_eq!(phase, "", "another node's VM was changed");
-    // The finalizer added above would keep the namespace; the admin removes it.
+    let owners = cluster.kubectl_ok(&[
+        "-n",
+        &ns.name,
+        "get",
+        "vm",
+        "mine",
+        "-o",
+        "jsonpath={.metadata.ownerReferences}{.metadata.finalizers}",
+    ]);
+    assert_eq!(
+        owners, r#"["nodevirt.io/agent"]"#,
+        "only the agent's own finalizer got through"
+    );
+    // Removing its own finalizer is allowed.
+    vms_of(&agent, &ns.name)
+        .patch(
+            "mine",
+            &pp,
+            &merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .expect("the agent may remove its finalizer");
+}
+
+fn vms_of(client: &kube::Client, ns: &str) -> Api<VirtualMachine> {
+    Api::namespaced(client.clone(), ns)
+}
+
+/// The attack: a user changed a running VM's `kubevirt.io/nodeName` from node1 to node2; node1's
+/// agent destroyed the domain as orphaned and the deletion then hung on its finalizer. The
+/// assignment is now immutable for everyone (cluster admins included), and only the controller
+/// (or a cluster admin, at creation) makes it.
+#[test]
+fn a_vms_node_assignment_is_made_once_by_the_controller_and_never_changes() {
+    let cluster = Cluster::get();
+    let ns = cluster.namespace("e2e-assignment");
+    let (node1, node2) = (
+        format!("assign-a-{}", unique_suffix()),
+        format!("assign-b-{}", unique_suffix()),
+    );
+    cluster.apply(&vm_on(&ns.name, "pinned", &node1));
+    let refused_with = |args: &[&str], kubeconfig: Option<&std::path::Path>, why: &str| {
+        let mut command = std::process::Command::new("kubectl");
+        command
+            .args(args)
+            .env("KUBECONFIG", kubeconfig.unwrap_or(&cluster.kubeconfig));
+        let out = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(why),
+            "kubectl {}: must be refused because {why:?}; stderr: {stderr}",
+            args.join(" ")
+        );
+    };
+    let label = |value: &str| format!("kubevirt.io/nodeName={value}");
+    refused_with(
+        &[
+            "-n",
+            &ns.name,
+            "label",
+            "vm",
+            "pinned",
+            "--overwrite",
+            &label(&node2),
+        ],
+        None,
+        "the assignment cannot change",
+    );
+    refused_with(
+        &[
+            "-n",
+            &ns.name,
+            "label",
+            "vm",
+            "pinned",
+            "kubevirt.io/nodeName-",
+        ],
+        None,
+        "the assignment cannot change",
+    );
+    // A namespace user who may edit VMs may neither assign one when creating it nor later.
+    let user = "vm-editor";
+    cluster.kubectl_ok(&["-n", &ns.name, "create", "serviceaccount", user]);
     cluster.kubectl_ok(&[
         "-n",
         &ns.name,
-        "patch",
-        "vm",
-        "mine",
-        "--type=merge",
-        "-p",
-        r#"{"metadata":{"finalizers":null}}"#,
+        "create",
+        "role",
+        "vm-editor",
+        "--verb=*",
+        "--resource=virtualmachines.kubevirt.io",
     ]);
+    cluster.kubectl_ok(&[
+        "-n",
+        &ns.name,
+        "create",
+        "rolebinding",
+        "vm-editor",
+        "--role=vm-editor",
+        &format!("--serviceaccount={}:{user}", ns.name),
+    ]);
+    let editor = cluster.service_account_kubeconfig(&ns.name, user, None);
+    let manifest = cluster.dir.join(format!("{}-assigned.yaml", ns.name));
+    std::fs::write(&manifest, vm_on(&ns.name, "self-assigned", &node2)).unwrap();
+    refused_with(
+        &["apply", "-f", manifest.to_str().unwrap()],
+        Some(&editor),
+        "only the nodevirt controller assigns a VM to a node",
+    );
+    let unassigned = cluster.dir.join(format!("{}-unassigned.yaml", ns.name));
+    std::fs::write(
+        &unassigned,
+        format!(
+            "apiVersion: kubevirt.io/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: free, namespace: {}}}\n\
+             spec: {{domain: {{resources: {{requests: {{memory: 64Mi}}}}}}}}\n",
+            ns.name
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new("kubectl")
+        .args(["apply", "-f", unassigned.to_str().unwrap()])
+        .env("KUBECONFIG", &editor)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    refused_with(
+        &["-n", &ns.name, "label", "vm", "free", &label(&node2)],
+        Some(&editor),
+        "only the nodevirt controller assigns a VM to a node",
+    );
+    // The controller's ServiceAccount assigns, with an update as placement does.
+    let controller = cluster.service_account_kubeconfig("nodevirt", "nodevirt-controller", None);
+    let mut free: serde_json::Value = serde_json::from_str(
+        &cluster.kubectl_ok(&["-n", &ns.name, "get", "vm", "free", "-o", "json"]),
+    )
+    .unwrap();
+    free["metadata"]["labels"] = json!({"kubevirt.io/nodeName": node2});
+    let placed = cluster.dir.join(format!("{}-placed.json", ns.name));
+    std::fs::write(&placed, free.to_string()).unwrap();
+    let out = std::process::Command::new("kubectl")
+        .args(["replace", "-f", placed.to_str().unwrap()])
+        .env("KUBECONFIG", &controller)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the controller assigns: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let node = cluster.kubectl_ok(&[
+        "-n",
+        &ns.name,
+        "get",
+        "vm",
+        "pinned",
+        "-o",
+        "jsonpath={.metadata.labels.kubevirt\\.io/nodeName}",
+    ]);
+    assert_eq!(node, node1, "the pinned VM stayed where it was");
 }

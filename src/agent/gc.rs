@@ -4,17 +4,19 @@
 //! It only runs once the watch has listed every VM of this node: acting on a partial cache
 //! would destroy healthy VMs (KubeVirt #18763). It only touches domains whose metadata names
 //! this node, so agents that share a libvirtd never remove each other's domains. A domain whose
-//! VM exists with another UID is left to that VM's reconcile.
+//! VM exists with another UID is left to that VM's reconcile, and one whose VM was moved to
+//! another node without ending is left running.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::ResourceExt;
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
-use crate::api::VirtualMachine;
+use crate::api::{NODE_NAME_LABEL, VirtualMachine};
 use crate::domain::names::check_uid;
 use crate::storage::files::remove_vm_dir;
 use crate::storage::layout::VmLayout;
@@ -53,6 +55,42 @@ pub async fn run(
     }
 }
 
+/// Whether the VM of a domain this node runs still exists, unended, though this node's watch no
+/// longer has it: its `kubevirt.io/nodeName` label was changed (admission forbids it, but a
+/// cluster admin can bypass that). Its domain is left alone until the VM ends or is deleted:
+/// destroying it would kill a guest whose VM says it runs. Asked of the API server, untyped,
+/// so that a VM nodevirt cannot read is still recognised.
+async fn still_running_elsewhere(
+    ctx: &Context,
+    owner: &crate::domain::model::VmMetadata,
+) -> Result<bool, super::reconcile::Error> {
+    let resource = ApiResource::erase::<VirtualMachine>(&());
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &owner.namespace, &resource);
+    let vm = api
+        .get_opt(&owner.name)
+        .await
+        .map_err(|source| super::reconcile::Error::Read {
+            vm: format!("{}/{}", owner.namespace, owner.name),
+            source,
+        })?;
+    let Some(vm) = vm.filter(|vm| vm.metadata.uid.as_deref() == Some(owner.uid.as_str())) else {
+        return Ok(false);
+    };
+    let phase = vm.data["status"]["phase"].as_str().unwrap_or_default();
+    let ended =
+        vm.metadata.deletion_timestamp.is_some() || ["Succeeded", "Failed"].contains(&phase);
+    if !ended {
+        warn!(
+            vm = %format!("{}/{}", owner.namespace, owner.name),
+            node = vm.labels().get(NODE_NAME_LABEL).map(String::as_str).unwrap_or("none"),
+            "the VM of a domain running here is assigned to another node; leaving its domain \
+             alone until the VM ends"
+        );
+    }
+    Ok(!ended)
+}
+
 async fn collect(
     store: &Store<VirtualMachine>,
     ctx: &Context,
@@ -64,7 +102,7 @@ async fn collect(
         .filter(|d| d.vm.node.as_deref() == Some(ctx.settings.node.as_str()));
     for domain in mine {
         let vm_ref = ObjectRef::<VirtualMachine>::new(&domain.vm.name).within(&domain.vm.namespace);
-        if store.get(&vm_ref).is_some() {
+        if store.get(&vm_ref).is_some() || still_running_elsewhere(ctx, &domain.vm).await? {
             live_uids.insert(domain.vm.uid.clone());
             continue;
         }

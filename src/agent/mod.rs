@@ -15,6 +15,7 @@
 
 mod disks;
 pub mod event_log;
+pub mod finalizer;
 pub mod gc;
 pub mod heartbeat;
 pub mod http;
@@ -25,13 +26,13 @@ pub mod plan;
 pub mod reasons;
 pub mod reconcile;
 pub mod status;
+mod unreadable;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::Api;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -175,29 +176,49 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         Arc::clone(&events),
     ));
 
-    let vms: Api<VirtualMachine> = Api::all(client.clone());
     let selector = format!("{NODE_NAME_LABEL}={}", args.node_name);
     // Our own watcher -> reflector, so that "listed once" can be observed from the events:
     // kube-runtime's Store::wait_until_ready wakes only its last waiter, and the controller is
     // already one (kube-runtime 5.0, utils/delayed_init.rs keeps a single oneshot waker).
     let (synced_tx, synced) = tokio::sync::watch::channel(false);
     let (store, writer) = reflector::store();
+    let (resync_tx, resync_rx) = tokio::sync::mpsc::unbounded_channel();
+    let resync_all = {
+        let (store, resync) = (store.clone(), resync_tx.clone());
+        move || {
+            for vm in store.state() {
+                resync.send(ObjectRef::from_obj(&*vm)).ok();
+            }
+        }
+    };
     let watch_errors = Arc::clone(&metrics);
-    let vm_events = watcher(vms, watcher::Config::default().labels(&selector))
-        .default_backoff()
-        .modify(crate::k8s::drop_managed_fields)
-        .reflect(writer)
-        .inspect(move |event| match event {
-            Ok(watcher::Event::InitDone) => {
+    // After the API server was away, every VM is looked at again at once: reconciles that
+    // failed meanwhile sit in their error backoff (up to a minute), and the status of VMs
+    // whose domain changed must catch up within seconds.
+    let mut api_lost = false;
+    let resync_after_outage = resync_all.clone();
+    let vm_events = crate::watch::watch::<VirtualMachine>(
+        client.clone(),
+        watcher::Config::default().labels(&selector),
+    )
+    .reflect(writer)
+    .inspect(move |event| match event {
+        Err(e) => {
+            watch_errors.watch_errors.inc();
+            api_lost = true;
+            warn!(error = %e, "watching VMs failed; watching again with backoff");
+        }
+        Ok(event) => {
+            if matches!(event, watcher::Event::InitDone) {
                 synced_tx.send_replace(true);
             }
-            Err(e) => {
-                watch_errors.watch_errors.inc();
-                warn!(error = %e, "watching VMs failed; re-listing with backoff");
+            if std::mem::take(&mut api_lost) {
+                info!("the VM watch is back; looking at every VM again");
+                resync_after_outage();
             }
-            Ok(_) => {}
-        })
-        .applied_objects();
+        }
+    })
+    .applied_objects();
     let controller = Controller::for_stream(vm_events, store.clone())
         .with_config(crate::k8s::controller_config());
     let domain_events = UnboundedReceiverStream::new(rx)
@@ -211,7 +232,6 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         synced: synced.clone(),
     });
     let server = tokio::spawn(http::serve(args.metrics_addr, Arc::clone(&endpoint)));
-    let (resync_tx, resync_rx) = tokio::sync::mpsc::unbounded_channel();
     let admin_state = Arc::new(AdminState {
         node: args.node_name.clone(),
         libvirt: Arc::clone(&endpoint.libvirt),
@@ -231,14 +251,6 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
             warn!(error = %crate::k8s::error_chain(&e), "the admin socket is not available");
         }
     });
-    let resync_all = {
-        let (store, resync) = (store.clone(), resync_tx.clone());
-        move || {
-            for vm in store.state() {
-                resync.send(ObjectRef::from_obj(&*vm)).ok();
-            }
-        }
-    };
     let (connected_tx, connected) = tokio::sync::watch::channel(false);
     let link = tokio::spawn(libvirt_link::run(
         Arc::clone(&endpoint.libvirt),

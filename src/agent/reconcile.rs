@@ -5,18 +5,20 @@
 //! converges. Deletion goes through kube-runtime's finalizer helper; cleanup copes with apply
 //! never having run.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
 use kube::{Api, Client, ResourceExt};
 use tracing::{Instrument, debug, info, warn};
 
-use crate::api::virtual_machine::DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS;
+use crate::api::virtual_machine::{
+    DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS, MAX_TERMINATION_GRACE_PERIOD_SECONDS,
+    force_stop_requested, unreadable_problem,
+};
 use crate::api::{Phase, VirtualMachine, VirtualMachineStatus};
 use crate::domain::names::check_uid;
 use crate::domain::{RenderOptions, ResolvedVolume, domain_name, render};
@@ -30,13 +32,14 @@ use crate::storage::registry::{Fetch, Puller};
 
 use super::disks::{self, DiskError};
 use super::event_log::EventLog;
+use super::finalizer::{self, Stage};
 use super::hypervisor_choice::HypervisorChoice;
 use super::inputs::{InputError, gather};
 use super::plan::{Step, plan};
 use super::{reasons, status};
 
-/// The finalizer the agent puts on every VM it runs.
-pub const FINALIZER: &str = "nodevirt.io/agent";
+/// After the VM changed under a finalizer write: soon, as the watch brings the new version.
+const CONFLICT_RETRY: Duration = Duration::from_secs(1);
 /// How often a running VM without an address is looked at again.
 const ADDRESS_POLL: Duration = Duration::from_secs(2);
 /// Periodic resync of a running VM, besides libvirt's events.
@@ -64,6 +67,8 @@ pub struct Context {
     pub settings: Settings,
     /// Consecutive failures per VM UID, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// UIDs of VMs being deleted whose guest was sent the ACPI shutdown: sent once.
+    shutdowns_requested: Mutex<HashSet<String>>,
 }
 
 impl Context {
@@ -85,6 +90,7 @@ impl Context {
             recorder,
             settings,
             failures: Mutex::default(),
+            shutdowns_requested: Mutex::default(),
         }
     }
 }
@@ -109,19 +115,38 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("writing the finalizer of VM {vm}")]
+    Finalizer {
+        vm: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
-pub type ReconcileError = finalizer::Error<Error>;
-
-fn key(vm: &VirtualMachine) -> String {
+pub(super) fn key(vm: &VirtualMachine) -> String {
     format!("{}/{}", vm.namespace().unwrap_or_default(), vm.name_any())
 }
 
+impl Error {
+    /// libvirtd is away: the node's problem, logged once by the link, not an event per VM.
+    fn libvirt_lost(&self) -> bool {
+        matches!(self, Error::Hypervisor(e) if e.is_connection_lost())
+    }
+
+    /// The API server did not answer (an outage, not a refusal): the watch's recovery looks
+    /// at every VM again, and an event about it could not be recorded anyway.
+    fn api_unreachable(&self) -> bool {
+        match self {
+            Error::Read { source, .. }
+            | Error::Status { source, .. }
+            | Error::Finalizer { source, .. } => !matches!(source, kube::Error::Api(_)),
+            _ => false,
+        }
+    }
+}
+
 /// The controller's reconcile function: one span per reconcile, carrying the VM's identity.
-pub async fn reconcile(
-    vm: Arc<VirtualMachine>,
-    ctx: Arc<Context>,
-) -> Result<Action, ReconcileError> {
+pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
     let span = tracing::info_span!(
         "reconcile",
         namespace = %vm.namespace().unwrap_or_default(),
@@ -139,48 +164,61 @@ pub async fn reconcile(
         .reconciles
         .get_or_create(&ResultLabel { result: outcome })
         .inc();
-    if let Err(
-        finalizer::Error::ApplyFailed(Error::Hypervisor(_))
-        | finalizer::Error::CleanupFailed(Error::Hypervisor(_)),
-    ) = &result
-    {
+    if let Err(Error::Hypervisor(_)) = &result {
         metrics.libvirt_errors.inc();
     }
     result
 }
 
-async fn reconcile_in_span(
-    vm: Arc<VirtualMachine>,
-    ctx: Arc<Context>,
-) -> Result<Action, ReconcileError> {
-    let namespace = vm.namespace().unwrap_or_default();
-    let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
-    let result = finalizer(&api, FINALIZER, Arc::clone(&vm), |event| async {
-        match event {
-            FinalizerEvent::Apply(vm) => apply(&vm, &ctx).await,
-            FinalizerEvent::Cleanup(vm) => cleanup(&vm, &ctx).await,
+/// Adds (`present`) or removes the agent's finalizer; false when the VM changed meanwhile
+/// (or is gone): the watch brings the new version, which is reconciled in turn.
+async fn set_finalizer(vm: &VirtualMachine, ctx: &Context, present: bool) -> Result<bool, Error> {
+    match finalizer::set(&ctx.client, vm, present).await {
+        Ok(()) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(false),
+        Err(source) => Err(Error::Finalizer {
+            vm: key(vm),
+            source,
+        }),
+    }
+}
+
+/// One step of the VM's life: the finalizer first, then what the VM's state calls for.
+async fn step(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
+    match finalizer::stage(vm) {
+        Stage::Released => Ok(Action::await_change()),
+        Stage::Deleting => match cleanup(vm, ctx).await? {
+            Some(wait) => Ok(Action::requeue(wait)),
+            None => {
+                set_finalizer(vm, ctx, false).await?;
+                Ok(Action::await_change())
+            }
+        },
+        Stage::Live { finalized } => {
+            // The finalizer before anything that would need cleaning up.
+            if !finalized && !set_finalizer(vm, ctx, true).await? {
+                return Ok(Action::requeue(CONFLICT_RETRY));
+            }
+            match unreadable_problem(vm) {
+                Some(problem) => super::unreadable::fail(vm, problem, ctx).await,
+                None => apply(vm, ctx).await,
+            }
         }
-    })
-    .await;
-    let result = match result {
-        // An earlier reconcile removed the finalizer and the VM is gone; the cache had not
-        // caught up. Nothing is left to do, and no error to report about a VM that is no more.
-        Err(finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e))
-            if k8s::is_not_found(&e) =>
-        {
-            debug!(vm = %key(&vm), "the VM is already gone");
-            Ok(Action::await_change())
-        }
-        other => other,
-    };
+    }
+}
+
+async fn reconcile_in_span(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let result = step(&vm, &ctx).await;
     let uid = vm.uid().unwrap_or_default();
     match &result {
         Ok(_) => {
             ctx.failures.lock().map(|mut f| f.remove(&uid)).ok();
         }
-        // libvirtd being away is the node's problem, logged once by the link; no event per VM.
-        Err(err) if connection_lost(err) => {
+        Err(err) if err.libvirt_lost() => {
             debug!(vm = %key(&vm), error = %error_chain(err), "reconcile waits for libvirt");
+        }
+        Err(err) if err.api_unreachable() => {
+            debug!(vm = %key(&vm), error = %error_chain(err), "reconcile waits for the API server");
         }
         Err(err) => {
             warn!(vm = %key(&vm), error = %error_chain(err), "reconcile failed");
@@ -197,17 +235,8 @@ async fn reconcile_in_span(
     result
 }
 
-fn connection_lost(err: &ReconcileError) -> bool {
-    matches!(
-        err,
-        finalizer::Error::ApplyFailed(Error::Hypervisor(e))
-            | finalizer::Error::CleanupFailed(Error::Hypervisor(e))
-            if e.is_connection_lost()
-    )
-}
-
 /// Retries a failed VM with exponential backoff: 1 s, 2 s, 4 s, ... up to a minute.
-pub fn error_policy(vm: Arc<VirtualMachine>, _err: &ReconcileError, ctx: Arc<Context>) -> Action {
+pub fn error_policy(vm: Arc<VirtualMachine>, _err: &Error, ctx: Arc<Context>) -> Action {
     let uid = vm.uid().unwrap_or_default();
     let failures = ctx
         .failures
@@ -222,7 +251,13 @@ pub fn error_policy(vm: Arc<VirtualMachine>, _err: &ReconcileError, ctx: Arc<Con
     Action::requeue(delay)
 }
 
-async fn publish(ctx: &Context, vm: &VirtualMachine, type_: EventType, reason: &str, note: &str) {
+pub(super) async fn publish(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
     ctx.events
         .record(&vm.uid().unwrap_or_default(), type_.as_str(), reason, note);
     ctx.recorder.publish(vm, type_, reason, note).await;
@@ -518,50 +553,55 @@ async fn remove_domain(ctx: &Context, name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Deletion: an ACPI shutdown, a forced stop when the grace period (counted from the
-/// deletion request, so an agent restart does not extend it) runs out, then the domain and
-/// the VM's folder are removed. Copes with apply never having run.
-async fn cleanup(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
+/// When a VM being deleted must be stopped: the deletion request plus its grace period
+/// (bounded, whatever an old object says), or now when an operator forced it. Counted from
+/// the request, so an agent restart does not extend it. Pure.
+fn stop_deadline(vm: &VirtualMachine, now: Timestamp) -> Timestamp {
+    if force_stop_requested(vm) {
+        return now;
+    }
+    let grace = vm
+        .spec
+        .termination_grace_period_seconds
+        .unwrap_or(DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS)
+        .clamp(0, MAX_TERMINATION_GRACE_PERIOD_SECONDS);
+    let requested = vm
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or(now);
+    requested
+        .saturating_add(SignedDuration::from_secs(grace))
+        .unwrap_or(requested)
+}
+
+/// Deletion: an ACPI shutdown, then, once the guest is off or the deadline has passed, the
+/// domain and the VM's folder are removed (`None`: done). It never waits inside the
+/// reconcile: while the guest shuts down it returns the time left (`Some`), to be looked at
+/// again then, and libvirt's lifecycle event brings it back sooner when the guest powers off.
+/// Copes with apply never having run.
+pub(super) async fn cleanup(vm: &VirtualMachine, ctx: &Context) -> Result<Option<Duration>, Error> {
     let uid = vm.uid().unwrap_or_default();
     let name = domain_name(&vm.namespace().unwrap_or_default(), &vm.name_any());
     let lookup = name.clone();
     let observed = ctx.libvirt.run(move |lv| lv.status(&lookup)).await?;
     let owned = observed
         .as_ref()
-        .is_some_and(|d| d.uuid.eq_ignore_ascii_case(&uid));
-    if owned {
-        publish(
-            ctx,
-            vm,
-            EventType::Normal,
-            reasons::EVENT_DELETED,
-            "VM stopping",
-        )
-        .await;
-        let running = |d: &Option<crate::hypervisor::DomainStatus>| {
-            d.as_ref().is_some_and(|d| {
-                matches!(
-                    d.state,
-                    DomainState::Running | DomainState::Paused | DomainState::Transient
-                )
-            })
-        };
-        if running(&observed) {
-            let grace = vm
-                .spec
-                .termination_grace_period_seconds
-                .unwrap_or(DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS)
-                .max(0);
-            let requested = vm
-                .metadata
-                .deletion_timestamp
-                .as_ref()
-                .map(|t| t.0)
-                .unwrap_or_else(Timestamp::now);
-            let deadline = requested
-                .saturating_add(SignedDuration::from_secs(grace))
-                .unwrap_or(requested);
-            if grace > 0 && Timestamp::now() < deadline {
+        .filter(|d| d.uuid.eq_ignore_ascii_case(&uid));
+    if let Some(domain) = owned {
+        let running = matches!(
+            domain.state,
+            DomainState::Running | DomainState::Paused | DomainState::Transient
+        );
+        let now = Timestamp::now();
+        let deadline = stop_deadline(vm, now);
+        if running && now < deadline {
+            if ctx
+                .shutdowns_requested
+                .lock()
+                .is_ok_and(|mut s| s.insert(uid.clone()))
+            {
                 let domain = name.clone();
                 ctx.libvirt.run(move |lv| lv.shutdown(&domain)).await?;
                 publish(
@@ -572,21 +612,72 @@ async fn cleanup(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
                     "Signaled Graceful Shutdown",
                 )
                 .await;
-                while Timestamp::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    let lookup = name.clone();
-                    if !running(&ctx.libvirt.run(move |lv| lv.status(&lookup)).await?) {
-                        break;
-                    }
-                }
             }
+            let left = now.duration_until(deadline).unsigned_abs();
+            return Ok(Some(left.max(Duration::from_millis(100))));
         }
+        if running && force_stop_requested(vm) {
+            info!(vm = %key(vm), "stopping the VM now: an operator forced it");
+        }
+        publish(
+            ctx,
+            vm,
+            EventType::Normal,
+            reasons::EVENT_DELETED,
+            "VM stopping",
+        )
+        .await;
         remove_domain(ctx, &name).await?;
     }
     if check_uid(&uid, "metadata.uid").is_ok() {
         remove_vm_dir(VmLayout::new(&ctx.settings.state_dir, &uid).dir()).await?;
     }
     ctx.events.forget(&uid);
+    ctx.shutdowns_requested
+        .lock()
+        .map(|mut s| s.remove(&uid))
+        .ok();
     info!(vm = %key(vm), "VM cleaned up");
-    Ok(Action::await_change())
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::virtual_machine::FORCE_STOP_ANNOTATION;
+
+    fn deleted_vm(grace: Option<i64>, annotations: &[(&str, &str)]) -> VirtualMachine {
+        let mut vm = VirtualMachine::new("vm", Default::default());
+        vm.spec.termination_grace_period_seconds = grace;
+        vm.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::from_second(1_800_000_000).unwrap(),
+            ));
+        vm.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        vm
+    }
+
+    #[test]
+    fn the_stop_deadline_is_the_request_plus_a_bounded_grace_period_or_now_when_forced() {
+        let requested = Timestamp::from_second(1_800_000_000).unwrap();
+        let now = requested + SignedDuration::from_secs(5);
+        let after =
+            |vm: &VirtualMachine| stop_deadline(vm, now).duration_since(requested).as_secs();
+        assert_eq!(after(&deleted_vm(None, &[])), 30);
+        assert_eq!(after(&deleted_vm(Some(150), &[])), 150);
+        assert_eq!(after(&deleted_vm(Some(-4), &[])), 0);
+        assert_eq!(
+            after(&deleted_vm(Some(i64::MAX), &[])),
+            MAX_TERMINATION_GRACE_PERIOD_SECONDS
+        );
+        let forced = deleted_vm(Some(150), &[(FORCE_STOP_ANNOTATION, "true")]);
+        assert_eq!(stop_deadline(&forced, now), now);
+        let not_forced = deleted_vm(Some(150), &[(FORCE_STOP_ANNOTATION, "no")]);
+        assert_eq!(after(&not_forced), 150);
+    }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::NodeAffinity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
+use kube::core::ObjectMeta;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +14,25 @@ use super::volume::Volume;
 
 /// Grace period for an ACPI shutdown on delete, when the VM does not set one.
 pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
+
+/// The longest grace period honoured (the schema refuses more; an older object's larger
+/// value is cut to it): an hour is more than any guest needs to flush and power off, and a
+/// VM whose guest ignores ACPI must not stay half-deleted for days.
+pub const MAX_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 3600;
+
+/// `kubectl annotate vm NAME nodevirt.io/force-stop=true`: a VM being deleted is stopped now
+/// instead of at the end of its grace period (a guest that ignores ACPI, a node to drain).
+/// Only honoured on deletion: a running VM is stopped by deleting it.
+pub const FORCE_STOP_ANNOTATION: &str = "nodevirt.io/force-stop";
+
+/// Whether an operator asked for the VM to be stopped without waiting for its guest.
+pub fn force_stop_requested(vm: &VirtualMachine) -> bool {
+    vm.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(FORCE_STOP_ANNOTATION))
+        .is_some_and(|v| v == "true")
+}
 
 // kube's printcolumn(...) entries repeat `type_ = ...` by design.
 #[allow(clippy::duplicated_attributes)]
@@ -136,4 +156,35 @@ impl VirtualMachine {
             .and_then(|s| s.phase)
             .unwrap_or_default()
     }
+}
+
+/// Marks, in memory only, a VM the API server holds but nodevirt's types cannot read: its
+/// value says which field is at fault. `crate::watch` sets it (and drops a user's copy), so
+/// a VM the agent cannot read still reaches its reconcile, which fails it with the reason
+/// instead of leaving it without status.
+pub const UNREADABLE_ANNOTATION: &str = "nodevirt.io/unreadable";
+
+/// The stand-in for an unreadable VM: its metadata and status, an empty spec, and the mark.
+pub fn unreadable(
+    mut meta: ObjectMeta,
+    status: Option<VirtualMachineStatus>,
+    problem: String,
+) -> VirtualMachine {
+    meta.annotations
+        .get_or_insert_default()
+        .insert(UNREADABLE_ANNOTATION.into(), problem);
+    VirtualMachine {
+        metadata: meta,
+        spec: VirtualMachineSpec::default(),
+        status,
+    }
+}
+
+/// Why the VM could not be read, when it is such a stand-in.
+pub fn unreadable_problem(vm: &VirtualMachine) -> Option<&str> {
+    vm.metadata
+        .annotations
+        .as_ref()?
+        .get(UNREADABLE_ANNOTATION)
+        .map(String::as_str)
 }

@@ -3,8 +3,8 @@
 //!
 //! 1. `acquire` loops until the Lease is free (absent, expired, or already ours) and takes it
 //!    with an optimistic-concurrency replace: of two candidates only one write succeeds.
-//! 2. `Leadership::hold` renews it every `renew` and returns when a renewal has failed for the
-//!    whole lease duration: the caller must stop acting (the process exits and restarts).
+//! 2. `Leadership::hold` renews it every `renew` and returns when renewals have failed for
+//!    `renew_deadline`: the caller stops acting and may `acquire` again.
 
 use std::time::Duration;
 
@@ -21,6 +21,9 @@ pub struct LeaseConfig {
     pub name: String,
     pub identity: String,
     pub duration: Duration,
+    /// A leader that has not renewed for this long stops acting (less than `duration`, so it
+    /// has stopped before another replica may take the Lease).
+    pub renew_deadline: Duration,
     pub renew: Duration,
 }
 
@@ -114,15 +117,19 @@ impl Leadership {
         let mut last_renewal = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(self.config.renew).await;
-            match try_acquire(&self.api, &self.config).await {
-                Ok(true) => last_renewal = tokio::time::Instant::now(),
-                Ok(false) => {
+            // A request to an API server that does not answer must not outlast the deadline.
+            let attempt =
+                tokio::time::timeout(self.config.renew, try_acquire(&self.api, &self.config));
+            match attempt.await {
+                Ok(Ok(true)) => last_renewal = tokio::time::Instant::now(),
+                Ok(Ok(false)) => {
                     warn!("another replica took the leader Lease");
                     return;
                 }
-                Err(e) => warn!(error = %e, "cannot renew the leader Lease"),
+                Ok(Err(e)) => warn!(error = %e, "cannot renew the leader Lease"),
+                Err(_) => warn!("renewing the leader Lease timed out"),
             }
-            if last_renewal.elapsed() >= self.config.duration {
+            if last_renewal.elapsed() >= self.config.renew_deadline {
                 warn!("the leader Lease could not be renewed in time");
                 return;
             }

@@ -25,6 +25,7 @@ use tracing::{info, warn};
 use crate::agent::heartbeat::{HEARTBEAT_ANNOTATION, SCHEDULABLE_LABEL};
 use crate::agent::status::set_ready;
 use crate::api::quantity::{parse_bytes, parse_millicores};
+use crate::api::virtual_machine::unreadable_problem;
 use crate::api::{NODE_NAME_LABEL, Phase, VirtualMachine, VirtualMachinePreset};
 use crate::events::{EventRecorder, EventType};
 use crate::k8s::{self, error_chain};
@@ -38,6 +39,8 @@ pub mod reasons {
     pub const FAILED_SCHEDULING: &str = "FailedScheduling";
     pub const PRESET_CONFLICT: &str = "PresetConflict";
     pub const NODE_UNRESPONSIVE: &str = "NodeUnresponsive";
+    pub const NODE_NOT_FOUND: &str = "NodeNotFound";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
 }
 
 const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(5);
@@ -123,6 +126,11 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
     }
     let namespace = vm.namespace().unwrap_or_default();
     let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
+    // Placing it would write back a spec nodevirt could not read: it fails here instead.
+    if let Some(problem) = unreadable_problem(&vm) {
+        let message = format!("The VM cannot be read: {}", crate::api::quoted(problem));
+        return fail(&vm, &ctx, reasons::INVALID_SPEC, &message).await;
+    }
     let presets: Vec<VirtualMachinePreset> = ctx
         .presets
         .state()
@@ -132,7 +140,7 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
         .collect();
     let merged = match presets::apply(&vm, &presets) {
         Ok(merged) => merged,
-        Err(e) => return fail(&api, &vm, &ctx, reasons::PRESET_CONFLICT, &error_chain(&e)).await,
+        Err(e) => return fail(&vm, &ctx, reasons::PRESET_CONFLICT, &error_chain(&e)).await,
     };
     let nodes: Vec<NodeInfo> = ctx.nodes.state().iter().map(|n| node_info(n)).collect();
     let usage = usage_by_node(&ctx.vms.state());
@@ -145,7 +153,7 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
     ) {
         Ok(node) => node,
         Err(PlacementError::InvalidSpec(message)) => {
-            return fail(&api, &vm, &ctx, reasons::UNSCHEDULABLE, &message).await;
+            return fail(&vm, &ctx, reasons::UNSCHEDULABLE, &message).await;
         }
         Err(e @ PlacementError::NoNode { .. }) => {
             let message = e.to_string();
@@ -209,7 +217,6 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
 }
 
 async fn fail(
-    api: &Api<VirtualMachine>,
     vm: &VirtualMachine,
     ctx: &Context,
     reason: &str,
@@ -218,7 +225,7 @@ async fn fail(
     let mut status = vm.status.clone().unwrap_or_default();
     status.phase = Some(Phase::Failed);
     set_ready(&mut status, false, reason, message, Timestamp::now());
-    k8s::patch_status(api, vm, &status)
+    k8s::patch_status_untyped(&ctx.client, vm, &status)
         .await
         .map_err(write_error(vm))?;
     ctx.recorder
@@ -232,52 +239,147 @@ pub fn error_policy(_vm: Arc<VirtualMachine>, err: &Error, _ctx: Arc<Context>) -
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Marks `Unknown` the VMs of nodes whose heartbeat is older than the timeout; the node's
-/// agent sets them right again when it is back.
+/// Why a VM assigned to a node is in an unknown state: the node's agent went silent, or the
+/// node does not exist (a label written by hand, a node deleted). Pure.
+fn lost_assignment(
+    vm: &VirtualMachine,
+    nodes: &[NodeInfo],
+    now: Timestamp,
+    timeout: SignedDuration,
+) -> Option<(&'static str, String)> {
+    let node = vm.labels().get(NODE_NAME_LABEL)?;
+    if vm.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let stale = |since: Timestamp| now.duration_since(since) > timeout;
+    match nodes.iter().find(|n| &n.name == node) {
+        Some(n) if matches!(vm.phase(), Phase::Scheduled | Phase::Running) => {
+            n.heartbeat.is_none_or(stale).then(|| {
+                (
+                    reasons::NODE_UNRESPONSIVE,
+                    "The node's nodevirt agent stopped reporting; the VM's state is unknown."
+                        .to_string(),
+                )
+            })
+        }
+        Some(_) => None,
+        // As silent as a node can be: the same timeout, counted from the VM's creation.
+        None if !vm.phase().is_final() && vm.phase() != Phase::Unknown => {
+            let created = vm.metadata.creation_timestamp.as_ref().map(|t| t.0)?;
+            stale(created).then(|| {
+                (
+                    reasons::NODE_NOT_FOUND,
+                    format!(
+                        "The VM is assigned to node {}, which does not exist; its state is unknown.",
+                        crate::api::quoted(node)
+                    ),
+                )
+            })
+        }
+        None => None,
+    }
+}
+
+/// Marks `Unknown` the VMs of nodes whose heartbeat is older than the timeout, and of nodes
+/// that do not exist; the node's agent sets them right again when it is back.
 pub async fn watch_node_health(ctx: Arc<Context>) {
     let period = Duration::from_secs((ctx.heartbeat_timeout.as_secs() / 4).clamp(1, 30) as u64);
     loop {
         tokio::time::sleep(period).await;
         let now = Timestamp::now();
-        let stale: Vec<String> = ctx
-            .nodes
-            .state()
-            .iter()
-            .map(|n| node_info(n))
-            .filter(|n| {
-                n.heartbeat
-                    .is_none_or(|beat| now.duration_since(beat) > ctx.heartbeat_timeout)
-            })
-            .map(|n| n.name)
-            .collect();
+        let nodes: Vec<NodeInfo> = ctx.nodes.state().iter().map(|n| node_info(n)).collect();
         for vm in ctx.vms.state() {
-            let on_stale_node = vm
-                .labels()
-                .get(NODE_NAME_LABEL)
-                .is_some_and(|n| stale.contains(n));
-            if !on_stale_node || !matches!(vm.phase(), Phase::Scheduled | Phase::Running) {
+            let Some((reason, message)) = lost_assignment(&vm, &nodes, now, ctx.heartbeat_timeout)
+            else {
                 continue;
-            }
-            let api: Api<VirtualMachine> =
-                Api::namespaced(ctx.client.clone(), &vm.namespace().unwrap_or_default());
+            };
             let mut status = vm.status.clone().unwrap_or_default();
             status.phase = Some(Phase::Unknown);
-            let message = "The node's nodevirt agent stopped reporting; the VM's state is unknown.";
-            set_ready(&mut status, false, reasons::NODE_UNRESPONSIVE, message, now);
-            match k8s::patch_status(&api, &vm, &status).await {
-                Ok(_) => {
-                    warn!(vm = %key(&vm), "node unresponsive: VM Unknown");
+            set_ready(&mut status, false, reason, &message, now);
+            match k8s::patch_status_untyped(&ctx.client, &*vm, &status).await {
+                Ok(()) => {
+                    warn!(vm = %key(&vm), reason, "VM Unknown");
                     ctx.recorder
-                        .publish(
-                            &*vm,
-                            EventType::Warning,
-                            reasons::NODE_UNRESPONSIVE,
-                            message,
-                        )
+                        .publish(&*vm, EventType::Warning, reason, &message)
                         .await;
                 }
                 Err(e) => warn!(vm = %key(&vm), error = %e, "cannot mark VM Unknown"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, heartbeat: Option<Timestamp>) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            schedulable: true,
+            labels: Default::default(),
+            heartbeat,
+            allocatable_memory: 0,
+            allocatable_millicores: 0,
+        }
+    }
+
+    fn vm(node: &str, phase: Option<Phase>, created: Timestamp) -> VirtualMachine {
+        let mut vm = VirtualMachine::new("vm", Default::default());
+        vm.labels_mut().insert(NODE_NAME_LABEL.into(), node.into());
+        vm.metadata.creation_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(created),
+        );
+        vm.status = Some(crate::api::VirtualMachineStatus {
+            phase,
+            ..Default::default()
+        });
+        vm
+    }
+
+    #[test]
+    fn vms_of_silent_or_missing_nodes_are_unknown_after_the_timeout() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let timeout = SignedDuration::from_secs(300);
+        let long_ago = now - SignedDuration::from_secs(301);
+        let nodes = [node("live", Some(now)), node("silent", Some(long_ago))];
+        let reason = |vm: &VirtualMachine| lost_assignment(vm, &nodes, now, timeout).map(|r| r.0);
+        assert_eq!(reason(&vm("live", Some(Phase::Running), long_ago)), None);
+        assert_eq!(
+            reason(&vm("silent", Some(Phase::Running), long_ago)),
+            Some(reasons::NODE_UNRESPONSIVE)
+        );
+        assert_eq!(
+            reason(&vm("silent", Some(Phase::Succeeded), long_ago)),
+            None
+        );
+        for phase in [
+            None,
+            Some(Phase::Pending),
+            Some(Phase::Scheduled),
+            Some(Phase::Running),
+        ] {
+            assert_eq!(
+                reason(&vm("ghost", phase, long_ago)),
+                Some(reasons::NODE_NOT_FOUND),
+                "{phase:?}"
+            );
+        }
+        assert_eq!(
+            reason(&vm("ghost", None, now)),
+            None,
+            "the node may be joining"
+        );
+        assert_eq!(
+            reason(&vm("ghost", Some(Phase::Unknown), long_ago)),
+            None,
+            "once"
+        );
+        let (_, message) =
+            lost_assignment(&vm("ghost", None, long_ago), &nodes, now, timeout).unwrap();
+        assert!(
+            message.contains("\"ghost\", which does not exist"),
+            "{message}"
+        );
     }
 }

@@ -25,7 +25,10 @@ use crate::api::{
 use crate::events::{EventRecorder, EventType};
 use crate::k8s::{self, error_chain};
 
+use super::backoff::RecreateBackoff;
+
 pub mod reasons {
+    pub const BACK_OFF: &str = "BackOff";
     pub const SUCCESSFUL_CREATE: &str = "SuccessfulCreate";
     pub const SUCCESSFUL_DELETE: &str = "SuccessfulDelete";
     pub const NAME_TAKEN: &str = "VirtualMachineExists";
@@ -35,7 +38,12 @@ pub mod reasons {
 pub struct Context {
     pub client: Client,
     pub recorder: Arc<EventRecorder>,
+    pub backoff: RecreateBackoff,
 }
+
+/// The condition type saying that an owner's VMs keep failing (KubeVirt's ReplicaSet
+/// condition of the same name).
+pub const REPLICA_FAILURE: &str = "ReplicaFailure";
 
 #[derive(Debug, thiserror::Error)]
 #[error("{action} for {owner}")]
@@ -130,6 +138,83 @@ async fn delete_vm<K: Resource<DynamicType = ()> + ResourceExt>(
     Ok(())
 }
 
+/// Counts the failed VMs among `deleted` for `owner`; while it must wait before creating
+/// another, returns the wait and the `ReplicaFailure` condition saying why (kept from
+/// `previous` conditions when nothing changed, so an unchanged status is not written again).
+fn backing_off(
+    ctx: &Context,
+    owner: &str,
+    deleted: &[&VirtualMachine],
+    previous: &[Condition],
+) -> Option<(Duration, Condition)> {
+    let now = std::time::Instant::now();
+    let failed: Vec<&&VirtualMachine> = deleted
+        .iter()
+        .filter(|vm| vm.phase() == Phase::Failed)
+        .collect();
+    let count = ctx.backoff.record(owner, failed.len(), now);
+    let wait = ctx.backoff.remaining(owner, now)?;
+    let until = Timestamp::now()
+        .checked_add(wait)
+        .map(|t| t.round(k8s_openapi::jiff::Unit::Second).unwrap_or(t))
+        .unwrap_or_else(|_| Timestamp::now());
+    let last = failed.last().map(|vm| {
+        let why = vm
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find_map(|c| c.message.clone()))
+            .unwrap_or_else(|| "no reason recorded".into());
+        format!(
+            " (the last, {}: {})",
+            vm.name_any(),
+            crate::api::quoted(&why)
+        )
+    });
+    let message = format!(
+        "{count} VirtualMachine(s) failed in a row{}; the next is created after {until}",
+        last.unwrap_or_default()
+    );
+    let kept = previous.iter().find(|c| {
+        c.type_ == REPLICA_FAILURE
+            && c.status == "True"
+            && c.reason.as_deref() == Some(reasons::BACK_OFF)
+    });
+    let condition = match kept {
+        Some(c) if !failed.is_empty() || c.message.is_none() => Condition {
+            message: Some(message),
+            ..c.clone()
+        },
+        Some(c) => c.clone(),
+        None => Condition {
+            type_: REPLICA_FAILURE.into(),
+            status: "True".into(),
+            reason: Some(reasons::BACK_OFF.into()),
+            message: Some(message),
+            last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::now(),
+            )),
+            last_probe_time: None,
+        },
+    };
+    Some((wait, condition))
+}
+
+/// Publishes the back-off condition's message as a Warning event when it is news.
+async fn announce_back_off<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    owner: &K,
+    previous: &[Condition],
+    condition: &Condition,
+) {
+    if previous.contains(condition) {
+        return;
+    }
+    let message = condition.message.as_deref().unwrap_or_default();
+    ctx.recorder
+        .publish(owner, EventType::Warning, reasons::BACK_OFF, message)
+        .await;
+}
+
 /// A Ready-style condition list: empty when all is well, else one condition saying why.
 fn problem(reason: &str, message: &str) -> Vec<Condition> {
     let mut status = VirtualMachineStatus::default();
@@ -149,7 +234,14 @@ pub async fn reconcile_offline(
         .get_opt(&name)
         .await
         .map_err(api_error("reading the VirtualMachine", &*ovm))?;
+    let previous = ovm
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
     let mut conditions = Vec::new();
+    let mut requeue = Duration::from_secs(60);
+    let mut deleted = Vec::new();
     match &vm {
         Some(vm) if !owned_by(vm, &uid) => {
             conditions = problem(
@@ -159,21 +251,40 @@ pub async fn reconcile_offline(
                 ),
             );
         }
-        None if ovm.spec.running && ovm.metadata.deletion_timestamp.is_none() => {
+        None if ovm.spec.running
+            && ovm.metadata.deletion_timestamp.is_none()
+            && ctx
+                .backoff
+                .remaining(&uid, std::time::Instant::now())
+                .is_none() =>
+        {
             let vm = ovm
                 .spec
                 .template
                 .instantiate(&name, Some(namespace.clone()));
             create_vm(&ctx, &vms, &*ovm, vm).await?;
         }
-        // Ended, or not wanted: delete it; while running it is created again once gone.
+        // Ended, or not wanted: delete it; while running it is created again once gone, after
+        // a back-off if it failed.
         Some(vm)
             if vm.metadata.deletion_timestamp.is_none()
                 && (!ovm.spec.running || vm.phase().is_final()) =>
         {
             delete_vm(&ctx, &vms, &*ovm, vm).await?;
+            deleted.push(vm);
         }
         _ => {}
+    }
+    if conditions.is_empty()
+        && ovm.spec.running
+        && let Some((wait, condition)) = backing_off(&ctx, &uid, &deleted, &previous)
+    {
+        announce_back_off(&ctx, &*ovm, &previous, &condition).await;
+        conditions = vec![condition];
+        requeue = wait;
+    }
+    if ovm.metadata.deletion_timestamp.is_some() {
+        ctx.backoff.forget(&uid);
     }
     let vm = vms
         .get_opt(&name)
@@ -193,7 +304,7 @@ pub async fn reconcile_offline(
             .await
             .map_err(api_error("writing the status", &*ovm))?;
     }
-    Ok(Action::requeue(Duration::from_secs(60)))
+    Ok(Action::requeue(requeue))
 }
 
 /// Which VMs to delete when there are `excess` too many: those not yet Running first, then the
@@ -269,16 +380,35 @@ pub async fn reconcile_replica_set(
         .filter(|vm| vm.phase() == Phase::Running)
         .count();
     let replicas = live.len();
-    if !rs.spec.paused && rs.metadata.deletion_timestamp.is_none() {
+    let previous = rs
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let mut conditions = Vec::new();
+    let mut requeue = Duration::from_secs(60);
+    if rs.metadata.deletion_timestamp.is_some() {
+        ctx.backoff.forget(&uid);
+    } else if !rs.spec.paused {
         for vm in &ended {
             delete_vm(&ctx, &vms, &*rs, vm).await?;
         }
-        for _ in replicas..wanted {
-            let vm = rs
-                .spec
-                .template
-                .instantiate(&generated_name(&name), Some(namespace.clone()));
-            create_vm(&ctx, &vms, &*rs, vm).await?;
+        let ended: Vec<&VirtualMachine> = ended.iter().collect();
+        match backing_off(&ctx, &uid, &ended, &previous) {
+            Some((wait, condition)) if replicas < wanted => {
+                announce_back_off(&ctx, &*rs, &previous, &condition).await;
+                conditions.push(condition);
+                requeue = wait;
+            }
+            _ => {
+                for _ in replicas..wanted {
+                    let vm = rs
+                        .spec
+                        .template
+                        .instantiate(&generated_name(&name), Some(namespace.clone()));
+                    create_vm(&ctx, &vms, &*rs, vm).await?;
+                }
+            }
         }
         for vm in pick_excess(live, replicas.saturating_sub(wanted)) {
             delete_vm(&ctx, &vms, &*rs, &vm).await?;
@@ -291,14 +421,14 @@ pub async fn reconcile_replica_set(
         replicas: replicas as i32,
         ready_replicas: ready as i32,
         label_selector: selector,
-        conditions: Vec::new(),
+        conditions,
     };
     if rs.status.as_ref() != Some(&status) {
         k8s::patch_status(&api, &*rs, &status)
             .await
             .map_err(api_error("writing the status", &*rs))?;
     }
-    Ok(Action::requeue(Duration::from_secs(60)))
+    Ok(Action::requeue(requeue))
 }
 
 #[cfg(test)]
