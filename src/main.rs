@@ -32,6 +32,9 @@ enum LogFormat {
 /// it (at warn) and bodies of other answers (at debug and trace), and a body is an object:
 /// a VM's inline user-data, a Secret. Errors it returns still reach our own log lines.
 const NO_BODIES: &str = "kube_client::client=error";
+/// rustls' certificate verifier logs each failed verification at ERROR, twice per attempt,
+/// with what our own line about the failed request already says.
+const NO_VERIFIER_NOISE: &str = "rustls_platform_verifier=off";
 
 /// For the long-running commands (agent, controller) only: their logs go to stdout, as any
 /// container's do (`kubectl logs`, journald); RUST_LOG filters them (default info). The
@@ -39,7 +42,8 @@ const NO_BODIES: &str = "kube_client::client=error";
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-        .add_directive(NO_BODIES.parse().expect("a valid directive"));
+        .add_directive(NO_BODIES.parse().expect("a valid directive"))
+        .add_directive(NO_VERIFIER_NOISE.parse().expect("a valid directive"));
     // Colours only for a person at a terminal, never into log files.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()

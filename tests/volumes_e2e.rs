@@ -129,6 +129,154 @@ fn registry_disks_boot_are_pulled_once_and_use_pull_secrets() {
     }
 }
 
+/// The attack: a user points registryDisk at hosts of the node's network and reads from the
+/// VM's status whether a port is closed, speaks TLS or plain HTTP; TLS failures were retried
+/// forever. Now an allowlist keeps the agent from dialling other registries at all, the
+/// status says only what the VM's owner can act on (the details are in the agent's log), and
+/// a certificate that is not trusted fails the VM after a few tries.
+#[test]
+fn registries_are_limited_to_the_allowlist_and_the_status_tells_nothing_of_the_network() {
+    let cluster = Cluster::get();
+    let ns = cluster.namespace("e2e-reg-limits");
+    let open = Registry::start(cluster, false);
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let tls = support::registry::TlsPort::start(cluster);
+    // A port that counts who connects: the allowlist must keep the agent from dialling it.
+    let (watched, dialled) = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = std::sync::Arc::clone(&count);
+        std::thread::spawn(move || {
+            for _ in listener.incoming() {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        (address, count)
+    };
+    let root = |image: &str| format!("registryDisk: {{image: \"{image}\"}}");
+    let ci = user_data("true");
+
+    // With an allowlist: another registry is refused before any connection.
+    let limited = Agent::start_with(
+        cluster,
+        "reg-allow",
+        NodeOptions {
+            insecure_registries: &[&open.address],
+            extra_args: &[&format!("--allowed-registry={}", open.address)],
+            ..Default::default()
+        },
+    );
+    cluster.apply(&vm_yaml(
+        &ns.name,
+        "allowed",
+        &limited.node,
+        &root(&open.image()),
+        &ci,
+    ));
+    cluster.apply(&vm_yaml(
+        &ns.name,
+        "not-allowed",
+        &limited.node,
+        &root(&format!("{watched}/probe:1")),
+        &ci,
+    ));
+    Vm {
+        ns: &ns.name,
+        name: "allowed",
+    }
+    .wait_phase("Running", BOOT);
+    let refused = Vm {
+        ns: &ns.name,
+        name: "not-allowed",
+    };
+    refused.wait_phase("Failed", Duration::from_secs(30));
+    assert!(
+        refused
+            .condition_message()
+            .contains("is not among the registries this node pulls from"),
+        "{}",
+        refused.condition_message()
+    );
+    assert_eq!(refused.get("{.status.conditions[0].reason}"), "InvalidSpec");
+    assert_eq!(
+        dialled.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a registry not allowed was dialled"
+    );
+
+    // Without one: a closed port waits, a TLS port whose certificate is not trusted and a
+    // plain-HTTP registry reached over HTTPS fail after a few tries; no status says which.
+    let open_agent = Agent::start(cluster, "reg-any");
+    let probes = [
+        ("closed", format!("{closed}/probe:1")),
+        ("tls", format!("{}/probe:1", tls.address)),
+        ("plain", open.image()),
+    ];
+    for (name, image) in &probes {
+        cluster.apply(&vm_yaml(
+            &ns.name,
+            name,
+            &open_agent.node,
+            &root(image),
+            &ci,
+        ));
+    }
+    for name in ["tls", "plain"] {
+        let vm = Vm { ns: &ns.name, name };
+        vm.wait_phase("Failed", Duration::from_secs(60));
+        assert_eq!(
+            vm.get("{.status.conditions[0].reason}"),
+            "InvalidSpec",
+            "{name}"
+        );
+    }
+    let waiting = Vm {
+        ns: &ns.name,
+        name: "closed",
+    };
+    assert_eq!(
+        waiting.get("{.status.conditions[0].reason}"),
+        "MissingInput"
+    );
+    let messages: Vec<String> = probes
+        .iter()
+        .map(|(name, _)| Vm { ns: &ns.name, name }.condition_message())
+        .collect();
+    for message in &messages {
+        let lower = message.to_lowercase();
+        for detail in [
+            "refused",
+            "os error",
+            "unknownissuer",
+            "invalidcontenttype",
+            "corrupt",
+            "https://",
+            "handshake",
+        ] {
+            assert!(
+                !lower.contains(detail),
+                "the status tells {detail:?}: {message}"
+            );
+        }
+    }
+    assert_eq!(
+        messages[1].replace(&probes[1].1, "IMAGE"),
+        messages[2].replace(&probes[2].1, "IMAGE"),
+        "a TLS port and a plain-HTTP one must look the same"
+    );
+    let log = open_agent.log_text();
+    for (_, image) in &probes {
+        assert!(
+            log.lines().any(|l| l.contains("pulling a registry disk failed") && l.contains(image.as_str())),
+            "the agent's log has the details of {image}"
+        );
+    }
+}
+
 #[test]
 fn claims_bind_late_and_bad_volumes_fail_before_anything_is_written() {
     let cluster = Cluster::get();

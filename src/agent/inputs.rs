@@ -10,7 +10,9 @@ use kube::{Api, Client};
 use crate::api::VirtualMachine;
 use crate::domain::{ImageFormat, ResolvedVolume};
 use crate::k8s::{error_chain, is_not_found};
-use crate::storage::registry::{Credentials, Fetch, Puller};
+use crate::storage::registry::{
+    Credentials, Fetch, PullFailure, Puller, RegistryError, UNTRUSTED_TRIES,
+};
 
 /// Keys of a Secret that may hold user-data, in the order they are tried.
 const SECRET_KEYS: [&str; 2] = ["userdata", "userData"];
@@ -20,6 +22,10 @@ pub enum InputError {
     /// The VM can never start as it is: fix it and create it again.
     #[error("{0}")]
     Invalid(String),
+    /// The spec itself is wrong (a malformed image reference, a registry not allowed):
+    /// failed with reason InvalidSpec rather than MissingInput.
+    #[error("{0}")]
+    InvalidSpec(String),
     /// Not there yet (a claim not bound): the VM waits and is looked at again.
     #[error("{0}")]
     Waiting(String),
@@ -92,22 +98,37 @@ pub async fn gather(
             let (image, fetch) = puller
                 .fetch(&registry.image, credentials.as_ref())
                 .await
-                .map_err(|e| {
-                    let message = format!("{field}.image: {}", error_chain(&e));
-                    if e.is_transient() {
-                        InputError::Waiting(message)
-                    } else if e.is_disk_full() {
-                        InputError::DiskFull(message)
-                    } else {
-                        InputError::Invalid(message)
-                    }
-                })?;
+                .map_err(|e| pull_failed(puller, &e, &registry.image, &field))?;
             tracing::info!(image = %registry.image, cached = (fetch == Fetch::Cached), "registry disk ready");
             inputs.images.insert(index, image);
             inputs.fetches.push(fetch);
         }
     }
     Ok(inputs)
+}
+
+/// A failed pull as the VM sees it: the status names the field and what its owner can act on;
+/// the whole error, with what the node saw of the network, goes to the agent's log only.
+fn pull_failed(puller: &Puller, e: &RegistryError, image: &str, field: &str) -> InputError {
+    tracing::warn!(image, error = %error_chain(e), "pulling a registry disk failed");
+    let message = format!("{field}.image: {}", e.user_message());
+    match e.failure() {
+        PullFailure::Transient => InputError::Waiting(message),
+        PullFailure::Untrusted if puller.count_untrusted(image) < UNTRUSTED_TRIES => {
+            InputError::Waiting(message)
+        }
+        PullFailure::Untrusted => InputError::InvalidSpec(message),
+        PullFailure::Invalid
+            if matches!(
+                e,
+                RegistryError::Reference { .. } | RegistryError::NotAllowed { .. }
+            ) =>
+        {
+            InputError::InvalidSpec(message)
+        }
+        PullFailure::Invalid => InputError::Invalid(message),
+        PullFailure::DiskFull => InputError::DiskFull(message),
+    }
 }
 
 async fn get_secret(

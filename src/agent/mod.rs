@@ -73,6 +73,15 @@ pub struct AgentArgs {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
+    /// The only registries (host or host:port, as written in image references; docker.io
+    /// for Docker Hub) registryDisk images may come from; repeatable. Without it, any: the
+    /// agent then connects, from the node's network, to whatever host a VM names.
+    #[arg(
+        long = "allowed-registry",
+        env = "NODEVIRT_ALLOWED_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub allowed_registries: Vec<String>,
     /// The admin socket (HTTP/JSON, mode 0600) that `nodevirt admin` talks to.
     #[arg(long, env = "NODEVIRT_ADMIN_SOCKET", default_value = crate::admin::api::DEFAULT_SOCKET)]
     pub admin_socket: PathBuf,
@@ -164,7 +173,11 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         "agent starting"
     );
     let recorder = EventRecorder::new(client.clone(), "nodevirt-agent", &args.node_name);
-    let puller = Puller::new(&args.state_dir, &args.insecure_registries);
+    let puller = Puller::new(
+        &args.state_dir,
+        &args.insecure_registries,
+        &args.allowed_registries,
+    );
     let events = Arc::new(event_log::EventLog::default());
     let ctx = Arc::new(Context::new(
         client.clone(),

@@ -428,6 +428,9 @@ async fn create(
         Err(InputError::Invalid(message)) => {
             return fail(ctx, vm, reasons::MISSING_INPUT, &message).await;
         }
+        Err(InputError::InvalidSpec(message)) => {
+            return fail(ctx, vm, reasons::INVALID_SPEC, &message).await;
+        }
         Err(InputError::DiskFull(message)) => {
             return fail(ctx, vm, reasons::STORAGE_FAILED, &message).await;
         }

@@ -35,6 +35,8 @@ pub enum RegistryError {
     },
     #[error("{image}: {message}")]
     Content { image: String, message: String },
+    #[error("{image}: registry {registry} is not among the registries this node pulls from")]
+    NotAllowed { image: String, registry: String },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -54,18 +56,111 @@ impl RegistryError {
         }
     }
 
-    /// A network or disk hiccup, worth retrying; the rest needs the VM or its secret fixed.
-    pub fn is_transient(&self) -> bool {
+    /// What the failure means for the VM.
+    pub fn failure(&self) -> PullFailure {
         use oci_client::errors::OciDistributionError as E;
-        !self.is_disk_full()
-            && match self {
-                RegistryError::Pull { source, .. } => {
-                    matches!(source, E::RequestError(_) | E::IoError(_))
+        if self.is_disk_full() {
+            return PullFailure::DiskFull;
+        }
+        match self {
+            RegistryError::Pull { source, .. } if untrusted(source) => PullFailure::Untrusted,
+            RegistryError::Pull { source, .. } => match source {
+                E::RequestError(_) | E::IoError(_) | E::ServerError { .. } => {
+                    PullFailure::Transient
                 }
-                RegistryError::Storage(_) => true,
-                RegistryError::Reference { .. } | RegistryError::Content { .. } => false,
-            }
+                _ => PullFailure::Invalid,
+            },
+            RegistryError::Storage(_) => PullFailure::Transient,
+            RegistryError::Reference { .. }
+            | RegistryError::Content { .. }
+            | RegistryError::NotAllowed { .. } => PullFailure::Invalid,
+        }
     }
+
+    /// What the VM's status may say: what its owner can act on, and nothing of the network
+    /// seen from the node (whether a port is closed, speaks TLS or plain HTTP), which would
+    /// make registryDisk a port scanner. The whole error goes to the agent's log.
+    pub fn user_message(&self) -> String {
+        use oci_client::errors::OciDistributionError as E;
+        let RegistryError::Pull { image, source } = self else {
+            return match self {
+                RegistryError::Storage(e) => crate::k8s::error_chain(e),
+                other => other.to_string(),
+            };
+        };
+        match self.failure() {
+            PullFailure::Untrusted => {
+                format!(
+                    "{image}: no trusted TLS connection to the registry (a certificate this \
+                     node does not trust, or no TLS)"
+                )
+            }
+            PullFailure::DiskFull => crate::k8s::error_chain(self),
+            PullFailure::Transient => format!("{image}: the registry cannot be reached now"),
+            PullFailure::Invalid => match source {
+                E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => {
+                    format!("{image}: the registry refused access (check imagePullSecret)")
+                }
+                E::ImageManifestNotFoundError(_) => format!("{image}: no such image"),
+                E::RegistryError { envelope, .. } => {
+                    let codes: Vec<String> = envelope
+                        .errors
+                        .iter()
+                        .map(|e| format!("{:?}", e.code))
+                        .collect();
+                    format!("{image}: the registry refused it ({})", codes.join(", "))
+                }
+                _ => format!("{image}: the registry's answer is not a usable image"),
+            },
+        }
+    }
+}
+
+/// How a failed pull is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullFailure {
+    /// The registry is unreachable or busy, the disk hiccuped: the VM waits and tries again.
+    Transient,
+    /// No trusted TLS session (a certificate the node does not trust, a server that does not
+    /// speak TLS): tried a few times (a certificate being rotated), then the VM fails; it
+    /// does not heal by itself.
+    Untrusted,
+    /// The VM must be fixed: a malformed reference, a registry not allowed, an image that does
+    /// not exist, credentials refused, content that is no disk.
+    Invalid,
+    /// The state folder's filesystem is full.
+    DiskFull,
+}
+
+/// rustls' own words for a session that could not be established, as reqwest passes them on.
+const TLS_FAILURE_TEXTS: [&str; 5] = [
+    "invalid peer certificate",
+    "received corrupt message",
+    "peer is incompatible",
+    "peer misbehaved",
+    "received fatal alert",
+];
+
+/// A TLS failure: rustls' error, wherever reqwest and hyper put it in the chain (an
+/// io::Error's `source()` skips the error it wraps, so its `get_ref()` is looked at too);
+/// reqwest boxes connector errors in private types, so rustls' messages are recognised too.
+fn untrusted(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        let wrapped = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+        let text = error.to_string();
+        if error.downcast_ref::<rustls::Error>().is_some()
+            || wrapped
+            || TLS_FAILURE_TEXTS.iter().any(|t| text.contains(t))
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
 }
 
 /// Credentials for one registry, from an imagePullSecret.
@@ -82,18 +177,45 @@ pub enum Fetch {
     Cached,
 }
 
+/// How many pulls of one image may fail on an untrusted certificate before its VM fails.
+pub const UNTRUSTED_TRIES: u32 = 3;
+
 pub struct Puller {
     insecure: Vec<String>,
+    /// Empty: every registry.
+    allowed: Vec<String>,
     cache: PathBuf,
+    /// Consecutive untrusted-certificate failures per image reference.
+    untrusted: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 impl Puller {
-    /// `insecure` registries (host:port) are reached over plain HTTP, e.g. one on loopback.
-    pub fn new(state_dir: &Path, insecure: &[String]) -> Self {
+    /// `insecure` registries (host:port) are reached over plain HTTP, e.g. one on loopback;
+    /// only the `allowed` registries (host or host:port) are pulled from, or all when empty.
+    pub fn new(state_dir: &Path, insecure: &[String], allowed: &[String]) -> Self {
         Self {
             insecure: insecure.to_vec(),
+            allowed: allowed.to_vec(),
             cache: state_dir.join("images"),
+            untrusted: Default::default(),
         }
+    }
+
+    /// Whether `registry` (host or host:port, as in a reference) may be pulled from. Pure.
+    fn allows(&self, registry: &str) -> bool {
+        self.allowed.is_empty() || self.allowed.iter().any(|a| a == registry)
+    }
+
+    /// Counts an untrusted-certificate failure of `image`; returns the consecutive count.
+    pub fn count_untrusted(&self, image: &str) -> u32 {
+        self.untrusted
+            .lock()
+            .map(|mut m| {
+                let n = m.entry(image.to_string()).or_insert(0);
+                *n += 1;
+                *n
+            })
+            .unwrap_or(UNTRUSTED_TRIES)
     }
 
     /// A client of its own for each pull: oci-client keeps the registry token it obtained, and
@@ -117,6 +239,14 @@ impl Puller {
         credentials: Option<&Credentials>,
     ) -> Result<(ResolvedVolume, Fetch), RegistryError> {
         let reference = parse(image)?;
+        let registry = reference.resolve_registry().to_string();
+        // Before any connection: a registry an operator did not allow is never dialled.
+        if !self.allows(&registry) {
+            return Err(RegistryError::NotAllowed {
+                image: image.to_string(),
+                registry,
+            });
+        }
         let auth = credentials
             .map(|c| RegistryAuth::Basic(c.username.clone(), c.password.clone()))
             .unwrap_or(RegistryAuth::Anonymous);
@@ -131,6 +261,9 @@ impl Puller {
             .pull_image_manifest(&reference, &auth)
             .await
             .map_err(pull_error)?;
+        if let Ok(mut untrusted) = self.untrusted.lock() {
+            untrusted.remove(image);
+        }
         let dir = self
             .cache
             .join(cache_key(&digest).ok_or_else(|| RegistryError::Content {
@@ -297,22 +430,78 @@ fn extract_disk(layer: &Path, out: &Path) -> Result<bool, String> {
 mod tests {
     use super::*;
 
+    fn pull_error(source: oci_client::errors::OciDistributionError) -> RegistryError {
+        RegistryError::Pull {
+            image: "registry.example:5000/i:1".into(),
+            source,
+        }
+    }
+
+    fn io(errno: nix::errno::Errno) -> oci_client::errors::OciDistributionError {
+        oci_client::errors::OciDistributionError::IoError(std::io::Error::from_raw_os_error(
+            errno as i32,
+        ))
+    }
+
     #[test]
-    fn a_full_disk_is_not_worth_retrying() {
-        let full = RegistryError::Pull {
-            image: "r/i:1".into(),
-            source: oci_client::errors::OciDistributionError::IoError(
-                std::io::Error::from_raw_os_error(nix::errno::Errno::ENOSPC as i32),
-            ),
-        };
-        assert!(full.is_disk_full() && !full.is_transient());
-        let network = RegistryError::Pull {
-            image: "r/i:1".into(),
-            source: oci_client::errors::OciDistributionError::IoError(
-                std::io::Error::from_raw_os_error(nix::errno::Errno::ECONNRESET as i32),
-            ),
-        };
-        assert!(network.is_transient());
+    fn failures_are_classified_and_the_status_says_nothing_of_the_network() {
+        use oci_client::errors::OciDistributionError as E;
+        let full = pull_error(io(nix::errno::Errno::ENOSPC));
+        assert_eq!(full.failure(), PullFailure::DiskFull);
+        let reset = pull_error(io(nix::errno::Errno::ECONNRESET));
+        assert_eq!(reset.failure(), PullFailure::Transient);
+        assert_eq!(
+            reset.user_message(),
+            "registry.example:5000/i:1: the registry cannot be reached now"
+        );
+        let tls = pull_error(E::IoError(std::io::Error::other(
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        )));
+        assert_eq!(tls.failure(), PullFailure::Untrusted);
+        assert!(
+            !tls.user_message().contains("UnknownIssuer"),
+            "{}",
+            tls.user_message()
+        );
+        let denied = pull_error(E::UnauthorizedError {
+            url: "https://registry.example:5000/v2/i/manifests/1".into(),
+        });
+        assert_eq!(denied.failure(), PullFailure::Invalid);
+        assert!(
+            !denied.user_message().contains("https://"),
+            "{}",
+            denied.user_message()
+        );
+        let reference = parse("Not A Reference").unwrap_err();
+        assert_eq!(reference.failure(), PullFailure::Invalid);
+    }
+
+    #[tokio::test]
+    async fn a_registry_not_allowed_is_never_dialled() {
+        let dir = tempfile::tempdir().unwrap();
+        let allowed = ["registry.example:5000".to_string()];
+        let puller = Puller::new(dir.path(), &[], &allowed);
+        // 127.0.0.1:9 would refuse: an attempt would be a Transient failure, not NotAllowed.
+        let error = puller.fetch("127.0.0.1:9/probe:1", None).await.unwrap_err();
+        assert!(
+            matches!(error, RegistryError::NotAllowed { ref registry, .. } if registry == "127.0.0.1:9"),
+            "{error:?}"
+        );
+        assert!(puller.allows("registry.example:5000"));
+        assert!(
+            !puller.allows("registry.example"),
+            "the port is part of the name"
+        );
+        assert!(Puller::new(dir.path(), &[], &[]).allows("anything:1"));
+    }
+
+    #[test]
+    fn untrusted_failures_are_counted_per_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let puller = Puller::new(dir.path(), &[], &[]);
+        assert_eq!(puller.count_untrusted("a"), 1);
+        assert_eq!(puller.count_untrusted("a"), 2);
+        assert_eq!(puller.count_untrusted("b"), 1);
     }
 
     fn layer(files: &[(&str, &[u8])], gzip: bool) -> tempfile::NamedTempFile {

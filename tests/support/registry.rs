@@ -121,3 +121,61 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// A TLS server on loopback with a self-signed certificate (openssl s_server) that is no
+/// registry: what a user would point registryDisk at to probe the node's network.
+pub struct TlsPort {
+    child: Child,
+    pub address: String,
+}
+
+impl TlsPort {
+    pub fn start(cluster: &Cluster) -> TlsPort {
+        let dir = cluster.dir.join(format!("tls-{}", unique_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        run(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=probe",
+                "-keyout",
+                key.to_str().unwrap(),
+                "-out",
+                cert.to_str().unwrap(),
+            ],
+        );
+        let address = format!("127.0.0.1:{}", free_port());
+        let child = Command::new("openssl")
+            .args(["s_server", "-accept", &address, "-www", "-cert"])
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl");
+        let port = TlsPort { child, address };
+        wait_for(
+            Duration::from_secs(10),
+            "openssl s_server to listen",
+            || std::net::TcpStream::connect(&port.address).ok().map(drop),
+        );
+        port
+    }
+}
+
+impl Drop for TlsPort {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
