@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::agent::Agent;
+use support::agent::{Agent, NodeOptions};
 use support::cluster::{Cluster, virsh, wait_for};
 use support::vm::{BOOT, Vm, user_data, vm_yaml};
 
@@ -122,6 +122,15 @@ fn an_api_outage_touches_no_vm_and_status_catches_up() {
     let cluster = Cluster::get();
     let ns = cluster.namespace("e2e-outage");
     let agent = Agent::start(cluster, "outage");
+    // A controller replica lives through the outage: it must step down and lead again, not
+    // exit. The long heartbeat timeout keeps it from marking VMs Unknown meanwhile.
+    let mut controller = support::agent::controller(cluster, "outage-ctl", 3600);
+    wait_for(Duration::from_secs(30), "the controller to lead", || {
+        controller
+            .log_text()
+            .contains("controller running")
+            .then_some(())
+    });
     cluster.guest_claim(&ns.name, "guest");
     let stays = Vm {
         ns: &ns.name,
@@ -170,10 +179,26 @@ fn an_api_outage_touches_no_vm_and_status_catches_up() {
     cluster.ctl("start", "kube-apiserver");
     let back = Instant::now();
     powers_off.wait_phase("Succeeded", Duration::from_secs(90));
+    let caught_up = back.elapsed();
     eprintln!(
         "timing: API back -> status caught up {:.2}s",
-        back.elapsed().as_secs_f64()
+        caught_up.as_secs_f64()
     );
+    // The watch reconnects within 2-3 s and then looks at every VM again.
+    assert!(
+        caught_up < Duration::from_secs(5),
+        "status caught up {caught_up:?} after the API server answered again"
+    );
+    wait_for(
+        Duration::from_secs(60),
+        "the controller to lead again",
+        || (controller.log_text().matches("leader: leading").count() >= 2).then_some(()),
+    );
+    assert!(
+        !controller.exited(),
+        "the controller exited when its Lease lapsed"
+    );
+    assert!(controller.log_text().contains("stopped acting"));
     assert_eq!(stays.phase(), "Running");
     assert_eq!(
         identity(&stays),
@@ -182,4 +207,159 @@ fn an_api_outage_touches_no_vm_and_status_catches_up() {
     );
     let describe = cluster.kubectl_ok(&["-n", &ns.name, "describe", "vm", powers_off.name]);
     assert!(describe.contains("Stopped"), "{describe}");
+}
+
+/// The attack: a VM the API server admitted but nodevirt's types cannot read
+/// (`cpu.cores: 4294967296`, before the CRD's schema had bounds) failed every list of the
+/// agent and the controller: the agent stayed not ready and wrote no status for any VM, the
+/// controller placed nothing, and kube's client logged the whole list (every VM's
+/// user-data). Replayed by taking the bounds off the CRD for the test's duration.
+#[test]
+#[ignore = "replaces the shared VM CRD's schema: hack/test.sh runs it alone, after the other tests"]
+fn a_vm_nodevirt_cannot_read_fails_alone_and_stops_no_watch() {
+    let cluster = Cluster::get();
+    let ns = cluster.namespace("e2e-unreadable");
+    let _schema = LooseVmSchema::install(cluster);
+    let agent = Agent::start_with(
+        cluster,
+        "unreadable",
+        NodeOptions {
+            labels: &[("e2e-unreadable", "yes")],
+            ..Default::default()
+        },
+    );
+    const MARKER: &str = "user-data-that-must-never-be-logged";
+    let vm = |name: &str, labels: &str, cores: &str| {
+        format!(
+            "apiVersion: kubevirt.io/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: {name}, namespace: {}, labels: {{{labels}}}}}\n\
+             spec:\n  nodeSelector: {{e2e-unreadable: \"yes\"}}\n  domain:\n    cpu: {{cores: {cores}}}\n    resources: {{requests: {{memory: 32Mi}}}}\n    devices:\n      disks: [{{name: ci, volumeName: ci, disk: {{bus: virtio}}}}]\n\
+             \x20 volumes: [{{name: ci, cloudInitNoCloud: {{userData: {MARKER}}}}}]\n",
+            ns.name
+        )
+    };
+    let on_node = format!("kubevirt.io/nodeName: {}", agent.node);
+
+    // Created while the agent runs: it fails alone, naming the field.
+    cluster.apply(&vm("bad-live", &on_node, "4294967296"));
+    let bad = Vm {
+        ns: &ns.name,
+        name: "bad-live",
+    };
+    bad.wait_phase("Failed", Duration::from_secs(30));
+    assert_eq!(bad.get("{.status.conditions[0].reason}"), "InvalidSpec");
+    let message = bad.condition_message();
+    assert!(message.contains("spec.domain.cpu.cores"), "{message}");
+    cluster.apply(&vm("good-1", &on_node, "1"));
+    Vm {
+        ns: &ns.name,
+        name: "good-1",
+    }
+    .wait_phase("Running", Duration::from_secs(60));
+
+    // Present when the agent starts: it is ready at once and runs new VMs.
+    let mut agent = agent;
+    agent.restart();
+    let restarted = Instant::now();
+    wait_for(
+        Duration::from_secs(20),
+        "the restarted agent to be ready",
+        || (ready(&agent) == 200).then_some(()),
+    );
+    eprintln!(
+        "timing: agent restart with an unreadable VM -> ready {:.2}s",
+        restarted.elapsed().as_secs_f64()
+    );
+    cluster.apply(&vm("good-2", &on_node, "1"));
+    Vm {
+        ns: &ns.name,
+        name: "good-2",
+    }
+    .wait_phase("Running", Duration::from_secs(60));
+
+    // The controller: the unplaced unreadable VM fails, a good one is placed beside it.
+    let controller = support::agent::controller(cluster, "unreadable-ctl", 3600);
+    cluster.apply(&vm("bad-unplaced", "app: x", "4294967296"));
+    cluster.apply(&vm("good-3", "app: x", "1"));
+    let unplaced = Vm {
+        ns: &ns.name,
+        name: "bad-unplaced",
+    };
+    unplaced.wait_phase("Failed", Duration::from_secs(60));
+    assert!(
+        unplaced
+            .condition_message()
+            .contains("spec.domain.cpu.cores")
+    );
+    Vm {
+        ns: &ns.name,
+        name: "good-3",
+    }
+    .wait_phase("Running", Duration::from_secs(60));
+
+    for (who, log) in [
+        ("agent", agent.log_text()),
+        ("controller", controller.log_text()),
+    ] {
+        assert!(!log.contains(MARKER), "the {who}'s log carries a VM's body");
+        assert!(
+            log.contains("an object does not decode") && log.contains("bad-"),
+            "the {who} names the object it skipped"
+        );
+    }
+    // Its deletion is the common one: the agent's finalizer goes, the VM with it.
+    cluster.kubectl_ok(&["-n", &ns.name, "delete", "vm", "bad-live", "--wait=false"]);
+    wait_for(
+        Duration::from_secs(30),
+        "the unreadable VM to be deleted",
+        || {
+            (Vm {
+                ns: &ns.name,
+                name: "bad-live",
+            }
+            .phase()
+            .is_empty()
+                && bad.get("{.metadata.name}").is_empty())
+            .then_some(())
+        },
+    );
+}
+
+/// The VM CRD without its schema's bounds, as before they existed; the real one is put back
+/// when dropped (also when the test fails).
+struct LooseVmSchema {
+    cluster: &'static Cluster,
+    original: serde_json::Value,
+}
+
+impl LooseVmSchema {
+    fn install(cluster: &'static Cluster) -> LooseVmSchema {
+        let original = Self::current(cluster);
+        let mut loose = original.clone();
+        loose["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"] =
+            serde_json::json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+        Self::replace(cluster, &loose);
+        LooseVmSchema { cluster, original }
+    }
+
+    fn current(cluster: &Cluster) -> serde_json::Value {
+        let crd = cluster.kubectl_ok(&["get", "crd", "virtualmachines.kubevirt.io", "-o", "json"]);
+        serde_json::from_str(&crd).unwrap()
+    }
+
+    fn replace(cluster: &Cluster, crd: &serde_json::Value) {
+        let file = cluster
+            .dir
+            .join(format!("vm-crd-{}.json", support::cluster::unique_suffix()));
+        std::fs::write(&file, crd.to_string()).unwrap();
+        cluster.kubectl_ok(&["replace", "-f", file.to_str().unwrap()]);
+    }
+}
+
+impl Drop for LooseVmSchema {
+    fn drop(&mut self) {
+        let mut original = self.original.clone();
+        original["metadata"]["resourceVersion"] =
+            Self::current(self.cluster)["metadata"]["resourceVersion"].clone();
+        Self::replace(self.cluster, &original);
+    }
 }

@@ -63,6 +63,13 @@ impl Daemon {
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
+
+    /// Whether the process has ended by itself (it was not killed by the test).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+    }
 }
 
 impl Drop for Daemon {
