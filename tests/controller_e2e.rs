@@ -340,6 +340,98 @@ fn controller_places_presets_offline_vms_replica_sets_and_fails_over() {
         s.get("vmrs", "mismatch", "{.status.conditions[0].reason}") == "InvalidSelector"
     });
 
+    // Templates the agent refuses (user-data from a Secret that does not exist): the ReplicaSet and the
+    // OfflineVirtualMachine back off (10 s, 20 s, 40 s, ...) instead of creating and deleting
+    // VMs as fast as the agent fails them (~1,550 in 100 s before). And a VM assigned by hand
+    // to a node that does not exist goes Unknown, saying so.
+    let failing = "{resources: {requests: {memory: 16Mi}}, devices: {disks: [{name: root, volumeName: root}]}}";
+    let missing_claim =
+        "      volumes: [{name: root, cloudInitNoCloud: {secretRef: {name: does-not-exist}}}]\n";
+    cluster.apply(&format!(
+        "apiVersion: kubevirt.io/v1alpha1\nkind: VirtualMachineReplicaSet\nmetadata: {{name: failing, namespace: {ns}}}\n\
+         spec:\n  replicas: 2\n  selector: {{matchLabels: {{guest: failing}}}}\n  template:\n    metadata: {{labels: {{guest: failing}}}}\n\
+         \x20   spec:\n      nodeSelector: {{e2e-group: {group}, zone: z2}}\n      domain: {failing}\n{missing_claim}\
+         ---\napiVersion: kubevirt.io/v1alpha1\nkind: OfflineVirtualMachine\nmetadata: {{name: failing-ovm, namespace: {ns}}}\n\
+         spec:\n  running: true\n  template:\n    metadata: {{labels: {{guest: failing-ovm}}}}\n    spec:\n\
+         \x20     nodeSelector: {{e2e-group: {group}, zone: z2}}\n      domain: {failing}\n{missing_claim}",
+        ns = s.ns
+    ));
+    let ghost = format!("ghost-{}", unique_suffix());
+    s.vm(
+        "on-a-ghost-node",
+        &format!("kubevirt.io/nodeName: {ghost}"),
+        SMALL,
+        "",
+    );
+    let watched = Instant::now();
+    s.wait("the VM of a node that does not exist to be Unknown", || {
+        s.get("vm", "on-a-ghost-node", "{.status.phase}") == "Unknown"
+    });
+    eprintln!(
+        "timing: VM on a node that does not exist -> Unknown {:.1}s",
+        watched.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        s.get("vm", "on-a-ghost-node", "{.status.conditions[0].reason}"),
+        "NodeNotFound"
+    );
+    assert!(
+        s.kubectl(&["describe", "vm", "on-a-ghost-node"])
+            .contains(&format!("\"{ghost}\", which does not exist"))
+    );
+    let window = Duration::from_secs(45);
+    std::thread::sleep(window.saturating_sub(watched.elapsed()));
+    let creates = |owner: &str| -> i64 {
+        let events: serde_json::Value =
+            serde_json::from_str(&s.kubectl(&["get", "events.events.k8s.io", "-o", "json"]))
+                .unwrap();
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["regarding"]["name"] == owner && e["reason"] == "SuccessfulCreate")
+            .map(|e| e["series"]["count"].as_i64().unwrap_or(1))
+            .sum()
+    };
+    let (rs_creates, ovm_creates) = (creates("failing"), creates("failing-ovm"));
+    eprintln!(
+        "measure: failing templates in {}s: ReplicaSet (2 replicas) created {rs_creates} VMs, OfflineVirtualMachine {ovm_creates}",
+        window.as_secs()
+    );
+    // 2 at once, then after 10 s and 20 s (the next after 40 s more): at most 2 + 2 + 2.
+    assert!(
+        (2..=6).contains(&rs_creates),
+        "{rs_creates} VMs created by the ReplicaSet"
+    );
+    assert!(
+        (1..=4).contains(&ovm_creates),
+        "{ovm_creates} VMs created by the OVM"
+    );
+    for (kind, owner) in [("vmrs", "failing"), ("ovm", "failing-ovm")] {
+        assert_eq!(
+            s.get(
+                kind,
+                owner,
+                "{.status.conditions[?(@.type==\"ReplicaFailure\")].reason}"
+            ),
+            "BackOff",
+            "{kind} {owner}"
+        );
+        let message = s.get(
+            kind,
+            owner,
+            "{.status.conditions[?(@.type==\"ReplicaFailure\")].message}",
+        );
+        assert!(
+            message.contains("does-not-exist") && message.contains("failed in a row"),
+            "{message}"
+        );
+    }
+    let describe = s.kubectl(&["describe", "vmrs", "failing"]);
+    assert!(describe.contains("BackOff"), "{describe}");
+    s.kubectl(&["delete", "vmrs", "failing"]);
+    s.kubectl(&["delete", "ovm", "failing-ovm"]);
+
     // Leader election: a second replica waits; when the leader dies it takes over.
     let mut standby = controller(cluster, "replica-b", HEARTBEAT_TIMEOUT);
     std::thread::sleep(Duration::from_secs(3));

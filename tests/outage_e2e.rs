@@ -324,42 +324,46 @@ fn a_vm_nodevirt_cannot_read_fails_alone_and_stops_no_watch() {
     );
 }
 
-/// The VM CRD without its schema's bounds, as before they existed; the real one is put back
-/// when dropped (also when the test fails).
+/// The VM CRD without its schema's bounds, as before they existed; the real schema is put
+/// back when dropped (also when the test fails). JSON patches of the one schema node, so
+/// kubectl apply's record of the CRD stays as it was.
 struct LooseVmSchema {
     cluster: &'static Cluster,
     original: serde_json::Value,
 }
 
+const SPEC_SCHEMA: &str = "/spec/versions/0/schema/openAPIV3Schema/properties/spec";
+
 impl LooseVmSchema {
     fn install(cluster: &'static Cluster) -> LooseVmSchema {
-        let original = Self::current(cluster);
-        let mut loose = original.clone();
-        loose["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"] =
-            serde_json::json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
-        Self::replace(cluster, &loose);
+        let crd = cluster.kubectl_ok(&["get", "crd", "virtualmachines.kubevirt.io", "-o", "json"]);
+        let crd: serde_json::Value = serde_json::from_str(&crd).unwrap();
+        let original = crd
+            .pointer(SPEC_SCHEMA)
+            .expect("the VM CRD's spec schema")
+            .clone();
+        Self::set(
+            cluster,
+            serde_json::json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+        );
         LooseVmSchema { cluster, original }
     }
 
-    fn current(cluster: &Cluster) -> serde_json::Value {
-        let crd = cluster.kubectl_ok(&["get", "crd", "virtualmachines.kubevirt.io", "-o", "json"]);
-        serde_json::from_str(&crd).unwrap()
-    }
-
-    fn replace(cluster: &Cluster, crd: &serde_json::Value) {
-        let file = cluster
-            .dir
-            .join(format!("vm-crd-{}.json", support::cluster::unique_suffix()));
-        std::fs::write(&file, crd.to_string()).unwrap();
-        cluster.kubectl_ok(&["replace", "-f", file.to_str().unwrap()]);
+    fn set(cluster: &Cluster, schema: serde_json::Value) {
+        let patch = serde_json::json!([{"op": "replace", "path": SPEC_SCHEMA, "value": schema}]);
+        cluster.kubectl_ok(&[
+            "patch",
+            "crd",
+            "virtualmachines.kubevirt.io",
+            "--type=json",
+            "-p",
+            &patch.to_string(),
+        ]);
     }
 }
 
 impl Drop for LooseVmSchema {
     fn drop(&mut self) {
-        let mut original = self.original.clone();
-        original["metadata"]["resourceVersion"] =
-            Self::current(self.cluster)["metadata"]["resourceVersion"].clone();
-        Self::replace(self.cluster, &original);
+        Self::set(self.cluster, self.original.clone());
     }
 }
