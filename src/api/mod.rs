@@ -6,6 +6,7 @@ pub mod offline_virtual_machine;
 pub mod preset;
 pub mod quantity;
 pub mod replica_set;
+pub mod schema;
 pub mod selector;
 pub mod virtual_machine;
 pub mod volume;
@@ -35,12 +36,19 @@ pub fn quoted(value: &str) -> String {
 /// Label assigning a VM to a node; the agent of that node watches by it.
 pub const NODE_NAME_LABEL: &str = "kubevirt.io/nodeName";
 
-/// The four CRDs, in the order they are applied.
+/// The four CRDs, in the order they are applied. A VM's name is a DNS label (the libvirt
+/// domain is named after it); an OfflineVirtualMachine's VM takes its name, a ReplicaSet's VMs
+/// take its name and a suffix. A preset's name is any object name.
 pub fn crds() -> Vec<CustomResourceDefinition> {
+    use crate::domain::limits::DNS_LABEL_MAX_LEN;
+    use schema::bound_name;
     vec![
-        VirtualMachine::crd(),
-        OfflineVirtualMachine::crd(),
-        VirtualMachineReplicaSet::crd(),
+        bound_name(VirtualMachine::crd(), DNS_LABEL_MAX_LEN),
+        bound_name(OfflineVirtualMachine::crd(), DNS_LABEL_MAX_LEN),
+        bound_name(
+            VirtualMachineReplicaSet::crd(),
+            DNS_LABEL_MAX_LEN - replica_set::GENERATED_NAME_SUFFIX_LEN,
+        ),
         VirtualMachinePreset::crd(),
     ]
 }

@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 use super::offline_virtual_machine::VirtualMachineTemplateSpec;
 use super::virtual_machine::Condition;
 
+/// The letters the controller appends to a ReplicaSet's name to name each of its VMs
+/// (`controller::workloads::generated_name`): a ReplicaSet's name is therefore a DNS label
+/// this much shorter than one, so that its VMs' names are labels.
+pub const GENERATED_NAME_SUFFIX_LEN: usize = 5;
+
 // kube's printcolumn(...) entries repeat `type_ = ...` by design.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -40,6 +45,7 @@ use super::virtual_machine::Condition;
 pub struct VirtualMachineReplicaSetSpec {
     /// Number of VMs to keep (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = i32::MAX))]
     pub replicas: Option<i32>,
     /// Must match the template's labels.
     pub selector: LabelSelector,
@@ -53,8 +59,10 @@ pub struct VirtualMachineReplicaSetSpec {
 #[serde(rename_all = "camelCase")]
 pub struct VirtualMachineReplicaSetStatus {
     #[serde(default)]
+    #[schemars(range(min = 0, max = i32::MAX))]
     pub replicas: i32,
     #[serde(default)]
+    #[schemars(range(min = 0, max = i32::MAX))]
     pub ready_replicas: i32,
     /// The selector as a string, for the scale subresource (`kubectl scale`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -10,7 +10,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::domain_spec::DomainSpec;
+use super::schema::{bound_node_affinity, rule, unique};
 use super::volume::Volume;
+use crate::domain::limits::{MAX_TERMINATION_GRACE_PERIOD_SECONDS, MAX_VOLUMES};
+use crate::domain::values::IDE_BUS;
 
 /// Grace period for an ACPI shutdown on delete, when the VM does not set one.
 pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
@@ -62,6 +65,7 @@ pub fn force_stop_requested(vm: &VirtualMachine) -> bool {
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = spec_rules()))]
 pub struct VirtualMachineSpec {
     pub domain: DomainSpec,
     /// Labels a node must have for the VM to be placed there.
@@ -70,16 +74,50 @@ pub struct VirtualMachineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = MAX_VOLUMES),
+        extend("x-kubernetes-validations" = [unique("self", "name", "volume names must be unique")]),
+    )]
     pub volumes: Vec<Volume>,
-    /// Seconds between the ACPI shutdown request and a forced stop on delete (default 30).
+    /// Seconds between the ACPI shutdown request and a forced stop on delete (default 30,
+    /// at most an hour).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_TERMINATION_GRACE_PERIOD_SECONDS))]
     pub termination_grace_period_seconds: Option<i64>,
+}
+
+/// The rules that relate `spec.domain` to `spec.volumes`, or hold only for a VM's whole
+/// domain (a preset's partial one may be completed by the VM's own leaves).
+fn spec_rules() -> Vec<kube::core::Rule> {
+    let disks = "self.domain.devices.disks";
+    let has_disks = "has(self.domain.devices) && has(self.domain.devices.disks)";
+    let has_volume = "has(self.volumes) && self.volumes.exists(v, v.name == d.volumeName)";
+    let on_ide =
+        |kind: &str| format!("(has(d.{kind}) && has(d.{kind}.bus) && d.{kind}.bus == '{IDE_BUS}')");
+    vec![
+        rule(
+            format!("!({has_disks}) || {disks}.all(d, {has_volume})"),
+            "every disk's volumeName must be the name of one of spec.volumes",
+        )
+        .field_path(".domain.devices.disks"),
+        rule(
+            format!(
+                "!(has(self.domain.machine) && self.domain.machine.type.contains('q35') && {has_disks}) || {disks}.all(d, !{} && !{})",
+                on_ide("disk"),
+                on_ide("cdrom")
+            ),
+            "the q35 machine type has no IDE controller; use sata, or machine type pc",
+        )
+        .field_path(".domain.devices.disks"),
+    ]
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Affinity {
+    /// Node affinity scheduling rules, as in a Pod; a preferred term's weight is 1 to 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = bound_node_affinity)]
     pub node_affinity: Option<NodeAffinity>,
 }
 

@@ -13,12 +13,8 @@ use super::limits::{
 };
 use super::model::{Alias, Boot, Disk, DiskSource, Driver, Flag, Target};
 use super::names::{check_dns_label, check_dns_subdomain, check_length, check_one_of};
+use super::values::{CDROM_BUSES, DISK_BUSES, IDE_BUS, LUN_BUSES, TRAY_STATES};
 use super::{FieldError, ImageFormat, ResolvedVolume, ResolvedVolumes};
-
-const DISK_BUSES: &[&str] = &["virtio", "sata", "scsi", "ide"];
-const LUN_BUSES: &[&str] = &["virtio", "scsi"];
-const CDROM_BUSES: &[&str] = &["sata", "scsi", "ide"];
-const TRAY_STATES: &[&str] = &["open", "closed"];
 
 /// Which of the four disk kinds a disk is, with its checked settings.
 struct Device {
@@ -173,7 +169,7 @@ fn device(disk: &DiskSpec, field: &str, q35: bool) -> Result<Device, FieldError>
             None => default,
             Some(b) => check_one_of(b, allowed, &format!("{field}.{kind}.bus"))?,
         };
-        if chosen == "ide" && q35 {
+        if chosen == IDE_BUS && q35 {
             return Err(FieldError::new(
                 format!("{field}.{kind}.bus"),
                 "the q35 machine type has no IDE controller; use sata, or machine type pc",

@@ -4,18 +4,16 @@ use crate::api::domain_spec::{self as spec, FeatureState};
 use crate::api::quoted;
 
 use super::FieldError;
-use super::limits::MAX_TIMEZONE_LEN;
+use super::limits::{
+    MAX_CLOCK_OFFSET_SECONDS, MAX_TIMEZONE_LEN, MAX_VENDOR_ID_LEN, MIN_SPINLOCK_RETRIES,
+};
 use super::model::{
     Apic, Clock, Features, Flag, Hyperv, OnOff, Spinlocks, State, Timer, VendorId, Watchdog, YesNo,
 };
 use super::names::{check_length, check_one_of};
+use super::values::{RTC_TRACKS, TICK_POLICIES, WATCHDOG_ACTIONS};
 
-const TICK_POLICIES: &[&str] = &["delay", "catchup", "merge", "discard"];
-const RTC_TRACKS: &[&str] = &["guest", "wall"];
-const WATCHDOG_ACTIONS: &[&str] = &["poweroff", "reset", "shutdown"];
-const MIN_SPINLOCK_RETRIES: u32 = 4095;
 const DEFAULT_SPINLOCK_RETRIES: u32 = 4096;
-const MAX_VENDOR_ID_LEN: usize = 12;
 
 pub fn clock(clock: Option<&spec::Clock>) -> Result<Clock, FieldError> {
     let field = "spec.domain.clock";
@@ -41,6 +39,14 @@ pub fn clock(clock: Option<&spec::Clock>) -> Result<Clock, FieldError> {
         }
         (None, Some(utc)) => {
             if let Some(seconds) = utc.offset_seconds {
+                if seconds.unsigned_abs() > MAX_CLOCK_OFFSET_SECONDS.unsigned_abs() {
+                    return Err(FieldError::new(
+                        format!("{field}.utc.offsetSeconds"),
+                        format!(
+                            "{seconds} seconds; expected at most {MAX_CLOCK_OFFSET_SECONDS} (100 years) either way"
+                        ),
+                    ));
+                }
                 out.offset = "variable";
                 out.adjustment = Some(seconds);
                 out.basis = Some("utc");
@@ -247,10 +253,27 @@ pub fn watchdog(domain: &spec::DomainSpec) -> Result<Option<Watchdog>, FieldErro
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::{render_vm, vm};
-    use super::super::limits::MAX_TIMEZONE_LEN;
+    use super::super::limits::{MAX_CLOCK_OFFSET_SECONDS, MAX_TIMEZONE_LEN};
 
     fn with_timezone(tz: &str) -> String {
         format!("{{resources: {{requests: {{memory: 64Mi}}}}, clock: {{timezone: {tz}}}}}")
+    }
+
+    #[test]
+    fn clock_offsets_up_to_the_limit() {
+        let offset = |seconds: i64| {
+            let domain = format!(
+                "{{resources: {{requests: {{memory: 64Mi}}}}, clock: {{utc: {{offsetSeconds: {seconds}}}}}}}"
+            );
+            render_vm(&vm(&domain, "[]"))
+        };
+        for at_limit in [MAX_CLOCK_OFFSET_SECONDS, -MAX_CLOCK_OFFSET_SECONDS] {
+            assert_eq!(offset(at_limit).unwrap().clock.adjustment, Some(at_limit));
+        }
+        for over in [MAX_CLOCK_OFFSET_SECONDS + 1, i64::MIN] {
+            let err = offset(over).unwrap_err();
+            assert_eq!(err.field, "spec.domain.clock.utc.offsetSeconds", "{err}");
+        }
     }
 
     #[test]

@@ -1,10 +1,16 @@
-//! Every size limit the renderer puts on its input, in one place, each with the reason for its
-//! value. A value over a limit is refused with a [`super::FieldError`] that names the field,
-//! the size found and the limit, e.g. `spec.volumes: 70 volumes; at most 64 are allowed`.
+//! Every size limit on a VM's spec, in one place, each with the reason for its value.
+//!
+//! Two lines of defence use them. The CRD schemas (`crate::api`, printed by `nodevirt crds`)
+//! carry each limit as a `minimum`/`maximum`, `maxItems`, `maxLength` or CEL rule formatted
+//! from these constants, so the apiserver refuses a bad VM, template or preset at
+//! `kubectl apply`, naming the field. The renderer checks them again, for `nodevirt render`
+//! and for objects stored before the schema had the bound: a value over a limit is refused
+//! with a [`super::FieldError`] that names the field, the size found and the limit, e.g.
+//! `spec.volumes: 70 volumes; at most 64 are allowed`.
 //!
 //! The limits keep what one VM can ask of a node bounded (devices QEMU emulates, files the
 //! agent writes, bytes kept in etcd and sent to every watcher) and make a mistake fail at
-//! `nodevirt render` or in the VM's status, not deep inside libvirt.
+//! `kubectl apply`, `nodevirt render` or in the VM's status, not deep inside libvirt.
 
 /// A DNS label (RFC 1123), as Kubernetes checks names and namespaces. `metadata.name`,
 /// `metadata.namespace`, disk and volume names are labels; the libvirt domain name
@@ -64,3 +70,32 @@ pub const MAX_TIMEZONE_LEN: usize = 64;
 /// `registryDisk.image`: a name (registry host and repository) of at most 255 characters, as
 /// the Docker reference grammar allows, a tag of at most 128 and a digest fit in 512.
 pub const MAX_IMAGE_REFERENCE_LEN: usize = 512;
+
+/// `spec.domain.clock.utc.offsetSeconds`, either way: 100 years (of 365.25 days). A guest
+/// clock a century away from UTC is a mistake (milliseconds, or a date, given as an offset);
+/// libvirt refuses an adjustment that leaves the years 1 to 9999 ("Invalid clock
+/// adjustment") only when the domain starts, and this bound keeps now + offset far inside
+/// them.
+pub const MAX_CLOCK_OFFSET_SECONDS: i64 = 36_525 * 24 * 3600;
+
+/// `spec.domain.features.hyperv.spinlocks.spinlocks`: Hyper-V's minimum number of retries
+/// before a guest reports a spinning lock (libvirt refuses fewer). The renderer checks it when
+/// spinlocks are enabled; the schema always (a smaller count is of no use either way).
+pub const MIN_SPINLOCK_RETRIES: u32 = 4095;
+
+/// `spec.domain.features.hyperv.vendorid.vendorid`: Hyper-V's vendor id is 12 bytes, as
+/// CPUID's vendor string. The renderer checks it when the vendor id is enabled; the schema
+/// always.
+pub const MAX_VENDOR_ID_LEN: usize = 12;
+
+/// `spec.terminationGracePeriodSeconds`: one hour. On delete the agent asks the guest to shut
+/// down and waits this long before it destroys the domain; meanwhile the VM, its holder pod
+/// and their share of the node stay taken. A guest that has not shut down after an hour will
+/// not; without a bound, 9223372036854775807 kept a deleted VM for ever. Only the schema
+/// enforces it: the agent's deadline arithmetic saturates instead of failing.
+pub const MAX_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 3600;
+
+/// The text of a quantity (`emptyDisk.capacity`): the parser refuses more than 30 digits
+/// ("too many digits"), and with a sign, a point and a suffix or exponent that fits in 64.
+/// The bound also keeps the apiserver's cost estimate of the quantity rules small.
+pub const MAX_QUANTITY_LEN: usize = 64;

@@ -18,6 +18,7 @@ pub mod model;
 pub mod names;
 pub mod probe;
 mod render;
+pub mod values;
 
 use std::collections::BTreeMap;
 use std::fmt;
