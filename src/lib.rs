@@ -11,4 +11,5 @@ pub mod fuzzing;
 pub mod hypervisor;
 pub mod k8s;
 pub mod metrics;
+pub mod server;
 pub mod storage;
