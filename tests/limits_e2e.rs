@@ -9,7 +9,9 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nodevirt::server::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS, TLS_HANDSHAKE_TIMEOUT};
+use nodevirt::server::{
+    HEADER_READ_TIMEOUT, MAX_CONNECTIONS, TLS_HANDSHAKE_TIMEOUT, WRITE_STALL_TIMEOUT,
+};
 use rustls::pki_types::{CertificateDer, ServerName};
 use support::agent::{Agent, NodeOptions};
 use support::cluster::{Cluster, wait_for};
@@ -304,6 +306,36 @@ async fn each_endpoint_closes_the_connection_past_its_cap_at_once() {
         lines, 2,
         "one line per endpoint for {PAST_THE_CAP} refusals each (rate-limited):\n{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_is_closed_after_the_write_timeout() {
+    let agent = light_agent("stall", &[]);
+    let stream = UnixStream::connect(&agent.admin_socket).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    // Pipelined requests whose answers (about 150 bytes each, 3 MB in all) overflow the
+    // socket's buffers; nothing reads them.
+    let request = b"GET /v1/health HTTP/1.1\r\nHost: agent\r\n\r\n".repeat(20_000);
+    let sender = tokio::spawn(async move {
+        // The server stops reading once it cannot write: this may block, then fail.
+        let _ = writer.write_all(&request).await;
+        writer
+    });
+    tokio::time::sleep(WRITE_STALL_TIMEOUT + MARGIN).await;
+    // By now the server has given up: what it wrote is still buffered, then end of file.
+    let drained = closed(&mut reader, Instant::now(), Duration::from_secs(5)).await;
+    assert!(
+        drained.is_some(),
+        "the stalled connection is still open after {:?}",
+        WRITE_STALL_TIMEOUT + MARGIN
+    );
+    drop(sender);
+    let (_, text) = tokio::task::block_in_place(|| agent.get("/metrics"));
+    let stalls = sample(
+        &text,
+        r#"nodevirt_http_connection_timeouts_total{server="admin",phase="write"}"#,
+    );
+    assert_eq!(stalls, 1.0, "{text}");
 }
 
 /// A CA and a serving certificate for `localhost` it signed, as PEM files in `dir`; returns

@@ -149,10 +149,7 @@ impl Server {
 
     /// Serves until the task is dropped.
     pub async fn serve(self) {
-        crate::server::serve(self.listener, self.app, self.connections, |stream| {
-            stream.peer_addr().ok()
-        })
-        .await
+        crate::server::serve(self.listener, self.app, self.connections, |_| ()).await
     }
 }
 

@@ -11,7 +11,8 @@
 //!    (403 if not). `daemonset.yaml`'s ClusterRole `nodevirt-metrics-reader` grants it.
 //! 4. At most [`MAX_REVIEWS_IN_FLIGHT`] reviews run at once, each within [`REVIEW_TIMEOUT`]:
 //!    a flood of made-up tokens costs the API server that much, not one call per request.
-//!    A review that fails (API server away) is not cached and answers 503.
+//!    A review that fails (API server away, or the agent's own RBAC missing) is not cached,
+//!    is logged, and answers 503.
 //!
 //! `/healthz` and `/readyz` are not behind this: kubelet probes them without a token.
 
@@ -342,7 +343,7 @@ pub async fn require_metrics_access(
             tracing::warn!(error = %crate::k8s::error_chain(&e), "metrics: cannot review a scraper's token");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "cannot review the token now: the API server does not answer\n",
+                "cannot review the token now; the agent's log says why\n",
             )
                 .into_response()
         }
