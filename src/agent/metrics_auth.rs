@@ -433,10 +433,11 @@ mod tests {
     async fn a_full_cache_drops_the_expired_then_the_soonest_to_expire() {
         let mut cache = ReviewCache::new(3);
         let now = Instant::now();
+        let second = Duration::from_secs(1);
         cache.insert(token_hash("a"), Decision::Unauthenticated, now);
         cache.insert(token_hash("b"), Decision::Allowed, now);
-        cache.insert(token_hash("c"), Decision::Allowed, now);
-        cache.insert(token_hash("d"), Decision::Allowed, now);
+        cache.insert(token_hash("c"), Decision::Allowed, now + second);
+        cache.insert(token_hash("d"), Decision::Allowed, now + second * 2);
         assert_eq!(cache.len(), 3);
         assert_eq!(cache.get(&token_hash("a"), now), None, "closest to expiry");
         let later = now + DENIED_TTL;
@@ -445,7 +446,7 @@ mod tests {
         for kept in ["b", "c", "d"] {
             let present = cache.get(&token_hash(kept), later).is_some();
             let expected = kept != "b";
-            assert_eq!(present, expected, "{kept}: the oldest allowed goes first");
+            assert_eq!(present, expected, "{kept}: the allowed one expiring first goes");
         }
     }
 
