@@ -446,7 +446,10 @@ mod tests {
         for kept in ["b", "c", "d"] {
             let present = cache.get(&token_hash(kept), later).is_some();
             let expected = kept != "b";
-            assert_eq!(present, expected, "{kept}: the allowed one expiring first goes");
+            assert_eq!(
+                present, expected,
+                "{kept}: the allowed one expiring first goes"
+            );
         }
     }
 
