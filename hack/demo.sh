@@ -83,8 +83,14 @@ echo "The agent on $node through its admin socket (hack/node-exec.sh demo $node 
 "$REPO_ROOT/hack/node-exec.sh" demo "$node" "$NODEVIRT_BIN" admin vms | sed 's/^/  /' || true
 echo
 node_ip=$(cat "$dir/nodes/$node/ip")
-echo "A few lines of its metrics (curl -s $node_ip:9186/metrics):"
-metrics=$(curl -s "$node_ip:9186/metrics" || true)
+# The metrics port is HTTPS (a self-signed certificate: -k) and /metrics wants a token allowed
+# by the ClusterRole nodevirt-metrics-reader, as a Prometheus's would be.
+kubectl -n nodevirt create serviceaccount demo-scraper --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl create clusterrolebinding demo-scraper --clusterrole=nodevirt-metrics-reader \
+  --serviceaccount=nodevirt:demo-scraper --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+token=$(kubectl -n nodevirt create token demo-scraper --duration=10m)
+echo "A few lines of its metrics (curl -sk -H 'Authorization: Bearer <token of demo-scraper>' https://$node_ip:9186/metrics):"
+metrics=$(curl -sk -H "Authorization: Bearer $token" "https://$node_ip:9186/metrics" || true)
 grep -E '^kubevirt_vmi_(vcpu_seconds_total|memory_resident_bytes|network_receive_bytes_total)\{.*name="testvm"' \
   <<<"$metrics" | sed 's/^/  /' || true
 cat <<MSG

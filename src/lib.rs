@@ -11,5 +11,6 @@ pub mod fuzzing;
 pub mod hypervisor;
 pub mod k8s;
 pub mod metrics;
+pub mod server;
 pub mod storage;
 pub mod watch;

@@ -49,6 +49,17 @@ struct HypervisorLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabel {
+    server: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TimeoutLabels {
+    server: &'static str,
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
 }
@@ -82,6 +93,13 @@ pub struct AgentMetrics {
     pub registry_fetches: Family<ResultLabel, Counter>,
     /// 1 for the domain type in use (kvm, qemu), or for "unknown" before it is decided.
     hypervisor: Family<HypervisorLabel, Gauge>,
+    /// Connections closed at once because their endpoint served its limit, by endpoint.
+    connections_refused: Family<ServerLabel, Counter>,
+    /// Connections closed by a timeout, by endpoint and phase.
+    connection_timeouts: Family<TimeoutLabels, Counter>,
+    /// Token and access reviews of /metrics requests (cache misses), by result: allowed,
+    /// unauthenticated, forbidden, error.
+    pub metrics_reviews: Family<ResultLabel, Counter>,
 }
 
 impl Default for AgentMetrics {
@@ -105,6 +123,9 @@ impl AgentMetrics {
             registry_fetches: Family::default(),
             api_requests: Family::default(),
             hypervisor: Family::default(),
+            connections_refused: Family::default(),
+            connection_timeouts: Family::default(),
+            metrics_reviews: Family::default(),
         };
         metrics.set_hypervisor("unknown");
         registry.register(
@@ -158,6 +179,21 @@ impl AgentMetrics {
             metrics.hypervisor.clone(),
         );
         registry.register(
+            "nodevirt_http_connections_refused",
+            "Connections closed at once because the endpoint (metrics, admin) served its limit",
+            metrics.connections_refused.clone(),
+        );
+        registry.register(
+            "nodevirt_http_connection_timeouts",
+            "Connections closed by a timeout, by endpoint and phase (tls_handshake, request_header, write)",
+            metrics.connection_timeouts.clone(),
+        );
+        registry.register(
+            "nodevirt_metrics_auth_reviews",
+            "TokenReview and SubjectAccessReview round trips for /metrics (cache misses), by result",
+            metrics.metrics_reviews.clone(),
+        );
+        registry.register(
             "nodevirt_build",
             "Build information",
             Info::new(BuildLabels {
@@ -176,6 +212,24 @@ impl AgentMetrics {
         self.hypervisor
             .get_or_create(&HypervisorLabel { r#type: name })
             .set(1);
+    }
+
+    /// The counters of endpoint `server` ("metrics", "admin") for `crate::server`.
+    pub fn connections(&self, server: &'static str) -> crate::server::ConnectionMetrics {
+        let timeouts = |phase| {
+            self.connection_timeouts
+                .get_or_create(&TimeoutLabels { server, phase })
+                .clone()
+        };
+        crate::server::ConnectionMetrics {
+            refused: self
+                .connections_refused
+                .get_or_create(&ServerLabel { server })
+                .clone(),
+            tls_handshake_timeouts: timeouts("tls_handshake"),
+            header_timeouts: timeouts("request_header"),
+            write_timeouts: timeouts("write"),
+        }
     }
 
     /// The whole exposition: the agent's metrics, then the per-VM ones of this scrape.

@@ -1,7 +1,8 @@
 //! Least privilege on the real API server: what the node agent's ServiceAccount is refused by
 //! RBAC (daemonset.yaml's ClusterRole) and by the admission policy that scopes it to its own
 //! node's VMs and Node (daemonset.yaml's ValidatingAdmissionPolicy), with tokens bound to a
-//! Node as a DaemonSet Pod's are.
+//! Node as a DaemonSet Pod's are; and who may read the agent's metrics port (TokenReview and
+//! SubjectAccessReview, as kubelet's).
 
 mod support;
 
@@ -10,7 +11,9 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, WatchParams};
 use nodevirt::api::{VirtualMachine, VirtualMachineSpec};
 use serde_json::json;
-use support::cluster::{Cluster, unique_suffix};
+use std::time::{Duration, Instant};
+use support::agent::{Agent, NodeOptions};
+use support::cluster::{Cluster, unique_suffix, wait_for};
 
 fn vm_on(ns: &str, name: &str, node: &str) -> String {
     format!(
@@ -418,4 +421,91 @@ fn a_vms_node_assignment_is_made_once_by_the_controller_and_never_changes() {
         "jsonpath={.metadata.labels.kubevirt\\.io/nodeName}",
     ]);
     assert_eq!(node, node1, "the pinned VM stayed where it was");
+}
+
+/// The value of `series` (a metric name with its labels) in a scrape, 0 if absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn the_metrics_port_serves_metrics_only_to_a_token_allowed_to_get_them() {
+    let cluster = Cluster::get();
+    let agent = Agent::start_with(
+        cluster,
+        "metrics-auth",
+        NodeOptions {
+            libvirt_uri: "test+unix:///default",
+            ..Default::default()
+        },
+    );
+    // The first scrape with the reader's token: a TokenReview and a SubjectAccessReview.
+    let started = Instant::now();
+    let (status, text) = agent.get("/metrics");
+    let cold = started.elapsed();
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("nodevirt_build_info{version=") && text.ends_with("# EOF\n"),
+        "Prometheus text:\n{text}"
+    );
+    let mut warm = Vec::new();
+    for _ in 0..10 {
+        let started = Instant::now();
+        assert_eq!(agent.get("/metrics").0, 200);
+        warm.push(started.elapsed());
+    }
+    warm.sort();
+    eprintln!(
+        "timing: /metrics over HTTPS, review cache cold {:.1} ms, warm {:.1} ms (median of 10)",
+        cold.as_secs_f64() * 1e3,
+        warm[5].as_secs_f64() * 1e3
+    );
+
+    let none = agent.get_as("/metrics", None);
+    assert_eq!(none.status, 401, "no token: {none:?}");
+    assert!(none.body.contains("no Authorization header"), "{none:?}");
+    let garbage = agent.get_as("/metrics", Some("not-a-token"));
+    assert_eq!(garbage.status, 401, "a garbage token: {garbage:?}");
+    let outsider = format!("nodevirt-test-no-role-{}", unique_suffix());
+    cluster.metrics_scraper(&outsider, false);
+    let token = cluster.token("nodevirt", &outsider, None);
+    let forbidden = agent.get_as("/metrics", Some(&token));
+    assert_eq!(
+        forbidden.status, 403,
+        "a token without the role: {forbidden:?}"
+    );
+    assert!(
+        forbidden
+            .body
+            .contains(&format!("system:serviceaccount:nodevirt:{outsider}"))
+            && forbidden.body.contains("nodevirt-metrics-reader"),
+        "{forbidden:?}"
+    );
+    // Again, from the cache.
+    assert_eq!(agent.get_as("/metrics", Some(&token)).status, 403);
+    assert_eq!(agent.get_as("/metrics", Some("not-a-token")).status, 401);
+
+    // kubelet's probes carry no token.
+    let healthz = agent.get_as("/healthz", None);
+    assert_eq!((healthz.status, healthz.body.as_str()), (200, "ok\n"));
+    wait_for(Duration::from_secs(30), "/readyz without a token", || {
+        (agent.get_as("/readyz", None).status == 200).then_some(())
+    });
+
+    // Eleven scrapes and two refused tokens asked twice each: one review per token.
+    let (_, text) = agent.get("/metrics");
+    for (result, expected) in [
+        ("allowed", 1.0),
+        ("forbidden", 1.0),
+        ("unauthenticated", 1.0),
+    ] {
+        let reviews = sample(
+            &text,
+            &format!("nodevirt_metrics_auth_reviews_total{{result=\"{result}\"}}"),
+        );
+        assert_eq!(reviews, expected, "{result} reviews\n{text}");
+    }
 }

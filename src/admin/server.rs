@@ -65,20 +65,28 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Admin
     }
 }
 
-/// Binds the socket ([`bind`]) and serves until the task is dropped; every connection's peer
-/// is checked too (`peer`).
-pub async fn serve(path: &Path, state: Arc<AdminState>, access: Access) -> Result<(), AdminError> {
+/// Binds the socket ([`bind`]) and serves until the task is dropped, with the limits of
+/// `crate::server` (connection cap, head and write timeouts); every connection's peer
+/// credentials are read when it is accepted and checked on each request (`peer`).
+pub async fn serve(
+    path: &Path,
+    state: Arc<AdminState>,
+    access: Access,
+    connections: crate::server::ConnectionMetrics,
+) -> Result<(), AdminError> {
     let listener = bind(path, &access)?;
     let app = router(state).layer(axum::middleware::from_fn_with_state(
         Arc::new(access),
         peer::require_access,
     ));
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<peer::Peer>(),
-    )
-    .await
-    .map_err(io("serving", path))
+    let endpoint = crate::server::Endpoint {
+        name: "admin",
+        limits: crate::server::Limits::STANDARD,
+        tls: None,
+        metrics: connections,
+    };
+    crate::server::serve(listener, app, endpoint, peer::Peer::of).await;
+    Ok(())
 }
 
 /// Binds the socket: mode 0600, or 0660 owned by `access.group` when one is given.

@@ -22,6 +22,8 @@ pub mod http;
 pub mod hypervisor_choice;
 mod inputs;
 mod libvirt_link;
+pub mod metrics_auth;
+pub mod metrics_tls;
 pub mod plan;
 pub mod reasons;
 pub mod reconcile;
@@ -89,9 +91,8 @@ pub struct AgentArgs {
     /// is then mode 0660 with that group. Without it: 0600, root only.
     #[arg(long, env = "NODEVIRT_ADMIN_GROUP", value_parser = parse_group)]
     pub admin_group: Option<u32>,
-    /// Where /metrics, /healthz and /readyz are served.
-    #[arg(long, env = "NODEVIRT_METRICS_ADDR", default_value = "0.0.0.0:9186")]
-    pub metrics_addr: std::net::SocketAddr,
+    #[command(flatten)]
+    pub metrics: http::MetricsArgs,
     /// Seconds between heartbeats on the Node (jittered by up to 10%).
     #[arg(long, default_value_t = 60)]
     pub heartbeat_interval: u64,
@@ -105,6 +106,8 @@ pub enum AgentError {
     Events(#[from] events::EventError),
     #[error("preparing the state folder")]
     StateDir(#[source] crate::storage::files::StorageError),
+    #[error("starting the metrics port")]
+    Metrics(#[source] http::HttpError),
 }
 
 /// Makes the state folder and the VMs' folder traversable by QEMU, and warns about any folder
@@ -244,7 +247,10 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         node: args.node_name.clone(),
         synced: synced.clone(),
     });
-    let server = tokio::spawn(http::serve(args.metrics_addr, Arc::clone(&endpoint)));
+    let server = http::Server::bind(&args.metrics, Arc::clone(&endpoint), client.clone())
+        .await
+        .map_err(AgentError::Metrics)?;
+    let server = tokio::spawn(server.serve());
     let admin_state = Arc::new(AdminState {
         node: args.node_name.clone(),
         libvirt: Arc::clone(&endpoint.libvirt),
@@ -259,8 +265,11 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let access = crate::admin::peer::Access {
         group: args.admin_group,
     };
+    let admin_connections = metrics.connections("admin");
     let admin = tokio::spawn(async move {
-        if let Err(e) = crate::admin::server::serve(&admin_path, admin_state, access).await {
+        let served =
+            crate::admin::server::serve(&admin_path, admin_state, access, admin_connections);
+        if let Err(e) = served.await {
             warn!(error = %crate::k8s::error_chain(&e), "the admin socket is not available");
         }
     });

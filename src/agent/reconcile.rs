@@ -16,10 +16,10 @@ use kube::{Api, Client, ResourceExt};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::api::virtual_machine::{
-    DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS, MAX_TERMINATION_GRACE_PERIOD_SECONDS,
-    force_stop_requested, unreadable_problem,
+    DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS, force_stop_requested, unreadable_problem,
 };
 use crate::api::{Phase, VirtualMachine, VirtualMachineStatus};
+use crate::domain::limits::MAX_TERMINATION_GRACE_PERIOD_SECONDS;
 use crate::domain::names::check_uid;
 use crate::domain::{RenderOptions, ResolvedVolume, domain_name, render};
 use crate::events::{EventRecorder, EventType};

@@ -18,11 +18,6 @@ use crate::domain::values::IDE_BUS;
 /// Grace period for an ACPI shutdown on delete, when the VM does not set one.
 pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
 
-/// The longest grace period honoured (the schema refuses more; an older object's larger
-/// value is cut to it): an hour is more than any guest needs to flush and power off, and a
-/// VM whose guest ignores ACPI must not stay half-deleted for days.
-pub const MAX_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 3600;
-
 /// `kubectl annotate vm NAME nodevirt.io/force-stop=true`: a VM being deleted is stopped now
 /// instead of at the end of its grace period (a guest that ignores ACPI, a node to drain).
 /// Only honoured on deletion: a running VM is stopped by deleting it.

@@ -89,10 +89,10 @@ pub const MIN_SPINLOCK_RETRIES: u32 = 4095;
 pub const MAX_VENDOR_ID_LEN: usize = 12;
 
 /// `spec.terminationGracePeriodSeconds`: one hour. On delete the agent asks the guest to shut
-/// down and waits this long before it destroys the domain; meanwhile the VM, its holder pod
-/// and their share of the node stay taken. A guest that has not shut down after an hour will
-/// not; without a bound, 9223372036854775807 kept a deleted VM for ever. Only the schema
-/// enforces it: the agent's deadline arithmetic saturates instead of failing.
+/// down and waits this long before it destroys the domain; meanwhile the VM and its share of
+/// the node stay taken. A guest that has not shut down after an hour will not; without a
+/// bound, 9223372036854775807 kept a deleted VM for ever. The schema refuses more, and the
+/// agent cuts an older object's larger value to it.
 pub const MAX_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 3600;
 
 /// The text of a quantity (`emptyDisk.capacity`): the parser refuses more than 30 digits

@@ -7,6 +7,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use super::cluster::{Cluster, unique_suffix, wait_for};
+use super::https;
 
 /// A nodevirt subcommand running in the background; killed when dropped.
 pub struct Daemon {
@@ -125,8 +126,11 @@ pub struct Agent {
     daemon: Daemon,
     pub node: String,
     pub state_dir: PathBuf,
-    /// Where the agent serves /metrics, /healthz and /readyz.
+    /// Where the agent serves /metrics, /healthz and /readyz (HTTPS, its self-signed
+    /// certificate, unless `extra_args` say otherwise).
     pub http: String,
+    /// The bearer token [`Agent::get`] sends: a ServiceAccount's with nodevirt-metrics-reader.
+    pub metrics_token: &'static str,
     /// The agent's admin socket.
     pub admin_socket: PathBuf,
 }
@@ -175,11 +179,13 @@ impl Agent {
         let admin_socket = cluster.dir.join("admin").join(format!("{node}.sock"));
         args.push(format!("--admin-socket={}", admin_socket.display()));
         let log = cluster.dir.join(format!("agent-{node}.log"));
+        let metrics_token = cluster.metrics_reader_token();
         let agent = Agent {
             daemon: Daemon::start(args, log),
             node,
             state_dir,
             http,
+            metrics_token,
             admin_socket,
         };
         // Ready once it has marked its node schedulable.
@@ -256,29 +262,22 @@ impl Agent {
         )
     }
 
-    /// GET `path` on the agent's HTTP endpoint: (status code, body).
+    /// GET `path` on the agent's metrics port as a scraper with the reader role: HTTPS and
+    /// the bearer token. (status code, body); (0, "") while nothing answers.
     pub fn get(&self, path: &str) -> (u16, String) {
-        use std::io::{Read, Write};
-        let Ok(mut stream) = std::net::TcpStream::connect(&self.http) else {
-            return (0, String::new());
-        };
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.http
-        );
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
+        let answer = self.get_as(path, Some(self.metrics_token));
+        (answer.status, answer.body)
+    }
+
+    /// GET `path` over HTTPS with `token`, or none.
+    pub fn get_as(&self, path: &str, token: Option<&str>) -> https::Answer {
+        https::get(
+            &self.http,
+            path,
+            token,
+            https::any_certificate(),
+            "localhost",
+        )
     }
 }
 

@@ -106,6 +106,32 @@ impl Cluster {
         self.kubectl_ok(&args).trim().to_string()
     }
 
+    /// A token of a ServiceAccount bound to daemonset.yaml's ClusterRole
+    /// `nodevirt-metrics-reader`, as a Prometheus is: what the helpers scrape agents with.
+    pub fn metrics_reader_token(&self) -> &'static str {
+        static TOKEN: OnceLock<String> = OnceLock::new();
+        TOKEN.get_or_init(|| {
+            self.metrics_scraper(METRICS_SCRAPER, true);
+            self.token("nodevirt", METRICS_SCRAPER, None)
+        })
+    }
+
+    /// ServiceAccount `nodevirt/name`, bound to `nodevirt-metrics-reader` if `reader`
+    /// (idempotent: every test process applies it).
+    pub fn metrics_scraper(&self, name: &str, reader: bool) {
+        let mut yaml = format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {name}, namespace: nodevirt}}\n"
+        );
+        if reader {
+            yaml.push_str(&format!(
+                "---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {name}}}\n\
+                 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: nodevirt-metrics-reader}}\n\
+                 subjects: [{{kind: ServiceAccount, name: {name}, namespace: nodevirt}}]\n"
+            ));
+        }
+        self.apply(&yaml);
+    }
+
     /// A kubeconfig file for ServiceAccount `namespace/name`, bound to `node` if given.
     pub fn service_account_kubeconfig(
         &self,
@@ -227,6 +253,9 @@ impl Cluster {
         ));
     }
 }
+
+/// The ServiceAccount the test helpers scrape agents' metrics as.
+pub const METRICS_SCRAPER: &str = "nodevirt-test-scraper";
 
 pub struct Namespace {
     cluster: &'static Cluster,

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod direct;
+pub mod https;
 pub mod libvirt;
 pub mod node;
 pub mod registry;

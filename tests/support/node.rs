@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use super::cluster::{Cluster, repo_root, stdout_of_success, wait_for_explained};
+use super::https;
 
 pub struct Node {
     pub name: String,
@@ -146,20 +147,24 @@ impl Node {
         found[0]
     }
 
-    /// One scrape of the agent's metrics port on the node's address.
+    /// One scrape of the agent's metrics port on the node's address, as a Prometheus bound to
+    /// nodevirt-metrics-reader scrapes it: HTTPS (the agent's self-signed certificate) and a
+    /// bearer token.
     pub fn metrics(&self) -> String {
-        let out = Command::new("curl")
-            .args(["-sf", "--max-time", "5"])
-            .arg(format!("http://{}:9186/metrics", self.ip))
-            .output()
-            .expect("curl");
-        assert!(
-            out.status.success(),
-            "scraping the agent's metrics on {} ({}): curl exit {:?}",
-            self.name,
-            self.ip,
-            out.status.code()
+        let cluster = Cluster::get();
+        let addr = format!("{}:9186", self.ip);
+        let answer = https::get(
+            &addr,
+            "/metrics",
+            Some(cluster.metrics_reader_token()),
+            https::any_certificate(),
+            &self.name,
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        assert_eq!(
+            answer.status, 200,
+            "scraping the agent's metrics on {} ({addr}): {answer:?}",
+            self.name
+        );
+        answer.body
     }
 }
