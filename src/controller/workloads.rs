@@ -164,11 +164,9 @@ fn backing_off(
             .as_ref()
             .and_then(|s| s.conditions.iter().find_map(|c| c.message.clone()))
             .unwrap_or_else(|| "no reason recorded".into());
-        format!(
-            " (the last, {}: {})",
-            vm.name_any(),
-            crate::api::quoted(&why)
-        )
+        // The agent's own message, already bounded; cut again so the condition stays short.
+        let why: String = why.chars().take(300).collect();
+        format!(" (the last, {}: {why})", vm.name_any())
     });
     let message = format!(
         "{count} VirtualMachine(s) failed in a row{}; the next is created after {until}",
