@@ -196,6 +196,56 @@ mod tests {
         assert!(virtual_machine::unreadable_problem(&vm).is_none());
     }
 
+    /// JSON shaped like a VM spec: real field names, any values, nested a few levels.
+    fn spec_like() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            "[a-z0-9]{0,6}".prop_map(serde_json::Value::from),
+        ];
+        let keys = prop_oneof![
+            Just("domain"),
+            Just("cpu"),
+            Just("cores"),
+            Just("devices"),
+            Just("disks"),
+            Just("name"),
+            Just("volumeName"),
+            Just("bus"),
+            Just("resources"),
+            Just("requests"),
+            Just("memory"),
+            Just("volumes"),
+            Just("terminationGracePeriodSeconds"),
+        ];
+        leaf.prop_recursive(4, 32, 4, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..3).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(keys.clone(), inner, 0..4).prop_map(|m| {
+                    serde_json::Value::Object(
+                        m.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                    )
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever the API server holds, a VM reaches the cache: decoded, or marked with the
+        /// path of the field at fault; decoding never panics.
+        #[test]
+        fn any_vm_is_decoded_or_marked_with_the_field_at_fault(spec in spec_like()) {
+            let vm: VirtualMachine = decode(object(spec)).expect("a VM is always kept");
+            if let Some(problem) = virtual_machine::unreadable_problem(&vm) {
+                proptest::prop_assert!(problem.starts_with("spec"), "{}", problem);
+                proptest::prop_assert_eq!(vm.metadata.uid.as_deref(), Some("u1"));
+            }
+        }
+    }
+
     #[test]
     fn reconnects_back_off_to_two_seconds_and_reset() {
         let mut backoff = WatchBackoff::default();
