@@ -24,8 +24,17 @@ where
         .await
 }
 
-/// The same through an untyped client, for an object nodevirt's types may not read (see
-/// `crate::watch`): a typed patch would decode the answer, fail, and log the whole object.
+/// An untyped client for kind `K` in `namespace`, for objects nodevirt's types may not read
+/// (see `crate::watch`): a typed request would decode the answer, fail, and log the whole
+/// object.
+pub fn untyped_api<K: Resource<DynamicType = ()>>(
+    client: &kube::Client,
+    namespace: &str,
+) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), namespace, &ApiResource::erase::<K>(&()))
+}
+
+/// [`patch_status`] through [`untyped_api`].
 pub async fn patch_status_untyped<K, S>(
     client: &kube::Client,
     object: &K,
@@ -35,11 +44,10 @@ where
     K: Resource<DynamicType = ()>,
     S: Serialize,
 {
-    let resource = ApiResource::erase::<K>(&());
     let namespace = object.meta().namespace.as_deref().unwrap_or_default();
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    let api = untyped_api::<K>(client, namespace);
     let name = object.meta().name.as_deref().unwrap_or_default();
-    let mut untyped = DynamicObject::new(name, &resource).within(namespace);
+    let mut untyped = DynamicObject::new(name, &ApiResource::erase::<K>(&())).within(namespace);
     untyped.metadata.uid = object.meta().uid.clone();
     patch_status(&api, &untyped, status).await.map(drop)
 }

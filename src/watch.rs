@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures::{Stream, TryStreamExt};
 use kube::api::{ApiResource, DynamicObject};
 use kube::core::ObjectMeta;
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -47,6 +48,20 @@ pub fn watch<K: Decode + Clone + Send + 'static>(
         .backoff(WatchBackoff::default())
         .map_ok(|event| decode_event(event))
         .try_filter_map(|event| async move { Ok(event) })
+}
+
+/// [`watch`] kept in a reflector: the cache, and the stream of changed objects that keeps it
+/// current (it must be polled, by a task or a Controller).
+pub fn reflected<K: Decode + Clone + std::fmt::Debug + Send + Sync + 'static>(
+    client: Client,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+) {
+    let (reader, writer) = reflector::store();
+    let stream = watch::<K>(client, config).reflect(writer).applied_objects();
+    (reader, stream)
 }
 
 fn decode_event<K: Decode>(event: watcher::Event<DynamicObject>) -> Option<watcher::Event<K>> {

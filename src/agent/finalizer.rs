@@ -9,8 +9,8 @@
 //! controller's finalizer is never dropped), and go through an untyped client, so that they
 //! work on a VM nodevirt cannot read as on any other.
 
-use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
-use kube::{Api, Client, ResourceExt};
+use kube::api::{Patch, PatchParams};
+use kube::{Client, ResourceExt};
 
 use crate::api::VirtualMachine;
 
@@ -53,9 +53,8 @@ fn with_finalizer(vm: &VirtualMachine, present: bool) -> Vec<String> {
 
 /// Adds (`present`) or removes the finalizer; a 409 means the VM changed meanwhile.
 pub async fn set(client: &Client, vm: &VirtualMachine, present: bool) -> Result<(), kube::Error> {
-    let resource = ApiResource::erase::<VirtualMachine>(&());
-    let namespace = vm.namespace().unwrap_or_default();
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &resource);
+    let api =
+        crate::k8s::untyped_api::<VirtualMachine>(client, &vm.namespace().unwrap_or_default());
     let patch = serde_json::json!({"metadata": {
         "resourceVersion": vm.resource_version(),
         "finalizers": with_finalizer(vm, present),

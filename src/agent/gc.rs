@@ -11,12 +11,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::{ApiResource, DynamicObject};
+use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
-use crate::api::{NODE_NAME_LABEL, VirtualMachine};
+use crate::api::{NODE_NAME_LABEL, Phase, VirtualMachine};
 use crate::domain::names::check_uid;
 use crate::storage::files::remove_vm_dir;
 use crate::storage::layout::VmLayout;
@@ -64,10 +63,7 @@ async fn still_running_elsewhere(
     ctx: &Context,
     owner: &crate::domain::model::VmMetadata,
 ) -> Result<bool, super::reconcile::Error> {
-    let resource = ApiResource::erase::<VirtualMachine>(&());
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), &owner.namespace, &resource);
-    let vm = api
+    let vm = crate::k8s::untyped_api::<VirtualMachine>(&ctx.client, &owner.namespace)
         .get_opt(&owner.name)
         .await
         .map_err(|source| super::reconcile::Error::Read {
@@ -77,9 +73,8 @@ async fn still_running_elsewhere(
     let Some(vm) = vm.filter(|vm| vm.metadata.uid.as_deref() == Some(owner.uid.as_str())) else {
         return Ok(false);
     };
-    let phase = vm.data["status"]["phase"].as_str().unwrap_or_default();
-    let ended =
-        vm.metadata.deletion_timestamp.is_some() || ["Succeeded", "Failed"].contains(&phase);
+    let phase: Option<Phase> = serde_json::from_value(vm.data["status"]["phase"].clone()).ok();
+    let ended = vm.metadata.deletion_timestamp.is_some() || phase.is_some_and(Phase::is_final);
     if !ended {
         warn!(
             vm = %format!("{}/{}", owner.namespace, owner.name),

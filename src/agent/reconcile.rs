@@ -16,7 +16,7 @@ use kube::{Api, Client, ResourceExt};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::api::virtual_machine::{
-    DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS, force_stop_requested, unreadable_problem,
+    DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS, force_stop_requested, unreadable_message,
 };
 use crate::api::{Phase, VirtualMachine, VirtualMachineStatus};
 use crate::domain::limits::MAX_TERMINATION_GRACE_PERIOD_SECONDS;
@@ -199,8 +199,8 @@ async fn step(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
             if !finalized && !set_finalizer(vm, ctx, true).await? {
                 return Ok(Action::requeue(CONFLICT_RETRY));
             }
-            match unreadable_problem(vm) {
-                Some(problem) => super::unreadable::fail(vm, problem, ctx).await,
+            match unreadable_message(vm) {
+                Some(message) => super::unreadable::fail(vm, &message, ctx).await,
                 None => apply(vm, ctx).await,
             }
         }
@@ -584,7 +584,7 @@ fn stop_deadline(vm: &VirtualMachine, now: Timestamp) -> Timestamp {
 /// reconcile: while the guest shuts down it returns the time left (`Some`), to be looked at
 /// again then, and libvirt's lifecycle event brings it back sooner when the guest powers off.
 /// Copes with apply never having run.
-pub(super) async fn cleanup(vm: &VirtualMachine, ctx: &Context) -> Result<Option<Duration>, Error> {
+async fn cleanup(vm: &VirtualMachine, ctx: &Context) -> Result<Option<Duration>, Error> {
     let uid = vm.uid().unwrap_or_default();
     let name = domain_name(&vm.namespace().unwrap_or_default(), &vm.name_any());
     let lookup = name.clone();

@@ -16,11 +16,11 @@ use crate::k8s;
 use super::reconcile::{Context, Error, key, publish};
 use super::{reasons, status};
 
-pub async fn fail(vm: &VirtualMachine, problem: &str, ctx: &Context) -> Result<Action, Error> {
+/// `message`: what `unreadable_message` says of the VM.
+pub async fn fail(vm: &VirtualMachine, message: &str, ctx: &Context) -> Result<Action, Error> {
     if vm.phase().is_final() {
         return Ok(Action::await_change());
     }
-    let message = format!("The VM cannot be read: {}", crate::api::quoted(problem));
     info!(vm = %key(vm), message, "VM ended");
     let current = vm.status.clone().unwrap_or_default();
     let new = status::ended(
@@ -28,7 +28,7 @@ pub async fn fail(vm: &VirtualMachine, problem: &str, ctx: &Context) -> Result<A
         &ctx.settings.node,
         Phase::Failed,
         reasons::INVALID_SPEC,
-        &message,
+        message,
         Timestamp::now(),
     );
     k8s::patch_status_untyped(&ctx.client, vm, &new)
@@ -37,6 +37,6 @@ pub async fn fail(vm: &VirtualMachine, problem: &str, ctx: &Context) -> Result<A
             vm: key(vm),
             source,
         })?;
-    publish(ctx, vm, EventType::Warning, reasons::EVENT_FAILED, &message).await;
+    publish(ctx, vm, EventType::Warning, reasons::EVENT_FAILED, message).await;
     Ok(Action::await_change())
 }

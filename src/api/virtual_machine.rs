@@ -213,6 +213,12 @@ pub fn unreadable(
     }
 }
 
+/// What the status of such a stand-in says, when it is one.
+pub fn unreadable_message(vm: &VirtualMachine) -> Option<String> {
+    unreadable_problem(vm)
+        .map(|problem| format!("The VM cannot be read: {}", super::quoted(problem)))
+}
+
 /// Why the VM could not be read, when it is such a stand-in.
 pub fn unreadable_problem(vm: &VirtualMachine) -> Option<&str> {
     vm.metadata

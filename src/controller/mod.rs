@@ -60,10 +60,7 @@ fn cache<K>(client: &kube::Client) -> reflector::Store<K>
 where
     K: crate::watch::Decode + Clone + std::fmt::Debug + Send + Sync + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let stream = crate::watch::watch::<K>(client.clone(), watcher::Config::default())
-        .reflect(writer)
-        .applied_objects();
+    let (reader, stream) = crate::watch::reflected::<K>(client.clone(), watcher::Config::default());
     tokio::spawn(stream.for_each(|_| async {}));
     reader
 }
@@ -74,10 +71,7 @@ fn controller<K>(client: &kube::Client) -> Controller<K>
 where
     K: crate::watch::Decode + Clone + std::fmt::Debug + Send + Sync + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let stream = crate::watch::watch::<K>(client.clone(), watcher::Config::default())
-        .reflect(writer)
-        .applied_objects();
+    let (reader, stream) = crate::watch::reflected::<K>(client.clone(), watcher::Config::default());
     Controller::for_stream(stream, reader).with_config(crate::k8s::controller_config())
 }
 

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use crate::agent::heartbeat::{HEARTBEAT_ANNOTATION, SCHEDULABLE_LABEL};
 use crate::agent::status::set_ready;
 use crate::api::quantity::{parse_bytes, parse_millicores};
-use crate::api::virtual_machine::unreadable_problem;
+use crate::api::virtual_machine::unreadable_message;
 use crate::api::{NODE_NAME_LABEL, Phase, VirtualMachine, VirtualMachinePreset};
 use crate::events::{EventRecorder, EventType};
 use crate::k8s::{self, error_chain};
@@ -127,8 +127,7 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
     let namespace = vm.namespace().unwrap_or_default();
     let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
     // Placing it would write back a spec nodevirt could not read: it fails here instead.
-    if let Some(problem) = unreadable_problem(&vm) {
-        let message = format!("The VM cannot be read: {}", crate::api::quoted(problem));
+    if let Some(message) = unreadable_message(&vm) {
         return fail(&vm, &ctx, reasons::INVALID_SPEC, &message).await;
     }
     let presets: Vec<VirtualMachinePreset> = ctx
