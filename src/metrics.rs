@@ -26,6 +26,11 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabel {
+    pub step: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabel {
     pub method: String,
 }
@@ -78,6 +83,8 @@ pub struct AgentMetrics {
     /// Reconciles by result: ok, error.
     pub reconciles: Family<ResultLabel, Counter>,
     pub reconcile_seconds: Histogram,
+    /// Failed reconcile steps, by step (define, start, write_status, ...).
+    pub reconcile_errors: Family<StepLabel, Counter>,
     /// From a VM's creation to its domain running.
     pub creation_to_running_seconds: Histogram,
     pub libvirt_errors: Counter,
@@ -115,6 +122,7 @@ impl AgentMetrics {
             registry: Registry::default(),
             reconciles: Family::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            reconcile_errors: Family::default(),
             creation_to_running_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
             libvirt_errors: Counter::default(),
             libvirt_connected: Gauge::default(),
@@ -137,6 +145,11 @@ impl AgentMetrics {
             "nodevirt_reconcile_duration_seconds",
             "Time one VM reconcile took",
             metrics.reconcile_seconds.clone(),
+        );
+        registry.register(
+            "nodevirt_reconcile_errors",
+            "Failed steps of VM reconciles, by step",
+            metrics.reconcile_errors.clone(),
         );
         registry.register(
             "nodevirt_vm_creation_to_running_seconds",

@@ -11,7 +11,8 @@ use crate::api::VirtualMachineSpec;
 use crate::api::quantity::{HumanBytes, parse_bytes};
 use crate::api::volume::VolumeKind;
 use crate::domain::probe::probe_name;
-use crate::hypervisor::{HypervisorError, Libvirt};
+use crate::hypervisor::HypervisorError;
+use crate::hypervisor::seam::{self, Hypervisor};
 use crate::storage::files::{self, StorageError};
 use crate::storage::layout::VmLayout;
 
@@ -75,13 +76,13 @@ fn check_capacity(spec: &VirtualMachineSpec, layout: &VmLayout) -> Result<(), Di
 /// Creates every generated disk of `spec` in the VM's folder. Idempotent: files that exist are
 /// kept, and nothing is asked of libvirt for them (a crash in the middle is finished on the
 /// next run). `uid` is the VM's: cloud-init's instance-id, and the name of its probe domains.
-pub async fn prepare(
+pub async fn prepare<H: Hypervisor + ?Sized>(
     spec: &VirtualMachineSpec,
     layout: &VmLayout,
     uid: &str,
     hostname: &str,
     inputs: &Inputs,
-    libvirt: &Arc<Libvirt>,
+    hypervisor: &Arc<H>,
 ) -> Result<(), DiskError> {
     // The capacity check needs the VMs' folder; someone may have removed it since startup.
     files::ensure_traversable_dir(layout.dir().parent().unwrap_or(layout.dir())).await?;
@@ -124,8 +125,7 @@ pub async fn prepare(
                     .and_then(|c| inputs.claims.get(&c.claim_name));
                 if let Some(backing) = claim {
                     let (probe, image) = (probe_name(uid, index), backing.clone());
-                    let size = libvirt
-                        .run(move |lv| lv.backing_capacity(&probe, &image))
+                    let size = seam::call(hypervisor, move |h| h.backing_capacity(&probe, &image))
                         .await
                         .map_err(|source| DiskError::Backing {
                             field: format!("spec.volumes[{index}].ephemeral"),
@@ -185,7 +185,7 @@ mod tests {
                 format: ImageFormat::Qcow2,
             },
         );
-        let libvirt = Arc::new(Libvirt::open("test:///default").unwrap());
+        let libvirt = Arc::new(crate::hypervisor::Libvirt::open("test:///default").unwrap());
         prepare(&spec, &layout, UID, "vm", &inputs, &libvirt)
             .await
             .unwrap();

@@ -17,12 +17,32 @@ use tracing::{info, warn};
 
 use crate::api::{NODE_NAME_LABEL, Phase, VirtualMachine};
 use crate::domain::names::check_uid;
-use crate::storage::files::remove_vm_dir;
-use crate::storage::layout::VmLayout;
-
+use crate::hypervisor::{HypervisorError, Libvirt};
 use crate::k8s::error_chain;
+use crate::storage::files::{StorageError, remove_vm_dir};
+use crate::storage::layout::{VmLayout, vms_dir};
 
-use super::reconcile::Context;
+/// What the collector works with.
+pub struct Collector {
+    pub client: kube::Client,
+    pub libvirt: Arc<Libvirt>,
+    pub node: String,
+    pub state_dir: std::path::PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error(transparent)]
+    Hypervisor(#[from] HypervisorError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("reading VM {vm}")]
+    Read {
+        vm: String,
+        #[source]
+        source: kube::Error,
+    },
+}
 
 const INTERVAL: Duration = Duration::from_secs(60);
 /// After a failed pass (libvirt away, a file busy): sooner than the next full interval.
@@ -34,7 +54,7 @@ pub async fn run(
     store: Store<VirtualMachine>,
     mut synced: tokio::sync::watch::Receiver<bool>,
     mut connected: tokio::sync::watch::Receiver<bool>,
-    ctx: Arc<Context>,
+    ctx: Collector,
 ) {
     if synced.wait_for(|listed| *listed).await.is_err() {
         return;
@@ -60,13 +80,13 @@ pub async fn run(
 /// destroying it would kill a guest whose VM says it runs. Asked of the API server, untyped,
 /// so that a VM nodevirt cannot read is still recognised.
 async fn still_running_elsewhere(
-    ctx: &Context,
+    ctx: &Collector,
     owner: &crate::domain::model::VmMetadata,
-) -> Result<bool, super::reconcile::Error> {
+) -> Result<bool, GcError> {
     let vm = crate::k8s::untyped_api::<VirtualMachine>(&ctx.client, &owner.namespace)
         .get_opt(&owner.name)
         .await
-        .map_err(|source| super::reconcile::Error::Read {
+        .map_err(|source| GcError::Read {
             vm: format!("{}/{}", owner.namespace, owner.name),
             source,
         })?;
@@ -86,15 +106,12 @@ async fn still_running_elsewhere(
     Ok(!ended)
 }
 
-async fn collect(
-    store: &Store<VirtualMachine>,
-    ctx: &Context,
-) -> Result<(), super::reconcile::Error> {
+async fn collect(store: &Store<VirtualMachine>, ctx: &Collector) -> Result<(), GcError> {
     let domains = ctx.libvirt.run(|lv| lv.owned_domains()).await?;
     let mut live_uids: BTreeSet<String> = store.state().iter().filter_map(|vm| vm.uid()).collect();
     let mine = domains
         .into_iter()
-        .filter(|d| d.vm.node.as_deref() == Some(ctx.settings.node.as_str()));
+        .filter(|d| d.vm.node.as_deref() == Some(ctx.node.as_str()));
     for domain in mine {
         let vm_ref = ObjectRef::<VirtualMachine>::new(&domain.vm.name).within(&domain.vm.namespace);
         if store.get(&vm_ref).is_some() || still_running_elsewhere(ctx, &domain.vm).await? {
@@ -110,10 +127,10 @@ async fn collect(
             })
             .await?;
         if check_uid(&domain.vm.uid, "domain metadata uid").is_ok() {
-            remove_vm_dir(VmLayout::new(&ctx.settings.state_dir, &domain.vm.uid).dir()).await?;
+            remove_vm_dir(VmLayout::new(&ctx.state_dir, &domain.vm.uid).dir()).await?;
         }
     }
-    let vms_dir = ctx.settings.state_dir.join("vms");
+    let vms_dir = vms_dir(&ctx.state_dir);
     let Ok(mut entries) = tokio::fs::read_dir(&vms_dir).await else {
         return Ok(());
     };

@@ -104,6 +104,17 @@ impl HypervisorChoice {
     }
 
     /// The domain type, once decided.
+    /// A choice already made (tests).
+    #[cfg(test)]
+    pub fn decided(domain_type: DomainType) -> Self {
+        let choice = Self::new(Hypervisor::Auto);
+        choice.decided.get_or_init(|| Decision {
+            domain_type,
+            reason: "decided by the test",
+        });
+        choice
+    }
+
     pub fn domain_type(&self) -> Option<DomainType> {
         self.decided.get().map(|d| d.domain_type)
     }

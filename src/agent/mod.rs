@@ -13,8 +13,12 @@
 //! libvirtd's to report, and the node's files (a claim's image) are libvirtd's to open: the
 //! agent sees none of them, only its state folder, which is at the node's own path.
 
+mod cluster;
 mod disks;
 pub mod event_log;
+mod execute;
+#[cfg(test)]
+mod fake;
 pub mod finalizer;
 pub mod gc;
 pub mod heartbeat;
@@ -24,11 +28,13 @@ mod inputs;
 mod libvirt_link;
 pub mod metrics_auth;
 pub mod metrics_tls;
+mod observe;
 pub mod plan;
 pub mod reasons;
 pub mod reconcile;
+#[cfg(test)]
+mod reconcile_tests;
 pub mod status;
-mod unreadable;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -164,13 +170,18 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
 
     let settings = Settings {
-        node: args.node_name.clone(),
-        state_dir: args.state_dir.clone(),
-        network: (args.network != "none").then(|| args.network.clone()),
+        node: plan::Node {
+            name: args.node_name.clone(),
+            state_dir: args.state_dir.clone(),
+            network: (args.network != "none").then(|| args.network.clone()),
+            // libvirt's test driver has no network.
+            addresses_possible: args.network != "none"
+                && !args.libvirt.libvirt_uri.starts_with("test"),
+        },
         hypervisor: Arc::clone(&hypervisor),
     };
     info!(
-        node = %settings.node,
+        node = %settings.node.name,
         libvirt = %args.libvirt.libvirt_uri,
         hypervisor = ?args.libvirt.hypervisor,
         "agent starting"
@@ -183,10 +194,12 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     );
     let events = Arc::new(event_log::EventLog::default());
     let ctx = Arc::new(Context::new(
-        client.clone(),
-        Arc::clone(&libvirt),
-        puller,
-        recorder,
+        Arc::new(cluster::Kube {
+            client: client.clone(),
+            recorder,
+            puller,
+        }),
+        Arc::clone(&libvirt) as Arc<dyn crate::hypervisor::seam::Hypervisor>,
         settings,
         Arc::clone(&metrics),
         Arc::clone(&events),
@@ -282,7 +295,13 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         connected_tx,
         resync_all,
     ));
-    let gc = tokio::spawn(gc::run(store, synced, connected, Arc::clone(&ctx)));
+    let collector = gc::Collector {
+        client: client.clone(),
+        libvirt: Arc::clone(&endpoint.libvirt),
+        node: args.node_name.clone(),
+        state_dir: args.state_dir.clone(),
+    };
+    let gc = tokio::spawn(gc::run(store, synced, connected, collector));
     let heartbeat = tokio::spawn(heartbeat::run(
         client.clone(),
         args.node_name.clone(),

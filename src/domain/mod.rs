@@ -11,7 +11,7 @@
 
 mod disks;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 mod hardware;
 pub mod limits;
 pub mod model;

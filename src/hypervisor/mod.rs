@@ -11,6 +11,7 @@
 pub mod backing;
 pub mod capabilities;
 pub mod events;
+pub mod seam;
 pub mod stats;
 
 use std::path::PathBuf;
@@ -213,21 +214,13 @@ impl Libvirt {
             })
     }
 
-    /// Runs blocking libvirt calls off the async runtime.
+    /// Runs blocking libvirt calls off the async runtime (see [`seam::call`]).
     pub async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Libvirt) -> Result<T> + Send + 'static,
     {
-        let this = Arc::clone(self);
-        match tokio::task::spawn_blocking(move || f(&this)).await {
-            Ok(result) => result,
-            // A panic in a libvirt call must not take the agent down with it.
-            Err(join) => Err(HypervisorError::Panicked {
-                uri: self.uri.clone(),
-                message: join.to_string(),
-            }),
-        }
+        seam::call(self, f).await
     }
 
     /// True while there is a connection and libvirt has not seen it close.

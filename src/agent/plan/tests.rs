@@ -1,0 +1,169 @@
+//! The plan's decisions that the executor tests (`reconcile_tests`) do not reach by name.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use super::*;
+use crate::api::virtual_machine::FORCE_STOP_ANNOTATION;
+
+const UID: &str = "0f9b6e2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+
+fn node() -> Node {
+    Node {
+        name: "node1".into(),
+        state_dir: "/var/lib/nodevirt".into(),
+        network: None,
+        addresses_possible: false,
+    }
+}
+
+fn observed<'a>(
+    vm: &'a VirtualMachine,
+    node: &'a Node,
+    domain: Option<DomainState>,
+) -> Observed<'a> {
+    Observed {
+        vm,
+        node,
+        stage: Stage::Live { finalized: true },
+        domain_type: Some(DomainType::Qemu),
+        domain: domain.map(|state| DomainStatus {
+            uuid: UID.into(),
+            id: None,
+            state,
+        }),
+        addresses: Vec::new(),
+        qemu_log: None,
+        shutdown_sent: false,
+        now: Timestamp::from_second(1_800_000_000).unwrap(),
+        inputs: None,
+        latest: Some(Some(vm.clone())),
+        failure: None,
+    }
+}
+
+fn vm_in(phase: Phase) -> VirtualMachine {
+    let mut vm = crate::domain::fixtures::vm(crate::domain::fixtures::DOMAIN, "[]");
+    vm.metadata.uid = Some(UID.into());
+    vm.status = Some(VirtualMachineStatus {
+        phase: Some(phase),
+        ..Default::default()
+    });
+    vm
+}
+
+#[test]
+fn ended_vms_are_never_started_again() {
+    let node = node();
+    for phase in [Phase::Succeeded, Phase::Failed] {
+        let vm = vm_in(phase);
+        for domain in [None, Some(DomainState::ShutOff(ShutoffReason::Unknown))] {
+            assert_eq!(plan(&observed(&vm, &node, domain)), Plan::wait());
+        }
+    }
+}
+
+#[test]
+fn a_defined_domain_never_started_is_started_but_one_that_ran_is_lost() {
+    let node = node();
+    let off = Some(DomainState::ShutOff(ShutoffReason::Unknown));
+    for phase in [Phase::Pending, Phase::Scheduled, Phase::Unknown] {
+        let vm = vm_in(phase);
+        let actions = plan(&observed(&vm, &node, off)).actions;
+        assert_eq!(actions[0], Action::Start, "{phase:?}");
+    }
+    let vm = vm_in(Phase::Running);
+    let actions = plan(&observed(&vm, &node, off)).actions;
+    assert!(
+        matches!(&actions[0], Action::WriteStatus(s) if s.phase == Some(Phase::Failed)),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn running_domains_are_adopted_and_transient_ones_waited_for() {
+    let node = node();
+    for phase in [Phase::Scheduled, Phase::Running, Phase::Unknown] {
+        let vm = vm_in(phase);
+        for state in [DomainState::Running, DomainState::Paused] {
+            let plan = plan(&observed(&vm, &node, Some(state)));
+            assert!(!plan.actions.contains(&Action::Start), "{phase:?}");
+            // The test node cannot have addresses: the slow resync.
+            assert_eq!(plan.next, Next::RequeueAfter(RESYNC));
+        }
+    }
+    let vm = vm_in(Phase::Running);
+    assert_eq!(
+        plan(&observed(&vm, &node, Some(DomainState::Transient))),
+        Plan::requeue(ADDRESS_POLL)
+    );
+}
+
+#[test]
+fn the_finalizer_goes_on_before_anything_else() {
+    let node = node();
+    let vm = vm_in(Phase::Scheduled);
+    let mut o = observed(&vm, &node, None);
+    o.stage = Stage::Live { finalized: false };
+    assert_eq!(
+        plan(&o).actions,
+        [Action::AddFinalizer, Action::Observe(Need::Inputs)]
+    );
+    o.stage = Stage::Released;
+    assert_eq!(plan(&o), Plan::wait());
+}
+
+#[test]
+fn an_invalid_uid_fails_the_vm_and_touches_no_folder() {
+    let node = node();
+    let mut vm = vm_in(Phase::Scheduled);
+    vm.metadata.uid = Some("../../etc".into());
+    let o = observed(&vm, &node, None);
+    let mut latest = vm.clone();
+    latest.metadata.uid = vm.metadata.uid.clone();
+    let o = Observed {
+        latest: Some(Some(latest)),
+        ..o
+    };
+    let actions = plan(&o).actions;
+    assert!(matches!(&actions[0], Action::WriteStatus(s) if s.phase == Some(Phase::Failed)));
+    let mut deleting = observed(&vm, &node, None);
+    deleting.stage = Stage::Deleting;
+    assert!(
+        !plan(&deleting)
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::RemoveDir { .. }))
+    );
+}
+
+fn deleted_vm(grace: Option<i64>, annotations: &[(&str, &str)]) -> VirtualMachine {
+    let mut vm = VirtualMachine::new("vm", Default::default());
+    vm.spec.termination_grace_period_seconds = grace;
+    vm.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(1_800_000_000).unwrap()));
+    vm.metadata.annotations = Some(
+        annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    vm
+}
+
+#[test]
+fn the_stop_deadline_is_the_request_plus_a_bounded_grace_period_or_now_when_forced() {
+    let requested = Timestamp::from_second(1_800_000_000).unwrap();
+    let now = requested + SignedDuration::from_secs(5);
+    let after = |vm: &VirtualMachine| stop_deadline(vm, now).duration_since(requested).as_secs();
+    assert_eq!(after(&deleted_vm(None, &[])), 30);
+    assert_eq!(after(&deleted_vm(Some(150), &[])), 150);
+    assert_eq!(after(&deleted_vm(Some(-4), &[])), 0);
+    assert_eq!(
+        after(&deleted_vm(Some(i64::MAX), &[])),
+        MAX_TERMINATION_GRACE_PERIOD_SECONDS
+    );
+    let forced = deleted_vm(Some(150), &[(FORCE_STOP_ANNOTATION, "true")]);
+    assert_eq!(stop_deadline(&forced, now), now);
+    let not_forced = deleted_vm(Some(150), &[(FORCE_STOP_ANNOTATION, "no")]);
+    assert_eq!(after(&not_forced), 150);
+}
