@@ -11,6 +11,7 @@ pub mod fuzzing;
 pub mod hypervisor;
 pub mod k8s;
 pub mod metrics;
+pub mod metrics_port;
 pub mod server;
 pub mod storage;
 pub mod watch;

@@ -19,6 +19,7 @@ use std::sync::atomic::AtomicU64;
 
 use crate::api::Phase;
 use crate::hypervisor::stats::DomainCounters;
+use crate::server::HttpMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -51,17 +52,6 @@ struct PhaseLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HypervisorLabel {
     r#type: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ServerLabel {
-    server: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TimeoutLabels {
-    server: &'static str,
-    phase: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -100,13 +90,8 @@ pub struct AgentMetrics {
     pub registry_fetches: Family<ResultLabel, Counter>,
     /// 1 for the domain type in use (kvm, qemu), or for "unknown" before it is decided.
     hypervisor: Family<HypervisorLabel, Gauge>,
-    /// Connections closed at once because their endpoint served its limit, by endpoint.
-    connections_refused: Family<ServerLabel, Counter>,
-    /// Connections closed by a timeout, by endpoint and phase.
-    connection_timeouts: Family<TimeoutLabels, Counter>,
-    /// Token and access reviews of /metrics requests (cache misses), by result: allowed,
-    /// unauthenticated, forbidden, error.
-    pub metrics_reviews: Family<ResultLabel, Counter>,
+    /// The metrics port's and the admin socket's connections, and /metrics' token reviews.
+    pub http: HttpMetrics,
 }
 
 impl Default for AgentMetrics {
@@ -131,9 +116,7 @@ impl AgentMetrics {
             registry_fetches: Family::default(),
             api_requests: Family::default(),
             hypervisor: Family::default(),
-            connections_refused: Family::default(),
-            connection_timeouts: Family::default(),
-            metrics_reviews: Family::default(),
+            http: HttpMetrics::default(),
         };
         metrics.set_hypervisor("unknown");
         registry.register(
@@ -191,21 +174,7 @@ impl AgentMetrics {
             "The domain type the agent defines domains with (kvm, qemu; unknown until decided)",
             metrics.hypervisor.clone(),
         );
-        registry.register(
-            "nodevirt_http_connections_refused",
-            "Connections closed at once because the endpoint (metrics, admin) served its limit",
-            metrics.connections_refused.clone(),
-        );
-        registry.register(
-            "nodevirt_http_connection_timeouts",
-            "Connections closed by a timeout, by endpoint and phase (tls_handshake, request_header, write)",
-            metrics.connection_timeouts.clone(),
-        );
-        registry.register(
-            "nodevirt_metrics_auth_reviews",
-            "TokenReview and SubjectAccessReview round trips for /metrics (cache misses), by result",
-            metrics.metrics_reviews.clone(),
-        );
+        metrics.http.register(&mut registry);
         registry.register(
             "nodevirt_build",
             "Build information",
@@ -225,24 +194,6 @@ impl AgentMetrics {
         self.hypervisor
             .get_or_create(&HypervisorLabel { r#type: name })
             .set(1);
-    }
-
-    /// The counters of endpoint `server` ("metrics", "admin") for `crate::server`.
-    pub fn connections(&self, server: &'static str) -> crate::server::ConnectionMetrics {
-        let timeouts = |phase| {
-            self.connection_timeouts
-                .get_or_create(&TimeoutLabels { server, phase })
-                .clone()
-        };
-        crate::server::ConnectionMetrics {
-            refused: self
-                .connections_refused
-                .get_or_create(&ServerLabel { server })
-                .clone(),
-            tls_handshake_timeouts: timeouts("tls_handshake"),
-            header_timeouts: timeouts("request_header"),
-            write_timeouts: timeouts("write"),
-        }
     }
 
     /// The whole exposition: the agent's metrics, then the per-VM ones of this scrape.

@@ -1,6 +1,7 @@
-//! HTTP/1 serving with limits, shared by the agent's two endpoints: the metrics port
-//! (`agent::http`, TCP, usually TLS) and the admin socket (`admin::server`, a Unix socket). Its
-//! job is that slow, silent or many clients cannot hold either endpoint.
+//! HTTP/1 serving with limits, shared by every endpoint: the metrics port of the agent and of
+//! the controller (`metrics_port`, TCP, usually TLS) and the agent's admin socket
+//! (`admin::server`, a Unix socket). Its job is that slow, silent or many clients cannot hold
+//! any of them.
 //!
 //! For each connection:
 //!
@@ -34,11 +35,16 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
+
+use crate::metrics::ResultLabel;
 
 /// Connections served at once by one endpoint. What uses them is a scraper or two, kubelet's
 /// two probes and a person with `curl` or `nodevirt admin`: a handful. The cap bounds what a
@@ -99,14 +105,76 @@ impl Limits {
     };
 }
 
-/// The counters of one endpoint (see `metrics::AgentMetrics::connections`); unregistered ones
-/// by default.
+/// The counters of one endpoint (see [`HttpMetrics::connections`]); unregistered ones by
+/// default.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionMetrics {
     pub refused: Counter,
     pub tls_handshake_timeouts: Counter,
     pub header_timeouts: Counter,
     pub write_timeouts: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabel {
+    server: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TimeoutLabels {
+    server: &'static str,
+    phase: &'static str,
+}
+
+/// The HTTP counters of one process (agent or controller), under the same names in both:
+/// its endpoints' connections and its metrics port's token reviews.
+#[derive(Debug, Clone, Default)]
+pub struct HttpMetrics {
+    /// Connections closed at once because their endpoint served its limit, by endpoint.
+    connections_refused: Family<ServerLabel, Counter>,
+    /// Connections closed by a timeout, by endpoint and phase.
+    connection_timeouts: Family<TimeoutLabels, Counter>,
+    /// Token and access reviews of /metrics requests (cache misses), by result: allowed,
+    /// unauthenticated, forbidden, error.
+    pub metrics_reviews: Family<ResultLabel, Counter>,
+}
+
+impl HttpMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "nodevirt_http_connections_refused",
+            "Connections closed at once because the endpoint (metrics, admin) served its limit",
+            self.connections_refused.clone(),
+        );
+        registry.register(
+            "nodevirt_http_connection_timeouts",
+            "Connections closed by a timeout, by endpoint and phase (tls_handshake, request_header, write)",
+            self.connection_timeouts.clone(),
+        );
+        registry.register(
+            "nodevirt_metrics_auth_reviews",
+            "TokenReview and SubjectAccessReview round trips for /metrics (cache misses), by result",
+            self.metrics_reviews.clone(),
+        );
+    }
+
+    /// The counters of endpoint `server` ("metrics", "admin").
+    pub fn connections(&self, server: &'static str) -> ConnectionMetrics {
+        let timeouts = |phase| {
+            self.connection_timeouts
+                .get_or_create(&TimeoutLabels { server, phase })
+                .clone()
+        };
+        ConnectionMetrics {
+            refused: self
+                .connections_refused
+                .get_or_create(&ServerLabel { server })
+                .clone(),
+            tls_handshake_timeouts: timeouts("tls_handshake"),
+            header_timeouts: timeouts("request_header"),
+            write_timeouts: timeouts("write"),
+        }
+    }
 }
 
 /// A listening socket `serve` accepts from: TCP or Unix.

@@ -26,8 +26,6 @@ pub mod http;
 pub mod hypervisor_choice;
 mod inputs;
 mod libvirt_link;
-pub mod metrics_auth;
-pub mod metrics_tls;
 mod observe;
 pub mod plan;
 pub mod reasons;
@@ -98,7 +96,7 @@ pub struct AgentArgs {
     #[arg(long, env = "NODEVIRT_ADMIN_GROUP", value_parser = parse_group)]
     pub admin_group: Option<u32>,
     #[command(flatten)]
-    pub metrics: http::MetricsArgs,
+    pub metrics: crate::metrics_port::MetricsArgs,
     /// Seconds between heartbeats on the Node (jittered by up to 10%).
     #[arg(long, default_value_t = 60)]
     pub heartbeat_interval: u64,
@@ -113,7 +111,7 @@ pub enum AgentError {
     #[error("preparing the state folder")]
     StateDir(#[source] crate::storage::files::StorageError),
     #[error("starting the metrics port")]
-    Metrics(#[source] http::HttpError),
+    Metrics(#[source] crate::metrics_port::PortError),
 }
 
 /// Makes the state folder and the VMs' folder traversable by QEMU, and warns about any folder
@@ -260,9 +258,15 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         node: args.node_name.clone(),
         synced: synced.clone(),
     });
-    let server = http::Server::bind(&args.metrics, Arc::clone(&endpoint), client.clone())
-        .await
-        .map_err(AgentError::Metrics)?;
+    let server = crate::metrics_port::Server::bind(
+        &args.metrics,
+        &args.node_name,
+        Arc::clone(&endpoint),
+        &metrics.http,
+        client.clone(),
+    )
+    .await
+    .map_err(AgentError::Metrics)?;
     let server = tokio::spawn(server.serve());
     let admin_state = Arc::new(AdminState {
         node: args.node_name.clone(),
@@ -278,7 +282,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let access = crate::admin::peer::Access {
         group: args.admin_group,
     };
-    let admin_connections = metrics.connections("admin");
+    let admin_connections = metrics.http.connections("admin");
     let admin = tokio::spawn(async move {
         let served =
             crate::admin::server::serve(&admin_path, admin_state, access, admin_connections);

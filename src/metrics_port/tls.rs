@@ -1,6 +1,6 @@
 //! The metrics port's serving certificate, as kubelet's: the operator's certificate and key
 //! (`--metrics-tls-cert-file`, `--metrics-tls-key-file`, PEM), or else a self-signed one made
-//! at every start for the node's name, `localhost` and the loopback addresses. Nobody can
+//! at every start for the process's host (the agent's node, the controller's Pod), `localhost` and the loopback addresses. Nobody can
 //! verify a self-signed certificate, so a scraper then skips verification (Prometheus:
 //! `tls_config: {insecure_skip_verify: true}`; kubelet's HTTPS probes never verify); the
 //! certificate's SHA-256 fingerprint is logged for whoever wants to pin it.
@@ -45,12 +45,12 @@ pub enum CertificateSource {
 }
 
 impl CertificateSource {
-    /// The operator's files if both are given, else a self-signed certificate for `node`,
+    /// The operator's files if both are given, else a self-signed certificate for `host`,
     /// `localhost`, the loopback addresses and `bound` if it is a specific address.
     pub fn choose(
         certificate: Option<&Path>,
         key: Option<&Path>,
-        node: &str,
+        host: &str,
         bound: IpAddr,
     ) -> Self {
         if let (Some(certificate), Some(key)) = (certificate, key) {
@@ -60,7 +60,7 @@ impl CertificateSource {
             };
         }
         let mut names = vec![
-            node.to_string(),
+            host.to_string(),
             "localhost".into(),
             "127.0.0.1".into(),
             "::1".into(),
@@ -99,10 +99,9 @@ pub fn load(
             let mut params =
                 rcgen::CertificateParams::new(names.clone()).map_err(TlsError::Generate)?;
             params.distinguished_name = rcgen::DistinguishedName::new();
-            params.distinguished_name.push(
-                rcgen::DnType::CommonName,
-                format!("nodevirt-agent@{}", names[0]),
-            );
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, format!("nodevirt@{}", names[0]));
             let key = rcgen::KeyPair::generate().map_err(TlsError::Generate)?;
             let cert = params.self_signed(&key).map_err(TlsError::Generate)?;
             let key = PrivatePkcs8KeyDer::from(key.serialize_der());

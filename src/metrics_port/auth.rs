@@ -1,5 +1,6 @@
-//! Who may read `/metrics` on the metrics port: the Kubernetes convention for a component's
-//! metrics, as kubelet follows it (delegated authentication and authorization).
+//! Who may read `/metrics` on a metrics port (the agent's, the controller's): the Kubernetes
+//! convention for a component's metrics, as kubelet follows it (delegated authentication and
+//! authorization).
 //!
 //! 1. The request's `Authorization: Bearer <token>` ([`bearer_token`]); none, or another
 //!    scheme, answers 401.
@@ -11,7 +12,7 @@
 //!    (403 if not). `daemonset.yaml`'s ClusterRole `nodevirt-metrics-reader` grants it.
 //! 4. At most [`MAX_REVIEWS_IN_FLIGHT`] reviews run at once, each within [`REVIEW_TIMEOUT`]:
 //!    a flood of made-up tokens costs the API server that much, not one call per request.
-//!    A review that fails (API server away, or the agent's own RBAC missing) is not cached,
+//!    A review that fails (API server away, or the process's own RBAC missing) is not cached,
 //!    is logged, and answers 503.
 //!
 //! `/healthz` and `/readyz` are not behind this: kubelet probes them without a token.
@@ -53,7 +54,7 @@ pub const ALLOWED_TTL: Duration = Duration::from_secs(60);
 pub const DENIED_TTL: Duration = Duration::from_secs(10);
 
 /// Tokens remembered at once. Scrapers are a handful (a Prometheus or two, a person); the
-/// bound keeps a flood of made-up tokens from growing the agent's memory. Full, the cache
+/// bound keeps a flood of made-up tokens from growing the process's memory. Full, the cache
 /// drops expired entries, then the one closest to expiry.
 pub const CACHE_CAPACITY: usize = 64;
 
@@ -202,8 +203,8 @@ pub trait Reviewer: Send + Sync {
     fn review<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Decision, ReviewError>>;
 }
 
-/// The API server's TokenReview and SubjectAccessReview, with the agent's own client (its
-/// ClusterRole may create both).
+/// The API server's TokenReview and SubjectAccessReview, with the process's own client (the
+/// agent's and the controller's ClusterRoles may create both).
 pub struct KubeReviewer {
     pub client: kube::Client,
 }
@@ -343,7 +344,7 @@ pub async fn require_metrics_access(
             tracing::warn!(error = %crate::k8s::error_chain(&e), "metrics: cannot review a scraper's token");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "cannot review the token now; the agent's log says why\n",
+                "cannot review the token now; this process's log says why\n",
             )
                 .into_response()
         }
@@ -355,7 +356,7 @@ fn unauthorized(why: &str) -> Response {
         StatusCode::UNAUTHORIZED,
         [(
             header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"nodevirt-agent\""),
+            HeaderValue::from_static("Bearer realm=\"nodevirt\""),
         )],
         format!("unauthorized: {why}\n"),
     )
