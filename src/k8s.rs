@@ -34,12 +34,12 @@ pub fn untyped_api<K: Resource<DynamicType = ()>>(
     Api::namespaced_with(client.clone(), namespace, &ApiResource::erase::<K>(&()))
 }
 
-/// [`patch_status`] through [`untyped_api`].
+/// [`patch_status`] through [`untyped_api`]; the resourceVersion it made.
 pub async fn patch_status_untyped<K, S>(
     client: &kube::Client,
     object: &K,
     status: &S,
-) -> Result<(), kube::Error>
+) -> Result<Option<String>, kube::Error>
 where
     K: Resource<DynamicType = ()>,
     S: Serialize,
@@ -49,7 +49,8 @@ where
     let name = object.meta().name.as_deref().unwrap_or_default();
     let mut untyped = DynamicObject::new(name, &ApiResource::erase::<K>(&())).within(namespace);
     untyped.metadata.uid = object.meta().uid.clone();
-    patch_status(&api, &untyped, status).await.map(drop)
+    let written = patch_status(&api, &untyped, status).await?;
+    Ok(written.metadata.resource_version)
 }
 
 /// How each controller runs: at most 16 reconciles at once. Unbounded, 1000 VMs created

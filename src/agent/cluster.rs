@@ -73,7 +73,11 @@ impl Cluster for Kube {
         vm: &'a VirtualMachine,
         status: &'a VirtualMachineStatus,
     ) -> BoxFuture<'a, Result<(), kube::Error>> {
-        Box::pin(k8s::patch_status_untyped(&self.client, vm, status))
+        Box::pin(async move {
+            k8s::patch_status_untyped(&self.client, vm, status)
+                .await
+                .map(drop)
+        })
     }
 
     fn publish<'a>(

@@ -13,6 +13,8 @@ pub mod leader;
 pub mod placement;
 pub mod presets;
 pub mod scheduling;
+pub mod status;
+pub mod status_writer;
 pub mod workloads;
 
 use std::path::PathBuf;

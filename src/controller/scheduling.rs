@@ -23,15 +23,16 @@ use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
 use crate::agent::heartbeat::{HEARTBEAT_ANNOTATION, SCHEDULABLE_LABEL};
-use crate::agent::status::set_ready;
 use crate::api::quantity::{parse_bytes, parse_millicores};
 use crate::api::virtual_machine::unreadable_message;
 use crate::api::{NODE_NAME_LABEL, Phase, VirtualMachine, VirtualMachinePreset};
 use crate::events::{EventRecorder, EventType};
-use crate::k8s::{self, error_chain};
+use crate::k8s::error_chain;
 
 use super::placement::{self, NodeInfo, PlacementError, Usage};
 use super::presets;
+use super::status;
+use super::status_writer::{self, StatusWriteError};
 
 pub mod reasons {
     pub const SCHEDULED: &str = "Scheduled";
@@ -54,23 +55,32 @@ pub struct Context {
     pub heartbeat_timeout: SignedDuration,
 }
 
+/// One variant per failing step of placing a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("writing VirtualMachine {vm}")]
-    Write {
+    // The writer's error names the step and the VM already.
+    #[error(transparent)]
+    WriteStatus(#[from] StatusWriteError),
+    #[error("labelling VirtualMachine {vm} with its node and merged presets")]
+    Place {
         vm: String,
         #[source]
         source: kube::Error,
     },
 }
 
-fn key(vm: &VirtualMachine) -> String {
-    format!("{}/{}", vm.namespace().unwrap_or_default(), vm.name_any())
+impl Error {
+    /// The step that failed, as a metric label.
+    pub fn step(&self) -> &'static str {
+        match self {
+            Error::WriteStatus(_) => "write_status",
+            Error::Place { .. } => "place",
+        }
+    }
 }
 
-fn write_error(vm: &VirtualMachine) -> impl FnOnce(kube::Error) -> Error {
-    let vm = key(vm);
-    move |source| Error::Write { vm, source }
+fn key(vm: &VirtualMachine) -> String {
+    format!("{}/{}", vm.namespace().unwrap_or_default(), vm.name_any())
 }
 
 pub fn node_info(node: &Node) -> NodeInfo {
@@ -156,23 +166,15 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
         }
         Err(e @ PlacementError::NoNode { .. }) => {
             let message = e.to_string();
-            let mut status = vm.status.clone().unwrap_or_default();
-            let changed = status
-                .conditions
-                .iter()
-                .all(|c| c.message.as_deref() != Some(message.as_str()));
-            status.phase = Some(Phase::Pending);
-            set_ready(
-                &mut status,
-                false,
+            let wanted = status::not_ready(
+                vm.status.as_ref(),
+                Phase::Pending,
                 reasons::UNSCHEDULABLE,
                 &message,
                 Timestamp::now(),
             );
-            if changed {
-                k8s::patch_status(&api, &vm, &status)
-                    .await
-                    .map_err(write_error(&vm))?;
+            if vm.status.as_ref() != Some(&wanted) {
+                status_writer::write(&ctx.client, &*vm, &wanted).await?;
                 ctx.recorder
                     .publish(
                         &*vm,
@@ -185,14 +187,13 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
             return Ok(Action::requeue(UNSCHEDULABLE_RETRY));
         }
     };
-    let mut status = vm.status.clone().unwrap_or_default();
-    status.phase = Some(Phase::Scheduled);
-    status.node_name = Some(node.clone());
-    status.conditions.clear();
-    let written = k8s::patch_status(&api, &vm, &status)
-        .await
-        .map_err(write_error(&vm))?;
-    let mut labelled = written;
+    let wanted = status::scheduled(vm.status.as_ref(), &node);
+    let written = status_writer::write(&ctx.client, &*vm, &wanted).await?;
+    // The replace carries the status write's resourceVersion: it fails if anyone changed the
+    // VM in between.
+    let mut labelled = (*vm).clone();
+    labelled.metadata.resource_version = written;
+    labelled.status = Some(wanted);
     labelled.spec = merged.spec;
     labelled.metadata.annotations = merged.metadata.annotations;
     labelled
@@ -205,7 +206,12 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
         Ok(_) => {}
         // Someone changed the VM meanwhile: look again with the new version.
         Err(kube::Error::Api(s)) if s.code == 409 => return Ok(Action::requeue(Duration::ZERO)),
-        Err(e) => return Err(write_error(&vm)(e)),
+        Err(source) => {
+            return Err(Error::Place {
+                vm: key(&vm),
+                source,
+            });
+        }
     }
     info!(vm = %key(&vm), node, "placed");
     let note = format!("Placed on node {node}.");
@@ -221,12 +227,14 @@ async fn fail(
     reason: &str,
     message: &str,
 ) -> Result<Action, Error> {
-    let mut status = vm.status.clone().unwrap_or_default();
-    status.phase = Some(Phase::Failed);
-    set_ready(&mut status, false, reason, message, Timestamp::now());
-    k8s::patch_status_untyped(&ctx.client, vm, &status)
-        .await
-        .map_err(write_error(vm))?;
+    let wanted = status::not_ready(
+        vm.status.as_ref(),
+        Phase::Failed,
+        reason,
+        message,
+        Timestamp::now(),
+    );
+    status_writer::write(&ctx.client, vm, &wanted).await?;
     ctx.recorder
         .publish(vm, EventType::Warning, reason, message)
         .await;
@@ -292,17 +300,16 @@ pub async fn watch_node_health(ctx: Arc<Context>) {
             else {
                 continue;
             };
-            let mut status = vm.status.clone().unwrap_or_default();
-            status.phase = Some(Phase::Unknown);
-            set_ready(&mut status, false, reason, &message, now);
-            match k8s::patch_status_untyped(&ctx.client, &*vm, &status).await {
-                Ok(()) => {
+            let wanted =
+                status::not_ready(vm.status.as_ref(), Phase::Unknown, reason, &message, now);
+            match status_writer::write(&ctx.client, &*vm, &wanted).await {
+                Ok(_) => {
                     warn!(vm = %key(&vm), reason, "VM Unknown");
                     ctx.recorder
                         .publish(&*vm, EventType::Warning, reason, &message)
                         .await;
                 }
-                Err(e) => warn!(vm = %key(&vm), error = %e, "cannot mark VM Unknown"),
+                Err(e) => warn!(error = %error_chain(&e), "cannot mark VM Unknown"),
             }
         }
     }

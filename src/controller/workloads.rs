@@ -14,18 +14,15 @@ use kube::runtime::controller::Action;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use crate::agent::status::set_ready;
-use crate::api::offline_virtual_machine::OfflineVirtualMachineStatus;
-use crate::api::replica_set::VirtualMachineReplicaSetStatus;
 use crate::api::selector::matches;
 use crate::api::virtual_machine::Condition;
-use crate::api::{
-    OfflineVirtualMachine, Phase, VirtualMachine, VirtualMachineReplicaSet, VirtualMachineStatus,
-};
+use crate::api::{OfflineVirtualMachine, Phase, VirtualMachine, VirtualMachineReplicaSet};
 use crate::events::{EventRecorder, EventType};
-use crate::k8s::{self, error_chain};
+use crate::k8s::error_chain;
 
 use super::backoff::RecreateBackoff;
+use super::status;
+use super::status_writer::{self, StatusWriteError};
 
 pub mod reasons {
     pub const BACK_OFF: &str = "BackOff";
@@ -45,26 +42,58 @@ pub struct Context {
 /// condition of the same name).
 pub const REPLICA_FAILURE: &str = "ReplicaFailure";
 
+/// One variant per failing step of a reconcile; `owner` is `<namespace>/<name>`.
 #[derive(Debug, thiserror::Error)]
-#[error("{action} for {owner}")]
-pub struct Error {
-    action: &'static str,
-    owner: String,
-    #[source]
-    source: kube::Error,
+pub enum Error {
+    #[error("reading the VirtualMachine of {owner}")]
+    ReadVm {
+        owner: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("listing the VirtualMachines of {owner}")]
+    ListVms {
+        owner: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("creating a VirtualMachine for {owner}")]
+    CreateVm {
+        owner: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("deleting VirtualMachine {vm} of {owner}")]
+    DeleteVm {
+        owner: String,
+        vm: String,
+        #[source]
+        source: kube::Error,
+    },
+    // The writer's error names the step and the object already.
+    #[error(transparent)]
+    WriteStatus(#[from] StatusWriteError),
 }
 
-fn api_error(action: &'static str, owner: &impl ResourceExt) -> impl FnOnce(kube::Error) -> Error {
-    let owner = format!(
-        "{}/{}",
-        owner.namespace().unwrap_or_default(),
-        owner.name_any()
-    );
-    move |source| Error {
-        action,
-        owner,
-        source,
+impl Error {
+    /// The step that failed, as a metric label.
+    pub fn step(&self) -> &'static str {
+        match self {
+            Error::ReadVm { .. } => "read_vm",
+            Error::ListVms { .. } => "list_vms",
+            Error::CreateVm { .. } => "create_vm",
+            Error::DeleteVm { .. } => "delete_vm",
+            Error::WriteStatus(_) => "write_status",
+        }
     }
+}
+
+fn key(object: &impl ResourceExt) -> String {
+    format!(
+        "{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
 }
 
 pub fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
@@ -80,10 +109,6 @@ fn owned_by(vm: &VirtualMachine, uid: &str) -> bool {
 
 fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> Option<OwnerReference> {
     owner.controller_owner_ref(&())
-}
-
-fn is_live(vm: &VirtualMachine) -> bool {
-    vm.metadata.deletion_timestamp.is_none() && !vm.phase().is_final()
 }
 
 /// `<name>` followed by 5 random lowercase letters, as the API text's `replicanmgjl`.
@@ -111,7 +136,10 @@ async fn create_vm<K: Resource<DynamicType = ()> + ResourceExt>(
     let created = api
         .create(&PostParams::default(), &vm)
         .await
-        .map_err(api_error("creating a VirtualMachine", owner))?;
+        .map_err(|source| Error::CreateVm {
+            owner: key(owner),
+            source,
+        })?;
     let note = format!("Created virtual machine {}", created.name_any());
     info!(owner = %owner.name_any(), vm = %created.name_any(), "created VM");
     ctx.recorder
@@ -129,7 +157,13 @@ async fn delete_vm<K: Resource<DynamicType = ()> + ResourceExt>(
     match api.delete(&vm.name_any(), &DeleteParams::default()).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
-        Err(e) => return Err(api_error("deleting a VirtualMachine", owner)(e)),
+        Err(source) => {
+            return Err(Error::DeleteVm {
+                owner: key(owner),
+                vm: vm.name_any(),
+                source,
+            });
+        }
     }
     let note = format!("Deleted virtual machine {}", vm.name_any());
     ctx.recorder
@@ -213,13 +247,6 @@ async fn announce_back_off<K: Resource<DynamicType = ()>>(
         .await;
 }
 
-/// A Ready-style condition list: empty when all is well, else one condition saying why.
-fn problem(reason: &str, message: &str) -> Vec<Condition> {
-    let mut status = VirtualMachineStatus::default();
-    set_ready(&mut status, false, reason, message, Timestamp::now());
-    status.conditions
-}
-
 pub async fn reconcile_offline(
     ovm: Arc<OfflineVirtualMachine>,
     ctx: Arc<Context>,
@@ -228,10 +255,11 @@ pub async fn reconcile_offline(
     let name = ovm.name_any();
     let uid = ovm.uid().unwrap_or_default();
     let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
-    let vm = vms
-        .get_opt(&name)
-        .await
-        .map_err(api_error("reading the VirtualMachine", &*ovm))?;
+    let read_vm = |source| Error::ReadVm {
+        owner: key(&*ovm),
+        source,
+    };
+    let vm = vms.get_opt(&name).await.map_err(read_vm)?;
     let previous = ovm
         .status
         .as_ref()
@@ -242,11 +270,12 @@ pub async fn reconcile_offline(
     let mut deleted = Vec::new();
     match &vm {
         Some(vm) if !owned_by(vm, &uid) => {
-            conditions = problem(
+            conditions = status::problem(
                 reasons::NAME_TAKEN,
                 &format!(
                     "A VirtualMachine named {name} exists and does not belong to this OfflineVirtualMachine."
                 ),
+                Timestamp::now(),
             );
         }
         None if ovm.spec.running
@@ -284,30 +313,18 @@ pub async fn reconcile_offline(
     if ovm.metadata.deletion_timestamp.is_some() {
         ctx.backoff.forget(&uid);
     }
-    let vm = vms
-        .get_opt(&name)
-        .await
-        .map_err(api_error("reading the VirtualMachine", &*ovm))?;
-    let vm = vm.filter(|v| owned_by(v, &uid));
-    let status = OfflineVirtualMachineStatus {
-        created: vm.as_ref().is_some_and(is_live),
-        ready: vm
-            .as_ref()
-            .is_some_and(|v| is_live(v) && v.phase() == Phase::Running),
-        conditions,
-    };
-    if ovm.status.as_ref() != Some(&status) {
-        let api: Api<OfflineVirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
-        k8s::patch_status(&api, &*ovm, &status)
-            .await
-            .map_err(api_error("writing the status", &*ovm))?;
+    let vm = vms.get_opt(&name).await.map_err(read_vm)?;
+    let wanted = status::offline(vm.as_ref().filter(|v| owned_by(v, &uid)), conditions);
+    if ovm.status.as_ref() != Some(&wanted) {
+        status_writer::write(&ctx.client, &*ovm, &wanted).await?;
     }
     Ok(Action::requeue(requeue))
 }
 
 /// Which VMs to delete when there are `excess` too many: those not yet Running first, then the
 /// newest.
-fn pick_excess(mut live: Vec<VirtualMachine>, excess: usize) -> Vec<VirtualMachine> {
+fn pick_excess(live: &[VirtualMachine], excess: usize) -> Vec<&VirtualMachine> {
+    let mut live: Vec<&VirtualMachine> = live.iter().collect();
     live.sort_by_key(|vm| {
         (
             vm.phase() == Phase::Running,
@@ -324,7 +341,6 @@ pub async fn reconcile_replica_set(
     let namespace = rs.namespace().unwrap_or_default();
     let name = rs.name_any();
     let uid = rs.uid().unwrap_or_default();
-    let api: Api<VirtualMachineReplicaSet> = Api::namespaced(ctx.client.clone(), &namespace);
     let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
     let template_labels = rs
         .spec
@@ -339,14 +355,14 @@ pub async fn reconcile_replica_set(
             Err(e) => e.to_string(),
             Ok(_) => "spec.selector does not match the labels of spec.template.metadata.labels; the ReplicaSet would never find the VMs it creates".into(),
         };
-        let status = VirtualMachineReplicaSetStatus {
-            conditions: problem(reasons::INVALID_SELECTOR, &message),
-            ..rs.status.clone().unwrap_or_default()
-        };
-        if rs.status.as_ref() != Some(&status) {
-            k8s::patch_status(&api, &*rs, &status)
-                .await
-                .map_err(api_error("writing the status", &*rs))?;
+        let wanted = status::invalid_replica_set(
+            rs.status.as_ref(),
+            reasons::INVALID_SELECTOR,
+            &message,
+            Timestamp::now(),
+        );
+        if rs.status.as_ref() != Some(&wanted) {
+            status_writer::write(&ctx.client, &*rs, &wanted).await?;
             ctx.recorder
                 .publish(
                     &*rs,
@@ -361,7 +377,10 @@ pub async fn reconcile_replica_set(
     let owned: Vec<VirtualMachine> = vms
         .list(&ListParams::default())
         .await
-        .map_err(api_error("listing VirtualMachines", &*rs))?
+        .map_err(|source| Error::ListVms {
+            owner: key(&*rs),
+            source,
+        })?
         .items
         .into_iter()
         .filter(|vm| owned_by(vm, &uid))
@@ -373,10 +392,6 @@ pub async fn reconcile_replica_set(
         .filter(|vm| vm.metadata.deletion_timestamp.is_none())
         .partition(|vm| !vm.phase().is_final() && vm.phase() != Phase::Unknown);
     let wanted = rs.spec.replicas.unwrap_or(1).max(0) as usize;
-    let ready = live
-        .iter()
-        .filter(|vm| vm.phase() == Phase::Running)
-        .count();
     let replicas = live.len();
     let previous = rs
         .status
@@ -408,23 +423,18 @@ pub async fn reconcile_replica_set(
                 }
             }
         }
-        for vm in pick_excess(live, replicas.saturating_sub(wanted)) {
-            delete_vm(&ctx, &vms, &*rs, &vm).await?;
+        for vm in pick_excess(&live, replicas.saturating_sub(wanted)) {
+            delete_vm(&ctx, &vms, &*rs, vm).await?;
         }
     }
     let selector = kube::core::Selector::try_from(rs.spec.selector.clone())
         .map(|s| s.to_string())
         .ok();
-    let status = VirtualMachineReplicaSetStatus {
-        replicas: replicas as i32,
-        ready_replicas: ready as i32,
-        label_selector: selector,
-        conditions,
-    };
-    if rs.status.as_ref() != Some(&status) {
-        k8s::patch_status(&api, &*rs, &status)
-            .await
-            .map_err(api_error("writing the status", &*rs))?;
+    // The status counts the replicas seen at the start: those created or deleted now are
+    // counted by the reconcile their watch events bring.
+    let wanted = status::replica_set(&live, selector, conditions);
+    if rs.status.as_ref() != Some(&wanted) {
+        status_writer::write(&ctx.client, &*rs, &wanted).await?;
     }
     Ok(Action::requeue(requeue))
 }
@@ -453,7 +463,7 @@ mod tests {
                 Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                     Timestamp::from_second(1_800_000_000 + second).unwrap(),
                 ));
-            vm.status = Some(VirtualMachineStatus {
+            vm.status = Some(crate::api::VirtualMachineStatus {
                 phase: Some(phase),
                 ..Default::default()
             });
@@ -464,7 +474,7 @@ mod tests {
             vm("new-running", Phase::Running, 10),
             vm("scheduled", Phase::Scheduled, 5),
         ];
-        let names: Vec<_> = pick_excess(live, 2).iter().map(|v| v.name_any()).collect();
+        let names: Vec<_> = pick_excess(&live, 2).iter().map(|v| v.name_any()).collect();
         assert_eq!(names, ["scheduled", "new-running"]);
     }
 }
