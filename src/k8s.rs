@@ -4,8 +4,12 @@ use std::path::Path;
 
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::{Api, Resource};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use crate::metrics::MethodLabel;
 
 /// Merge-patches `status` of `object` through the status subresource. The object's UID rides
 /// along as a precondition: if the object was deleted and re-created under the same name, the
@@ -94,8 +98,22 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientErr
     client_observed(kubeconfig, |_| {}).await
 }
 
-/// The same, calling `on_request` with the method of every request it sends (for metrics).
-pub async fn client_observed(
+/// The same, counting every request it sends in `requests` by HTTP method.
+pub async fn client_counted(
+    kubeconfig: Option<&Path>,
+    requests: Family<MethodLabel, Counter>,
+) -> Result<kube::Client, ClientError> {
+    client_observed(kubeconfig, move |method| {
+        let label = MethodLabel {
+            method: method.as_str().to_string(),
+        };
+        requests.get_or_create(&label).inc();
+    })
+    .await
+}
+
+/// The same, calling `on_request` with the method of every request it sends.
+async fn client_observed(
     kubeconfig: Option<&Path>,
     on_request: impl Fn(&http::Method) + Clone + Send + Sync + 'static,
 ) -> Result<kube::Client, ClientError> {

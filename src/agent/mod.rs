@@ -152,14 +152,9 @@ fn vm_of_domain(domain: &str) -> Option<ObjectRef<VirtualMachine>> {
 
 pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let metrics = Arc::new(AgentMetrics::new());
-    let requests = metrics.api_requests.clone();
-    let client = crate::k8s::client_observed(args.kubeconfig.as_deref(), move |method| {
-        let label = crate::metrics::MethodLabel {
-            method: method.as_str().to_string(),
-        };
-        requests.get_or_create(&label).inc();
-    })
-    .await?;
+    let client =
+        crate::k8s::client_counted(args.kubeconfig.as_deref(), metrics.api_requests.clone())
+            .await?;
     prepare_state_dir(&args.state_dir).await?;
     events::start_event_loop()?;
     // Connected (and reconnected) by `libvirt_link`, so the agent starts while libvirtd is away.

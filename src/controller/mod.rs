@@ -10,6 +10,7 @@
 
 pub mod backoff;
 pub mod leader;
+pub mod metrics;
 pub mod placement;
 pub mod presets;
 pub mod scheduling;
@@ -21,9 +22,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::SignedDuration;
+use kube::Resource;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use tracing::{info, warn};
 
@@ -31,6 +33,8 @@ use crate::api::{
     OfflineVirtualMachine, VirtualMachine, VirtualMachinePreset, VirtualMachineReplicaSet,
 };
 use crate::events::EventRecorder;
+
+use self::metrics::{ControllerMetrics, controllers};
 
 #[derive(Debug, clap::Args)]
 pub struct ControllerArgs {
@@ -57,36 +61,54 @@ pub enum ControllerError {
     Client(#[from] crate::k8s::ClientError),
 }
 
+/// `stream` of a watch of `K`, its errors counted and logged (the watch re-lists after each).
+fn counted<K: Resource<DynamicType = ()>, T>(
+    stream: impl Stream<Item = Result<T, watcher::Error>> + Send + 'static,
+    metrics: &Arc<ControllerMetrics>,
+) -> impl Stream<Item = Result<T, watcher::Error>> + Send + 'static {
+    let metrics = Arc::clone(metrics);
+    stream.inspect_err(move |e| {
+        let kind = K::kind(&());
+        metrics.watch_error(&kind);
+        warn!(%kind, error = %e, "watching failed; watching again with backoff");
+    })
+}
+
 /// A reflector's cache, kept current by a task of its own.
-fn cache<K>(client: &kube::Client) -> reflector::Store<K>
+fn cache<K>(client: &kube::Client, metrics: &Arc<ControllerMetrics>) -> reflector::Store<K>
 where
     K: crate::watch::Decode + Clone + std::fmt::Debug + Send + Sync + 'static,
 {
     let (reader, stream) = crate::watch::reflected::<K>(client.clone(), watcher::Config::default());
-    tokio::spawn(stream.for_each(|_| async {}));
+    tokio::spawn(counted::<K, _>(stream, metrics).for_each(|_| async {}));
     reader
 }
 
 /// A Controller for `K` whose watch is [`crate::watch::watch`], so one object that does not
 /// decode never stops it.
-fn controller<K>(client: &kube::Client) -> Controller<K>
+fn controller<K>(client: &kube::Client, metrics: &Arc<ControllerMetrics>) -> Controller<K>
 where
     K: crate::watch::Decode + Clone + std::fmt::Debug + Send + Sync + 'static,
 {
     let (reader, stream) = crate::watch::reflected::<K>(client.clone(), watcher::Config::default());
-    Controller::for_stream(stream, reader).with_config(crate::k8s::controller_config())
+    Controller::for_stream(counted::<K, _>(stream, metrics), reader)
+        .with_config(crate::k8s::controller_config())
 }
 
 /// The owned VMs of a workload controller, as triggers.
 fn owned_vms(
     client: &kube::Client,
-) -> impl futures::Stream<Item = Result<VirtualMachine, watcher::Error>> + Send + 'static {
-    crate::watch::watch::<VirtualMachine>(client.clone(), watcher::Config::default())
-        .touched_objects()
+    metrics: &Arc<ControllerMetrics>,
+) -> impl Stream<Item = Result<VirtualMachine, watcher::Error>> + Send + 'static {
+    let watch = crate::watch::watch::<VirtualMachine>(client.clone(), watcher::Config::default());
+    counted::<VirtualMachine, _>(watch, metrics).touched_objects()
 }
 
 pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
-    let client = crate::k8s::client(args.kubeconfig.as_deref()).await?;
+    let metrics = Arc::new(ControllerMetrics::new());
+    let client =
+        crate::k8s::client_counted(args.kubeconfig.as_deref(), metrics.api_requests.clone())
+            .await?;
     let identity = args
         .identity
         .clone()
@@ -111,15 +133,17 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     let scheduling_ctx = Arc::new(scheduling::Context {
         client: client.clone(),
         recorder: recorder.clone(),
-        nodes: cache::<Node>(&client),
-        vms: cache::<VirtualMachine>(&client),
-        presets: cache::<VirtualMachinePreset>(&client),
+        nodes: cache::<Node>(&client, &metrics),
+        vms: cache::<VirtualMachine>(&client, &metrics),
+        presets: cache::<VirtualMachinePreset>(&client, &metrics),
         heartbeat_timeout: SignedDuration::from_secs(args.node_heartbeat_timeout as i64),
+        metrics: Arc::clone(&metrics),
     });
     let workloads_ctx = Arc::new(workloads::Context {
         client: client.clone(),
         recorder,
         backoff: Default::default(),
+        metrics: Arc::clone(&metrics),
     });
     let shutdown = crate::k8s::shutdown_signal();
     tokio::pin!(shutdown);
@@ -128,13 +152,15 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
             leadership = leader::acquire(client.clone(), lease.clone()) => leadership,
             _ = &mut shutdown => return Ok(()),
         };
+        metrics.leader.set(1);
         tokio::select! {
             _ = leadership.hold() => {
                 warn!("stopped acting: the leader Lease lapsed; waiting to lead again");
             }
-            _ = lead(&client, &scheduling_ctx, &workloads_ctx) => return Ok(()),
+            _ = lead(&client, &metrics, &scheduling_ctx, &workloads_ctx) => return Ok(()),
             _ = &mut shutdown => return Ok(()),
         }
+        metrics.leader.set(0);
     }
 }
 
@@ -142,6 +168,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
 /// Dropped when leadership is lost: every watch and reconcile in it stops with it.
 async fn lead(
     client: &kube::Client,
+    metrics: &Arc<ControllerMetrics>,
     scheduling_ctx: &Arc<scheduling::Context>,
     workloads_ctx: &Arc<workloads::Context>,
 ) {
@@ -149,25 +176,37 @@ async fn lead(
     let _ = scheduling_ctx.nodes.wait_until_ready().await;
     let _ = scheduling_ctx.presets.wait_until_ready().await;
     let _ = scheduling_ctx.vms.wait_until_ready().await;
-    let vms = controller::<VirtualMachine>(client)
+    let vms = controller::<VirtualMachine>(client, metrics)
         .run(
-            scheduling::reconcile,
+            metrics::instrumented(
+                Arc::clone(metrics),
+                controllers::SCHEDULING,
+                scheduling::reconcile,
+            ),
             scheduling::error_policy,
             Arc::clone(scheduling_ctx),
         )
         .for_each(|_| async {});
-    let offline = controller::<OfflineVirtualMachine>(client)
-        .owns_stream(owned_vms(client))
+    let offline = controller::<OfflineVirtualMachine>(client, metrics)
+        .owns_stream(owned_vms(client, metrics))
         .run(
-            workloads::reconcile_offline,
+            metrics::instrumented(
+                Arc::clone(metrics),
+                controllers::OFFLINE_VIRTUAL_MACHINE,
+                workloads::reconcile_offline,
+            ),
             workloads::error_policy,
             Arc::clone(workloads_ctx),
         )
         .for_each(|_| async {});
-    let replica_sets = controller::<VirtualMachineReplicaSet>(client)
-        .owns_stream(owned_vms(client))
+    let replica_sets = controller::<VirtualMachineReplicaSet>(client, metrics)
+        .owns_stream(owned_vms(client, metrics))
         .run(
-            workloads::reconcile_replica_set,
+            metrics::instrumented(
+                Arc::clone(metrics),
+                controllers::REPLICA_SET,
+                workloads::reconcile_replica_set,
+            ),
             workloads::error_policy,
             Arc::clone(workloads_ctx),
         )

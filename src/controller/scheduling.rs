@@ -29,6 +29,7 @@ use crate::api::{NODE_NAME_LABEL, Phase, VirtualMachine, VirtualMachinePreset};
 use crate::events::{EventRecorder, EventType};
 use crate::k8s::error_chain;
 
+use super::metrics::{ControllerMetrics, ReasonLabel, Step};
 use super::placement::{self, NodeInfo, PlacementError, Usage};
 use super::presets;
 use super::status;
@@ -53,6 +54,7 @@ pub struct Context {
     pub vms: Store<VirtualMachine>,
     pub presets: Store<VirtualMachinePreset>,
     pub heartbeat_timeout: SignedDuration,
+    pub metrics: Arc<ControllerMetrics>,
 }
 
 /// One variant per failing step of placing a VM.
@@ -69,9 +71,8 @@ pub enum Error {
     },
 }
 
-impl Error {
-    /// The step that failed, as a metric label.
-    pub fn step(&self) -> &'static str {
+impl Step for Error {
+    fn step(&self) -> &'static str {
         match self {
             Error::WriteStatus(_) => "write_status",
             Error::Place { .. } => "place",
@@ -304,6 +305,10 @@ pub async fn watch_node_health(ctx: Arc<Context>) {
                 status::not_ready(vm.status.as_ref(), Phase::Unknown, reason, &message, now);
             match status_writer::write(&ctx.client, &*vm, &wanted).await {
                 Ok(_) => {
+                    ctx.metrics
+                        .vms_unknown
+                        .get_or_create(&ReasonLabel { reason })
+                        .inc();
                     warn!(vm = %key(&vm), reason, "VM Unknown");
                     ctx.recorder
                         .publish(&*vm, EventType::Warning, reason, &message)

@@ -21,6 +21,7 @@ use crate::events::{EventRecorder, EventType};
 use crate::k8s::error_chain;
 
 use super::backoff::RecreateBackoff;
+use super::metrics::{ControllerLabel, ControllerMetrics, Step, controllers};
 use super::status;
 use super::status_writer::{self, StatusWriteError};
 
@@ -36,6 +37,20 @@ pub struct Context {
     pub client: Client,
     pub recorder: Arc<EventRecorder>,
     pub backoff: RecreateBackoff,
+    pub metrics: Arc<ControllerMetrics>,
+}
+
+/// A kind that owns VirtualMachines, and the controller that keeps them.
+pub trait Owner: Resource<DynamicType = ()> + ResourceExt {
+    const CONTROLLER: &'static str;
+}
+
+impl Owner for OfflineVirtualMachine {
+    const CONTROLLER: &'static str = controllers::OFFLINE_VIRTUAL_MACHINE;
+}
+
+impl Owner for VirtualMachineReplicaSet {
+    const CONTROLLER: &'static str = controllers::REPLICA_SET;
 }
 
 /// The condition type saying that an owner's VMs keep failing (KubeVirt's ReplicaSet
@@ -75,9 +90,8 @@ pub enum Error {
     WriteStatus(#[from] StatusWriteError),
 }
 
-impl Error {
-    /// The step that failed, as a metric label.
-    pub fn step(&self) -> &'static str {
+impl Step for Error {
+    fn step(&self) -> &'static str {
         match self {
             Error::ReadVm { .. } => "read_vm",
             Error::ListVms { .. } => "list_vms",
@@ -126,7 +140,7 @@ pub fn generated_name(base: &str) -> String {
     format!("{base}{suffix}")
 }
 
-async fn create_vm<K: Resource<DynamicType = ()> + ResourceExt>(
+async fn create_vm<K: Owner>(
     ctx: &Context,
     api: &Api<VirtualMachine>,
     owner: &K,
@@ -140,6 +154,12 @@ async fn create_vm<K: Resource<DynamicType = ()> + ResourceExt>(
             owner: key(owner),
             source,
         })?;
+    ctx.metrics
+        .vms_created
+        .get_or_create(&ControllerLabel {
+            controller: K::CONTROLLER,
+        })
+        .inc();
     let note = format!("Created virtual machine {}", created.name_any());
     info!(owner = %owner.name_any(), vm = %created.name_any(), "created VM");
     ctx.recorder
@@ -148,7 +168,7 @@ async fn create_vm<K: Resource<DynamicType = ()> + ResourceExt>(
     Ok(())
 }
 
-async fn delete_vm<K: Resource<DynamicType = ()> + ResourceExt>(
+async fn delete_vm<K: Owner>(
     ctx: &Context,
     api: &Api<VirtualMachine>,
     owner: &K,
@@ -165,6 +185,12 @@ async fn delete_vm<K: Resource<DynamicType = ()> + ResourceExt>(
             });
         }
     }
+    ctx.metrics
+        .vms_deleted
+        .get_or_create(&ControllerLabel {
+            controller: K::CONTROLLER,
+        })
+        .inc();
     let note = format!("Deleted virtual machine {}", vm.name_any());
     ctx.recorder
         .publish(owner, EventType::Normal, reasons::SUCCESSFUL_DELETE, &note)
