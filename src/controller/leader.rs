@@ -5,6 +5,9 @@
 //!    with an optimistic-concurrency replace: of two candidates only one write succeeds.
 //! 2. `Leadership::hold` renews it every `renew` and returns when renewals have failed for
 //!    `renew_deadline`: the caller stops acting and may `acquire` again.
+//!
+//! Each attempt, in either loop, is bounded by `renew` and beats a [`Pulse`], so that the
+//! controller's `/healthz` sees the loop go round whether it leads or waits.
 
 use std::time::Duration;
 
@@ -14,6 +17,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use tracing::{info, warn};
+
+use super::health::Pulse;
 
 #[derive(Debug, Clone)]
 pub struct LeaseConfig {
@@ -30,6 +35,7 @@ pub struct LeaseConfig {
 pub struct Leadership {
     api: Api<Lease>,
     config: LeaseConfig,
+    pulse: Pulse,
 }
 
 fn expired(lease: &Lease, now: Timestamp) -> bool {
@@ -96,19 +102,23 @@ async fn try_acquire(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool, kub
 }
 
 /// Waits until this process leads.
-pub async fn acquire(client: Client, config: LeaseConfig) -> Leadership {
+pub async fn acquire(client: Client, config: LeaseConfig, pulse: Pulse) -> Leadership {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
     info!(lease = %config.name, identity = %config.identity, "waiting to lead");
     loop {
-        match try_acquire(&api, &config).await {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => warn!(error = %e, "cannot read or take the leader Lease"),
+        let attempt = tokio::time::timeout(config.renew, try_acquire(&api, &config));
+        let taken = attempt.await;
+        pulse.beat();
+        match taken {
+            Ok(Ok(true)) => break,
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => warn!(error = %e, "cannot read or take the leader Lease"),
+            Err(_) => warn!("reading or taking the leader Lease timed out"),
         }
         tokio::time::sleep(config.renew).await;
     }
     info!(lease = %config.name, identity = %config.identity, "leading");
-    Leadership { api, config }
+    Leadership { api, config, pulse }
 }
 
 impl Leadership {
@@ -120,7 +130,9 @@ impl Leadership {
             // A request to an API server that does not answer must not outlast the deadline.
             let attempt =
                 tokio::time::timeout(self.config.renew, try_acquire(&self.api, &self.config));
-            match attempt.await {
+            let renewed = attempt.await;
+            self.pulse.beat();
+            match renewed {
                 Ok(Ok(true)) => last_renewal = tokio::time::Instant::now(),
                 Ok(Ok(false)) => {
                     warn!("another replica took the leader Lease");

@@ -7,8 +7,12 @@
 //! When the Lease cannot be renewed in time (an API outage, a partition) the leader stops
 //! acting, a third of the lease duration before another replica may take over, and joins the
 //! election again: the process stays up and its caches stay warm.
+//!
+//! Every replica, leading or not, serves its metrics port (`crate::metrics_port`): `metrics`
+//! (what it counts) and `health` (its `/healthz` and `/readyz`).
 
 pub mod backoff;
+pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod placement;
@@ -27,6 +31,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::SignedDuration;
 use kube::Resource;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::api::{
@@ -34,7 +39,9 @@ use crate::api::{
 };
 use crate::events::EventRecorder;
 
+use self::health::Pulse;
 use self::metrics::{ControllerMetrics, controllers};
+use crate::metrics_port::{self, MetricsArgs, PortError};
 
 #[derive(Debug, clap::Args)]
 pub struct ControllerArgs {
@@ -53,12 +60,17 @@ pub struct ControllerArgs {
     /// gets no new VMs.
     #[arg(long, default_value_t = 300)]
     pub node_heartbeat_timeout: u64,
+    /// The metrics port: /metrics (nodevirt_controller_*), /healthz, /readyz; on every replica.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
     #[error(transparent)]
     Client(#[from] crate::k8s::ClientError),
+    #[error("starting the metrics port")]
+    Metrics(#[source] PortError),
 }
 
 /// `stream` of a watch of `K`, its errors counted and logged (the watch re-lists after each).
@@ -74,13 +86,18 @@ fn counted<K: Resource<DynamicType = ()>, T>(
     })
 }
 
-/// A reflector's cache, kept current by a task of its own.
-fn cache<K>(client: &kube::Client, metrics: &Arc<ControllerMetrics>) -> reflector::Store<K>
+/// A reflector's cache, kept current by a task of its own (whose end `/healthz` reports).
+fn cache<K>(
+    client: &kube::Client,
+    metrics: &Arc<ControllerMetrics>,
+    tasks: &mut Vec<(String, JoinHandle<()>)>,
+) -> reflector::Store<K>
 where
     K: crate::watch::Decode + Clone + std::fmt::Debug + Send + Sync + 'static,
 {
     let (reader, stream) = crate::watch::reflected::<K>(client.clone(), watcher::Config::default());
-    tokio::spawn(counted::<K, _>(stream, metrics).for_each(|_| async {}));
+    let task = tokio::spawn(counted::<K, _>(stream, metrics).for_each(|_| async {}));
+    tasks.push((K::kind(&()).into_owned(), task));
     reader
 }
 
@@ -130,12 +147,13 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         &identity,
     ));
     // The caches only read: they outlive a leadership term, so a new term starts warm.
+    let mut cache_tasks = Vec::new();
     let scheduling_ctx = Arc::new(scheduling::Context {
         client: client.clone(),
         recorder: recorder.clone(),
-        nodes: cache::<Node>(&client, &metrics),
-        vms: cache::<VirtualMachine>(&client, &metrics),
-        presets: cache::<VirtualMachinePreset>(&client, &metrics),
+        nodes: cache::<Node>(&client, &metrics, &mut cache_tasks),
+        vms: cache::<VirtualMachine>(&client, &metrics, &mut cache_tasks),
+        presets: cache::<VirtualMachinePreset>(&client, &metrics, &mut cache_tasks),
         heartbeat_timeout: SignedDuration::from_secs(args.node_heartbeat_timeout as i64),
         metrics: Arc::clone(&metrics),
     });
@@ -145,11 +163,38 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         backoff: Default::default(),
         metrics: Arc::clone(&metrics),
     });
+    let (synced_tx, synced) = tokio::sync::watch::channel(false);
+    let caches = Arc::clone(&scheduling_ctx);
+    tokio::spawn(async move {
+        let _ = caches.nodes.wait_until_ready().await;
+        let _ = caches.presets.wait_until_ready().await;
+        let _ = caches.vms.wait_until_ready().await;
+        synced_tx.send_replace(true);
+    });
+    let election = Pulse::default();
+    let endpoint = Arc::new(health::Endpoint {
+        metrics: Arc::clone(&metrics),
+        election: election.clone(),
+        election_stall_limit: health::election_stall_limit(&lease),
+        caches: cache_tasks,
+        synced,
+    });
+    // Bound before leading, on every replica: a standby answers its probes too.
+    let port = metrics_port::Server::bind(
+        &args.metrics,
+        &identity,
+        endpoint,
+        &metrics.http,
+        client.clone(),
+    )
+    .await
+    .map_err(ControllerError::Metrics)?;
+    tokio::spawn(port.serve());
     let shutdown = crate::k8s::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         let leadership = tokio::select! {
-            leadership = leader::acquire(client.clone(), lease.clone()) => leadership,
+            leadership = leader::acquire(client.clone(), lease.clone(), election.clone()) => leadership,
             _ = &mut shutdown => return Ok(()),
         };
         metrics.leader.set(1);

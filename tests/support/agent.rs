@@ -169,12 +169,7 @@ impl Agent {
                 .map(|r| format!("--insecure-registry={r}")),
         );
         args.extend(options.extra_args.iter().map(|a| a.to_string()));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let http = format!("127.0.0.1:{port}");
+        let http = free_local_address();
         args.push(format!("--metrics-addr={http}"));
         let admin_socket = cluster.dir.join("admin").join(format!("{node}.sock"));
         args.push(format!("--admin-socket={}", admin_socket.display()));
@@ -271,25 +266,71 @@ impl Agent {
 
     /// GET `path` over HTTPS with `token`, or none.
     pub fn get_as(&self, path: &str, token: Option<&str>) -> https::Answer {
-        https::get(
-            &self.http,
-            path,
-            token,
-            https::any_certificate(),
-            "localhost",
-        )
+        get_metrics_port(&self.http, path, token)
     }
 }
 
-/// A controller replica named `identity`.
-pub fn controller(cluster: &'static Cluster, identity: &str, heartbeat_timeout: u32) -> Daemon {
+/// `127.0.0.1:<a port free now>`, for a daemon's metrics port.
+pub fn free_local_address() -> String {
+    format!("127.0.0.1:{}", super::registry::free_port())
+}
+
+/// GET `path` on the metrics port at `addr` (HTTPS, its self-signed certificate) with `token`.
+fn get_metrics_port(addr: &str, path: &str, token: Option<&str>) -> https::Answer {
+    https::get(addr, path, token, https::any_certificate(), "localhost")
+}
+
+/// A controller replica: its process and its metrics port.
+pub struct Controller {
+    daemon: Daemon,
+    /// Where it serves /metrics, /healthz and /readyz (HTTPS, its self-signed certificate).
+    pub http: String,
+    /// A ServiceAccount's token with nodevirt-metrics-reader.
+    pub metrics_token: &'static str,
+}
+
+impl Controller {
+    /// GET `path` on its metrics port as a scraper with the reader role.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let answer = self.get_as(path, Some(self.metrics_token));
+        (answer.status, answer.body)
+    }
+
+    /// GET `path` over HTTPS with `token`, or none.
+    pub fn get_as(&self, path: &str, token: Option<&str>) -> https::Answer {
+        get_metrics_port(&self.http, path, token)
+    }
+}
+
+impl std::ops::Deref for Controller {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.daemon
+    }
+}
+
+impl std::ops::DerefMut for Controller {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.daemon
+    }
+}
+
+/// A controller replica named `identity`, its metrics port on a free local port.
+pub fn controller(cluster: &'static Cluster, identity: &str, heartbeat_timeout: u32) -> Controller {
     let kubeconfig = cluster.service_account_kubeconfig("nodevirt", "nodevirt-controller", None);
+    let http = free_local_address();
     let args = vec![
         "controller".to_string(),
         format!("--kubeconfig={}", kubeconfig.display()),
         format!("--identity={identity}"),
         "--lease-duration=6".into(),
         format!("--node-heartbeat-timeout={heartbeat_timeout}"),
+        format!("--metrics-addr={http}"),
     ];
-    Daemon::start(args, cluster.dir.join(format!("controller-{identity}.log")))
+    let log = cluster.dir.join(format!("controller-{identity}.log"));
+    Controller {
+        daemon: Daemon::start(args, log),
+        http,
+        metrics_token: cluster.metrics_reader_token(),
+    }
 }
