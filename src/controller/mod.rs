@@ -163,6 +163,9 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         backoff: Default::default(),
         metrics: Arc::clone(&metrics),
     });
+    // The one waiter on the caches: kube's Store wakes only the last of several tasks waiting
+    // in `wait_until_ready` at once (one oneshot waker), so `/readyz` and `lead` both wait on
+    // `synced` instead (seen: leading on synced caches while /readyz stayed 503).
     let (synced_tx, synced) = tokio::sync::watch::channel(false);
     let caches = Arc::clone(&scheduling_ctx);
     tokio::spawn(async move {
@@ -177,7 +180,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         election: election.clone(),
         election_stall_limit: health::election_stall_limit(&lease),
         caches: cache_tasks,
-        synced,
+        synced: synced.clone(),
     });
     // Bound before leading, on every replica: a standby answers its probes too.
     let port = metrics_port::Server::bind(
@@ -202,7 +205,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
             _ = leadership.hold() => {
                 warn!("stopped acting: the leader Lease lapsed; waiting to lead again");
             }
-            _ = lead(&client, &metrics, &scheduling_ctx, &workloads_ctx) => return Ok(()),
+            _ = lead(&client, &metrics, synced.clone(), &scheduling_ctx, &workloads_ctx) => return Ok(()),
             _ = &mut shutdown => return Ok(()),
         }
         metrics.leader.set(0);
@@ -214,13 +217,12 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
 async fn lead(
     client: &kube::Client,
     metrics: &Arc<ControllerMetrics>,
+    mut synced: tokio::sync::watch::Receiver<bool>,
     scheduling_ctx: &Arc<scheduling::Context>,
     workloads_ctx: &Arc<workloads::Context>,
 ) {
     // Decide only on complete caches: a partial Node list would misplace VMs.
-    let _ = scheduling_ctx.nodes.wait_until_ready().await;
-    let _ = scheduling_ctx.presets.wait_until_ready().await;
-    let _ = scheduling_ctx.vms.wait_until_ready().await;
+    let _ = synced.wait_for(|synced| *synced).await;
     let vms = controller::<VirtualMachine>(client, metrics)
         .run(
             metrics::instrumented(
