@@ -280,6 +280,14 @@ fn get_metrics_port(addr: &str, path: &str, token: Option<&str>) -> https::Answe
     https::get(addr, path, token, https::any_certificate(), "localhost")
 }
 
+/// The sum of the samples of `series` (a metric name and labels, as written in a scrape).
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A controller replica: its process and its metrics port.
 pub struct Controller {
     daemon: Daemon,
