@@ -65,6 +65,15 @@ pub fn controller_config() -> kube::runtime::controller::Config {
     kube::runtime::controller::Config::default().concurrency(16)
 }
 
+/// `<namespace>/<name>` of `object`, as messages name it.
+pub fn object_key(object: &impl kube::ResourceExt) -> String {
+    format!(
+        "{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
+}
+
 /// The API server answered 404: the object is not (or no longer) there.
 pub fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)

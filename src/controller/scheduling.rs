@@ -27,7 +27,7 @@ use crate::api::quantity::{parse_bytes, parse_millicores};
 use crate::api::virtual_machine::unreadable_message;
 use crate::api::{NODE_NAME_LABEL, Phase, VirtualMachine, VirtualMachinePreset};
 use crate::events::{EventRecorder, EventType};
-use crate::k8s::error_chain;
+use crate::k8s::{error_chain, object_key as key};
 
 use super::metrics::{ControllerMetrics, ReasonLabel, Step};
 use super::placement::{self, NodeInfo, PlacementError, Usage};
@@ -78,10 +78,6 @@ impl Step for Error {
             Error::Place { .. } => "place",
         }
     }
-}
-
-fn key(vm: &VirtualMachine) -> String {
-    format!("{}/{}", vm.namespace().unwrap_or_default(), vm.name_any())
 }
 
 pub fn node_info(node: &Node) -> NodeInfo {
@@ -209,12 +205,12 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
         Err(kube::Error::Api(s)) if s.code == 409 => return Ok(Action::requeue(Duration::ZERO)),
         Err(source) => {
             return Err(Error::Place {
-                vm: key(&vm),
+                vm: key(&*vm),
                 source,
             });
         }
     }
-    info!(vm = %key(&vm), node, "placed");
+    info!(vm = %key(&*vm), node, "placed");
     let note = format!("Placed on node {node}.");
     ctx.recorder
         .publish(&*vm, EventType::Normal, reasons::SCHEDULED, &note)
@@ -309,7 +305,7 @@ pub async fn watch_node_health(ctx: Arc<Context>) {
                         .vms_unknown
                         .get_or_create(&ReasonLabel { reason })
                         .inc();
-                    warn!(vm = %key(&vm), reason, "VM Unknown");
+                    warn!(vm = %key(&*vm), reason, "VM Unknown");
                     ctx.recorder
                         .publish(&*vm, EventType::Warning, reason, &message)
                         .await;

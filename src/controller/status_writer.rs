@@ -3,7 +3,7 @@
 //! untyped so that a VM nodevirt's types cannot read is written too and the answer is never
 //! decoded. What to write comes from `super::status`.
 
-use kube::{Resource, ResourceExt};
+use kube::Resource;
 use serde::Serialize;
 
 use crate::k8s;
@@ -31,11 +31,7 @@ where
         .await
         .map_err(|source| StatusWriteError {
             kind: K::kind(&()).into_owned(),
-            object: format!(
-                "{}/{}",
-                object.namespace().unwrap_or_default(),
-                object.name_any()
-            ),
+            object: k8s::object_key(object),
             source,
         })
 }

@@ -18,7 +18,7 @@ use crate::api::selector::matches;
 use crate::api::virtual_machine::Condition;
 use crate::api::{OfflineVirtualMachine, Phase, VirtualMachine, VirtualMachineReplicaSet};
 use crate::events::{EventRecorder, EventType};
-use crate::k8s::error_chain;
+use crate::k8s::{error_chain, object_key as key};
 
 use super::backoff::RecreateBackoff;
 use super::metrics::{ControllerLabel, ControllerMetrics, Step, controllers};
@@ -100,14 +100,6 @@ impl Step for Error {
             Error::WriteStatus(_) => "write_status",
         }
     }
-}
-
-fn key(object: &impl ResourceExt) -> String {
-    format!(
-        "{}/{}",
-        object.namespace().unwrap_or_default(),
-        object.name_any()
-    )
 }
 
 pub fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
