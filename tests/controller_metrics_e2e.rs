@@ -5,7 +5,8 @@
 //!
 //! The controller takes part in the real election (Lease nodevirt/nodevirt-controller): while
 //! another test's controller leads, this one is a standby and the test waits for its turn
-//! rather than acting beside it.
+//! rather than acting beside it. Once it leads, a second replica shows what a standby
+//! reports.
 
 mod support;
 
@@ -82,6 +83,25 @@ fn the_controller_serves_metrics_to_readers_probes_to_all_and_counts_its_reconci
     let ready = ctl.get_as("/readyz", None);
     assert_eq!(ready.status, 200);
     assert!(ready.body.contains("leading: true"), "{}", ready.body);
+
+    // A second replica is a standby: healthy and ready (warm caches), not leading.
+    let standby = controller(
+        cluster,
+        &format!("metrics-standby-{}", unique_suffix()),
+        3600,
+    );
+    let standby_ready = wait_for(Duration::from_secs(60), "the standby's /readyz", || {
+        let answer = standby.get_as("/readyz", None);
+        (answer.status == 200).then_some(answer.body)
+    });
+    assert!(standby_ready.contains("leading: false"), "{standby_ready}");
+    assert_eq!(standby.get_as("/healthz", None).status, 200);
+    let (_, standby_text) = standby.get("/metrics");
+    assert!(
+        standby_text.contains("\nnodevirt_controller_leader 0\n"),
+        "{standby_text}"
+    );
+    drop(standby);
 
     // An OfflineVirtualMachine that runs: its VM is created (and, on no node of this test,
     // left Pending by the scheduling reconcile); stopped, its VM is deleted.
