@@ -196,16 +196,24 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     let shutdown = crate::k8s::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
+        let acquiring = leader::acquire(client.clone(), lease.clone(), election.clone());
         let leadership = tokio::select! {
-            leadership = leader::acquire(client.clone(), lease.clone(), election.clone()) => leadership,
+            leadership = acquiring => leadership,
             _ = &mut shutdown => return Ok(()),
         };
         metrics.leader.set(1);
+        let leading = lead(
+            &client,
+            &metrics,
+            synced.clone(),
+            &scheduling_ctx,
+            &workloads_ctx,
+        );
         tokio::select! {
             _ = leadership.hold() => {
                 warn!("stopped acting: the leader Lease lapsed; waiting to lead again");
             }
-            _ = lead(&client, &metrics, synced.clone(), &scheduling_ctx, &workloads_ctx) => return Ok(()),
+            _ = leading => return Ok(()),
             _ = &mut shutdown => return Ok(()),
         }
         metrics.leader.set(0);
