@@ -17,7 +17,10 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Starts `nodevirt args`, logging to `log`: emptied first, so that a check of the log
+    /// never reads an earlier run's lines (restarts append).
     pub fn start(args: Vec<String>, log: PathBuf) -> Daemon {
+        std::fs::write(&log, "").unwrap();
         let mut daemon = Daemon {
             child: None,
             args,
