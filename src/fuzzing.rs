@@ -27,9 +27,9 @@ use crate::admin::server::{AdminState, router};
 use crate::agent::event_log::EventLog;
 use crate::agent::hypervisor_choice::{Hypervisor, HypervisorChoice};
 use crate::api::{VirtualMachine, VirtualMachineSpec};
+use crate::cli::DomainTypeArg;
 use crate::cli::manifest::Manifest;
 use crate::cli::render::{RenderArgs, RenderError, render_manifest};
-use crate::domain::DomainType;
 use crate::hypervisor::{HypervisorError, Libvirt};
 use crate::storage::layout::VmLayout;
 
@@ -65,7 +65,7 @@ pub fn render_manifest_bytes(data: &[u8]) -> Result<RenderOutcome, Bug> {
     let args = RenderArgs {
         file: path.to_path_buf(),
         presets: Vec::new(),
-        hypervisor: DomainType::Kvm,
+        hypervisor: DomainTypeArg::Kvm,
         state_dir: PathBuf::from("/var/lib/nodevirt"),
         network: "default".into(),
         claims: vec![(BLOCK_CLAIM.into(), PathBuf::from("/dev/nodevirt-fuzz"))],

@@ -9,9 +9,10 @@ use crate::api::{
 };
 use crate::controller::presets::{self, PresetError};
 use crate::domain::names::check_uid;
-use crate::domain::{DomainType, FieldError, ImageFormat, RenderOptions, ResolvedVolume, render};
+use crate::domain::{FieldError, ImageFormat, RenderOptions, ResolvedVolume, render};
 use crate::storage::layout::{VmLayout, resolve_volumes};
 
+use super::DomainTypeArg;
 use super::manifest::{Manifest, ManifestError};
 
 #[derive(Debug, clap::Args)]
@@ -22,8 +23,8 @@ pub struct RenderArgs {
     /// A VirtualMachinePreset manifest to apply first, if its selector matches; repeatable.
     #[arg(long = "preset", value_name = "FILE")]
     pub presets: Vec<PathBuf>,
-    #[arg(long, value_enum, default_value_t = DomainType::Kvm)]
-    pub hypervisor: DomainType,
+    #[arg(long, value_enum, default_value_t = DomainTypeArg::Kvm)]
+    pub hypervisor: DomainTypeArg,
     /// Where the agent keeps generated disks; their paths in the XML start here.
     #[arg(long, default_value = "/var/lib/nodevirt")]
     pub state_dir: PathBuf,
@@ -114,7 +115,7 @@ pub fn render_manifest(
     let layout = VmLayout::new(&args.state_dir, &uid);
     let volumes = resolve_volumes(&vm.spec, &layout, |claim| Some(claim_source(args, claim)));
     let options = RenderOptions {
-        domain_type: args.hypervisor,
+        domain_type: args.hypervisor.into(),
         network: Some(args.network.clone()),
         console_log: layout.console_log().display().to_string(),
         node: None,

@@ -58,7 +58,7 @@ impl From<crate::api::quantity::QuantityError> for FieldError {
 pub const GUEST_ARCH: &str = "x86_64";
 
 /// How the hypervisor runs the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DomainType {
     /// Hardware virtualization through /dev/kvm.
     Kvm,
