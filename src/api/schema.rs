@@ -15,7 +15,7 @@
 //!    every list and string they walk is bounded by `maxItems`/`maxLength`, which keeps the
 //!    apiserver's cost estimate of the rules under its budget.
 //! 4. A VirtualMachinePreset holds a partial `spec.domain`, merged into a VM's leaf by leaf, the
-//!    VM's own leaves winning (`controller/presets.rs`). So the domain types carry only the
+//!    VM's own leaves winning (`api/preset.rs`). So the domain types carry only the
 //!    bounds that hold for any such merge: one value's range, one list's items. Rules that
 //!    relate the domain to `spec.volumes`, or that one object's leaf could make true or false in
 //!    the merge, sit on [`super::VirtualMachineSpec`] (VMs and the templates of
@@ -390,12 +390,6 @@ mod tests {
             assert_eq!(name["maxLength"], max, "{kind}");
             assert_eq!(name["pattern"], DNS_LABEL_PATTERN, "{kind}");
         }
-        let generated = crate::controller::workloads::generated_name("r");
-        assert_eq!(
-            generated.len(),
-            1 + GENERATED_NAME_SUFFIX_LEN,
-            "{generated}"
-        );
     }
 
     #[test]

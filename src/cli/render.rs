@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 
 use kube::{Resource, ResourceExt};
 
+use crate::api::preset::{self, PresetError};
 use crate::api::{
     OfflineVirtualMachine, VirtualMachine, VirtualMachinePreset, VirtualMachineReplicaSet,
 };
-use crate::controller::presets::{self, PresetError};
 use crate::domain::names::check_uid;
 use crate::domain::{FieldError, ImageFormat, RenderOptions, ResolvedVolume, render};
 use crate::storage::layout::{VmLayout, resolve_volumes};
@@ -98,7 +98,7 @@ pub fn render_manifest(
             preset_objects.push(preset);
         }
     }
-    vm = presets::apply(&vm, &preset_objects).map_err(|source| RenderError::Preset {
+    vm = preset::apply(&vm, &preset_objects).map_err(|source| RenderError::Preset {
         path: path.clone(),
         source,
     })?;

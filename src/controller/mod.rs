@@ -11,7 +11,6 @@
 pub mod backoff;
 pub mod leader;
 pub mod placement;
-pub mod presets;
 pub mod scheduling;
 pub mod workloads;
 
