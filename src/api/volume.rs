@@ -4,10 +4,11 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{
+use super::schema::patterns::{
     BASE64_PATTERN, BASE64_WHITESPACE_ALLOWANCE, DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN,
-    IMAGE_REFERENCE_PATTERN, base64_decoded_size, base64_len, rule,
+    IMAGE_REFERENCE_PATTERN, base64_decoded_size, base64_len,
 };
+use super::schema::rule;
 use crate::domain::limits::{
     DNS_LABEL_MAX_LEN, DNS_SUBDOMAIN_MAX_LEN, MAX_IMAGE_REFERENCE_LEN, MAX_QUANTITY_LEN,
     MAX_USER_DATA_BYTES,
