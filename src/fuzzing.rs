@@ -31,7 +31,7 @@ use crate::cli::DomainTypeArg;
 use crate::cli::manifest::Manifest;
 use crate::cli::render::{RenderArgs, RenderError, render_manifest};
 use crate::hypervisor::{HypervisorError, Libvirt};
-use crate::storage::layout::VmLayout;
+use crate::storage::layout::{DEFAULT_STATE_DIR, VmLayout};
 
 /// An outcome the code must never produce, with what is needed to see why.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +66,7 @@ pub fn render_manifest_bytes(data: &[u8]) -> Result<RenderOutcome, Bug> {
         file: path.to_path_buf(),
         presets: Vec::new(),
         hypervisor: DomainTypeArg::Kvm,
-        state_dir: PathBuf::from("/var/lib/nodevirt"),
+        state_dir: PathBuf::from(DEFAULT_STATE_DIR),
         network: "default".into(),
         claims: vec![(BLOCK_CLAIM.into(), PathBuf::from("/dev/nodevirt-fuzz"))],
     };

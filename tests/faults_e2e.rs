@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use nodevirt::storage::layout::vms_dir;
 use support::agent::{Agent, NodeOptions};
 use support::cluster::{Cluster, unique_suffix, virsh_on, wait_for};
 use support::registry::Registry;
@@ -117,7 +118,7 @@ fn uids(cluster: &Cluster, ns: &str) -> BTreeSet<String> {
 }
 
 fn vm_folders(state_dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(state_dir.join("vms"))
+    std::fs::read_dir(vms_dir(state_dir))
         .map(|entries| {
             entries
                 .filter_map(Result::ok)

@@ -2,6 +2,7 @@
 //! user-data of each cloud-init volume (inline, base64, or from a Secret).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use base64::Engine;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Secret};
@@ -10,6 +11,7 @@ use kube::{Api, Client};
 use crate::api::VirtualMachine;
 use crate::domain::{ImageFormat, ResolvedVolume};
 use crate::k8s::{error_chain, is_not_found};
+use crate::storage::layout::claim_image;
 use crate::storage::registry::{
     Credentials, Fetch, PullFailure, Puller, RegistryError, UNTRUSTED_TRIES,
 };
@@ -221,7 +223,7 @@ async fn secret_user_data(
         })
 }
 
-/// The claim's image on this node: `<path>/disk.img` of its hostPath or local volume, or the
+/// The claim's image on this node: `layout::claim_image` of its hostPath or local volume, or the
 /// device itself for volumeMode Block.
 async fn claim_source(
     client: &Client,
@@ -275,7 +277,7 @@ async fn claim_source(
         ResolvedVolume::Block { path }
     } else {
         ResolvedVolume::File {
-            path: format!("{}/disk.img", path.trim_end_matches('/')),
+            path: claim_image(Path::new(&path)).display().to_string(),
             format: ImageFormat::Raw,
         }
     })

@@ -52,6 +52,7 @@ use crate::events::EventRecorder;
 use crate::hypervisor::{Libvirt, events};
 use crate::metrics::AgentMetrics;
 use crate::storage::files;
+use crate::storage::layout::DEFAULT_STATE_DIR;
 use crate::storage::registry::Puller;
 
 use hypervisor_choice::HypervisorChoice;
@@ -69,7 +70,7 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub libvirt: LibvirtArgs,
     /// One folder per VM UID holding its generated disks and console log.
-    #[arg(long, env = "NODEVIRT_STATE_DIR", default_value = "/var/lib/nodevirt")]
+    #[arg(long, env = "NODEVIRT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// The libvirt network of each guest's NIC; "none" gives guests no NIC.
     #[arg(long, env = "NODEVIRT_NETWORK", default_value = "default")]

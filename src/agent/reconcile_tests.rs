@@ -14,6 +14,7 @@ use crate::domain::fixtures::{DOMAIN, vm};
 use crate::hypervisor::seam::Hypervisor;
 use crate::hypervisor::{DomainState, GuestAddress, ShutoffReason};
 use crate::metrics::{AgentMetrics, StepLabel};
+use crate::storage::layout::VmLayout;
 
 use super::event_log::EventLog;
 use super::execute::Error;
@@ -156,7 +157,7 @@ async fn a_new_vm_is_finalized_defined_started_and_reported_running() {
     );
     assert_eq!(*h.cluster.gathers.lock().unwrap(), 1);
     // Its folder was made under the state dir, named by UID.
-    assert!(h.state_dir.path().join("vms").join(UID).is_dir());
+    assert!(VmLayout::new(h.state_dir.path(), UID).dir().is_dir());
 
     // Running, without an address yet: polled; with one, reported and resynced slowly.
     assert_eq!(
@@ -379,7 +380,7 @@ async fn a_stale_domain_of_an_earlier_vm_is_removed_first() {
     let old = "11111111-2222-3333-4444-555555555555";
     h.hypervisor
         .set_state(DOMAIN_NAME, old, DomainState::Running);
-    let old_dir = h.state_dir.path().join("vms").join(old);
+    let old_dir = VmLayout::new(h.state_dir.path(), old).dir().to_path_buf();
     std::fs::create_dir_all(&old_dir).unwrap();
     assert_eq!(
         reconcile(&h).await.unwrap(),
@@ -432,7 +433,7 @@ async fn a_deletion_waits_for_the_guest_without_holding_the_reconcile() {
     delete(&h, 31, 30);
     assert_eq!(reconcile(&h).await.unwrap(), Next::AwaitChange);
     assert_eq!(h.hypervisor.state(DOMAIN_NAME), None);
-    assert!(!h.state_dir.path().join("vms").join(UID).exists());
+    assert!(!VmLayout::new(h.state_dir.path(), UID).dir().exists());
     assert!(!finalized(&h));
     assert_eq!(
         reasons_of(&h.cluster.take_events()),

@@ -10,7 +10,7 @@ use crate::api::{
 };
 use crate::domain::names::check_uid;
 use crate::domain::{FieldError, ImageFormat, RenderOptions, ResolvedVolume, render};
-use crate::storage::layout::{VmLayout, resolve_volumes};
+use crate::storage::layout::{DEFAULT_STATE_DIR, VmLayout, offline_claim_image, resolve_volumes};
 
 use super::DomainTypeArg;
 use super::manifest::{Manifest, ManifestError};
@@ -26,7 +26,7 @@ pub struct RenderArgs {
     #[arg(long, value_enum, default_value_t = DomainTypeArg::Kvm)]
     pub hypervisor: DomainTypeArg,
     /// Where the agent keeps generated disks; their paths in the XML start here.
-    #[arg(long, default_value = "/var/lib/nodevirt")]
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// The libvirt network of the guest's NIC.
     #[arg(long, default_value = "default")]
@@ -153,7 +153,7 @@ fn claim_source(args: &RenderArgs, claim: &str) -> ResolvedVolume {
         .iter()
         .find(|(name, _)| name == claim)
         .map(|(_, path)| path.clone())
-        .unwrap_or_else(|| args.state_dir.join("claims").join(claim).join("disk.img"));
+        .unwrap_or_else(|| offline_claim_image(&args.state_dir, claim));
     if path.starts_with(Path::new("/dev")) {
         ResolvedVolume::Block {
             path: path.display().to_string(),

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use nodevirt::storage::layout::VmLayout;
+
 use super::agent::Agent;
 use super::cluster::{Cluster, virsh, wait_for_explained};
 
@@ -108,8 +110,7 @@ pub fn user_data(script: &str) -> String {
 }
 
 pub fn console_log(agent: &Agent, uid: &str) -> String {
-    std::fs::read_to_string(agent.state_dir.join("vms").join(uid).join("console.log"))
-        .unwrap_or_default()
+    std::fs::read_to_string(VmLayout::new(&agent.state_dir, uid).console_log()).unwrap_or_default()
 }
 
 pub fn domain_exists(domain: &str) -> bool {

@@ -5,7 +5,7 @@ use nodevirt::api::{VirtualMachine, VirtualMachineSpec};
 use nodevirt::domain::{
     DomainType, FieldError, ImageFormat, RenderOptions, ResolvedVolume, render,
 };
-use nodevirt::storage::layout::{VmLayout, resolve_volumes};
+use nodevirt::storage::layout::{DEFAULT_STATE_DIR, VmLayout, resolve_volumes};
 
 use super::libvirt::accepted_by_libvirt;
 
@@ -74,7 +74,7 @@ impl VmBuilder {
 
     pub fn render(&self) -> Result<String, FieldError> {
         let vm = self.vm();
-        let layout = VmLayout::new(std::path::Path::new("/var/lib/nodevirt"), UID);
+        let layout = VmLayout::new(std::path::Path::new(DEFAULT_STATE_DIR), UID);
         let block = self.block_claims;
         let volumes = resolve_volumes(&vm.spec, &layout, |claim| {
             Some(if block {
