@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::api::VirtualMachineSpec;
-use crate::api::volume::VolumeKind;
+use crate::api::volume::{VolumeKind, VolumeSource};
 use crate::domain::{ImageFormat, ResolvedVolume, ResolvedVolumes};
 
 /// The state folder of the agent and of `nodevirt render` when no `--state-dir` is given.
@@ -100,25 +100,25 @@ pub fn resolve_volumes(
 ) -> ResolvedVolumes {
     let mut resolved = ResolvedVolumes::new();
     for (index, volume) in spec.volumes.iter().enumerate() {
-        let Some(&kind) = volume.kinds().first() else {
+        let Some(source) = volume.source() else {
             continue;
         };
         let generated = |format| ResolvedVolume::File {
-            path: layout.volume_file(index, kind).display().to_string(),
+            path: layout
+                .volume_file(index, source.kind())
+                .display()
+                .to_string(),
             format,
         };
-        let source = match kind {
-            VolumeKind::CloudInitNoCloud => Some(generated(ImageFormat::Raw)),
-            VolumeKind::EmptyDisk | VolumeKind::Ephemeral | VolumeKind::RegistryDisk => {
-                Some(generated(ImageFormat::Qcow2))
-            }
-            VolumeKind::PersistentVolumeClaim => volume
-                .persistent_volume_claim
-                .as_ref()
-                .and_then(|claim| claim_source(&claim.claim_name)),
+        let backing = match source {
+            VolumeSource::CloudInitNoCloud(_) => Some(generated(ImageFormat::Raw)),
+            VolumeSource::EmptyDisk(_)
+            | VolumeSource::Ephemeral(_)
+            | VolumeSource::RegistryDisk(_) => Some(generated(ImageFormat::Qcow2)),
+            VolumeSource::PersistentVolumeClaim(claim) => claim_source(&claim.claim_name),
         };
-        if let Some(source) = source {
-            resolved.insert(volume.name.clone(), source);
+        if let Some(backing) = backing {
+            resolved.insert(volume.name.clone(), backing);
         }
     }
     resolved
