@@ -20,7 +20,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::agent::event_log::EventLog;
 use crate::agent::hypervisor_choice::HypervisorChoice;
 use crate::api::VirtualMachine;
-use crate::domain::domain_name;
+use crate::domain::names::domain_name;
 use crate::hypervisor::{DomainState, DomainStatus, Libvirt};
 use crate::storage::layout::VmLayout;
 

@@ -22,7 +22,7 @@ use kube::runtime::reflector::Store;
 use super::metrics_auth::{self, Authorizer};
 use super::metrics_tls::{self, CertificateSource, TlsError};
 use crate::api::VirtualMachine;
-use crate::domain::domain_name;
+use crate::domain::names::domain_name;
 use crate::hypervisor::Libvirt;
 use crate::metrics::{AgentMetrics, VmUsage};
 use crate::server::{Endpoint as Connections, Limits};

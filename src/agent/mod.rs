@@ -48,6 +48,7 @@ use tracing::{info, warn};
 
 use crate::admin::server::AdminState;
 use crate::api::{NODE_NAME_LABEL, VirtualMachine};
+use crate::domain::names::vm_of_domain;
 use crate::events::EventRecorder;
 use crate::hypervisor::{Libvirt, events};
 use crate::metrics::AgentMetrics;
@@ -145,12 +146,6 @@ fn parse_group(value: &str) -> Result<u32, String> {
         Ok(None) => Err(format!("no group named {value:?} on this host")),
         Err(e) => Err(format!("looking up group {value:?}: {e}")),
     }
-}
-
-/// The VM a domain named `<namespace>_<name>` belongs to.
-fn vm_of_domain(domain: &str) -> Option<ObjectRef<VirtualMachine>> {
-    let (namespace, name) = domain.split_once('_')?;
-    Some(ObjectRef::new(name).within(namespace))
 }
 
 pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
@@ -251,8 +246,11 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     .applied_objects();
     let controller = Controller::for_stream(vm_events, store.clone())
         .with_config(crate::k8s::controller_config());
-    let domain_events = UnboundedReceiverStream::new(rx)
-        .filter_map(|e: events::LifecycleEvent| async move { vm_of_domain(&e.domain) });
+    let domain_events =
+        UnboundedReceiverStream::new(rx).filter_map(|e: events::LifecycleEvent| async move {
+            let (namespace, name) = vm_of_domain(&e.domain)?;
+            Some(ObjectRef::<VirtualMachine>::new(name).within(namespace))
+        });
 
     let endpoint = Arc::new(http::Endpoint {
         metrics: Arc::clone(&metrics),
@@ -325,21 +323,4 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     }
     info!("agent stopped; running VMs keep running");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn domain_names_map_back_to_vms() {
-        let r = vm_of_domain("default_testvm").unwrap();
-        assert_eq!(
-            (r.namespace.as_deref(), r.name.as_str()),
-            (Some("default"), "testvm")
-        );
-        assert!(vm_of_domain("no-underscore").is_none());
-        let probe = crate::domain::probe::probe_name("0f9b6e2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b", 0);
-        assert!(vm_of_domain(&probe).is_none(), "a probe domain is no VM's");
-    }
 }

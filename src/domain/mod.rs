@@ -23,7 +23,7 @@ pub mod values;
 use std::collections::BTreeMap;
 use std::fmt;
 
-pub use render::{domain_name, render};
+pub use render::render;
 
 /// A field of the VM that is invalid, and why. `field` is a path such as
 /// `spec.domain.devices.disks[1].disk.bus`.

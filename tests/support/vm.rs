@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use nodevirt::domain::names::domain_name;
 use nodevirt::storage::layout::VmLayout;
 
 use super::agent::Agent;
@@ -67,7 +68,7 @@ impl Vm<'_> {
     }
 
     pub fn domain(&self) -> String {
-        format!("{}_{}", self.ns, self.name)
+        domain_name(self.ns, self.name)
     }
 
     pub fn condition_message(&self) -> String {
