@@ -50,6 +50,7 @@ pub fn base64_decoded_size(expr: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::VirtualMachineSpec;
     use crate::domain::limits::DNS_LABEL_MAX_LEN;
     use crate::domain::names::{check_dns_label, check_dns_subdomain};
 
@@ -128,7 +129,7 @@ mod tests {
     }
 
     /// Whether the renderer takes the smallest VM changed by `change`.
-    fn renders(change: impl FnOnce(&mut crate::api::VirtualMachineSpec)) -> bool {
+    fn renders(change: impl FnOnce(&mut VirtualMachineSpec)) -> bool {
         let mut vm: crate::api::VirtualMachine = serde_yaml::from_str(
             "apiVersion: kubevirt.io/v1alpha1\nkind: VirtualMachine\nmetadata: {name: vm}\n\
              spec: {domain: {resources: {requests: {memory: 64Mi}}}}\n",
@@ -144,69 +145,84 @@ mod tests {
         crate::domain::render(&vm, &Default::default(), &options).is_ok()
     }
 
+    /// `pattern` matches exactly the `values` that the renderer takes once `set` puts them in
+    /// the smallest VM.
+    fn agrees_with_renderer(
+        what: &str,
+        pattern: &str,
+        values: &[&str],
+        set: impl Fn(&mut VirtualMachineSpec, &str),
+    ) {
+        let pattern = regex::Regex::new(pattern).unwrap();
+        for value in values {
+            assert_eq!(
+                pattern.is_match(value),
+                renders(|spec| set(spec, value)),
+                "{what} {value:?}"
+            );
+        }
+    }
+
     #[test]
     fn the_other_patterns_agree_with_the_renderer() {
         use crate::api::domain_spec::{Clock, FeatureHyperv, FeatureVendorId, Features, Machine};
         use crate::api::volume::{RegistryDiskSource, Volume};
-        let matches =
-            |pattern: &str, value: &str| regex::Regex::new(pattern).unwrap().is_match(value);
-        for machine in [
-            "q35",
-            "pc-q35-9.2",
-            "pc_1",
-            "",
-            "q35 ",
-            "q35;reboot",
-            "q35/x",
-            "é",
-        ] {
-            let renders = renders(|spec| {
+        agrees_with_renderer(
+            "machine",
+            MACHINE_TYPE_PATTERN,
+            &[
+                "q35",
+                "pc-q35-9.2",
+                "pc_1",
+                "",
+                "q35 ",
+                "q35;reboot",
+                "q35/x",
+                "é",
+            ],
+            |spec, machine| {
                 spec.domain.machine = Some(Machine {
                     machine_type: machine.into(),
                 })
-            });
-            assert_eq!(
-                matches(MACHINE_TYPE_PATTERN, machine),
-                renders,
-                "machine {machine:?}"
-            );
-        }
-        for timezone in [
-            "Europe/Paris",
-            "Etc/GMT+1",
-            "UTC",
-            "America/Port-au-Prince",
-            "",
-            "Europe//Paris",
-            "/etc",
-            "../x",
-            "Europe/",
-            "a b",
-            "Europe/Paris\n",
-        ] {
-            let renders = renders(|spec| {
+            },
+        );
+        agrees_with_renderer(
+            "timezone",
+            TIMEZONE_PATTERN,
+            &[
+                "Europe/Paris",
+                "Etc/GMT+1",
+                "UTC",
+                "America/Port-au-Prince",
+                "",
+                "Europe//Paris",
+                "/etc",
+                "../x",
+                "Europe/",
+                "a b",
+                "Europe/Paris\n",
+            ],
+            |spec, timezone| {
                 spec.domain.clock = Some(Clock {
                     timezone: Some(timezone.into()),
                     ..Default::default()
                 })
-            });
-            assert_eq!(
-                matches(TIMEZONE_PATTERN, timezone),
-                renders,
-                "timezone {timezone:?}"
-            );
-        }
-        for image in [
-            "reg.example/a:1",
-            "reg.example/a@sha256:00",
-            "",
-            "a b",
-            "a\tb",
-            "a\u{7f}",
-            "a\u{1}",
-            "reg.example/é:1",
-        ] {
-            let renders = renders(|spec| {
+            },
+        );
+        agrees_with_renderer(
+            "image",
+            IMAGE_REFERENCE_PATTERN,
+            &[
+                "reg.example/a:1",
+                "reg.example/a@sha256:00",
+                "",
+                "a b",
+                "a\tb",
+                "a\u{7f}",
+                "a\u{1}",
+                "reg.example/é:1",
+            ],
+            |spec, image| {
                 spec.volumes = vec![Volume {
                     name: "v".into(),
                     registry_disk: Some(RegistryDiskSource {
@@ -215,15 +231,13 @@ mod tests {
                     }),
                     ..Default::default()
                 }]
-            });
-            assert_eq!(
-                matches(IMAGE_REFERENCE_PATTERN, image),
-                renders,
-                "image {image:?}"
-            );
-        }
-        for vendor in ["KVMKVMKVM", "Micro soft", "", "é", "a\n", "a\u{7}"] {
-            let renders = renders(|spec| {
+            },
+        );
+        agrees_with_renderer(
+            "vendor id",
+            PRINTABLE_ASCII_PATTERN,
+            &["KVMKVMKVM", "Micro soft", "", "é", "a\n", "a\u{7}"],
+            |spec, vendor| {
                 spec.domain.features = Some(Features {
                     hyperv: Some(FeatureHyperv {
                         vendorid: Some(FeatureVendorId {
@@ -234,12 +248,7 @@ mod tests {
                     }),
                     ..Default::default()
                 })
-            });
-            assert_eq!(
-                matches(PRINTABLE_ASCII_PATTERN, vendor),
-                renders,
-                "vendor id {vendor:?}"
-            );
-        }
+            },
+        );
     }
 }
