@@ -344,6 +344,16 @@ async fn a_domain_that_stops_ends_the_vm_by_how_it_stopped() {
         ),
         (DomainState::Crashed, Phase::Failed, reasons::CRASHED),
         (
+            DomainState::ShutOff(ShutoffReason::Crashed),
+            Phase::Failed,
+            reasons::CRASHED,
+        ),
+        (
+            DomainState::ShutOff(ShutoffReason::Failed),
+            Phase::Failed,
+            reasons::START_FAILED,
+        ),
+        (
             DomainState::ShutOff(ShutoffReason::Destroyed),
             Phase::Failed,
             reasons::DESTROYED,
@@ -564,4 +574,114 @@ async fn a_vm_nodevirt_cannot_read_fails_with_the_field_and_is_still_deleted() {
     delete(&h, 0, 30);
     reconcile(&h).await.unwrap();
     assert!(!finalized(&h));
+}
+
+#[tokio::test]
+async fn a_vm_folder_that_cannot_be_made_fails_the_vm_as_storage() {
+    let h = harness();
+    new_vm(&h, DOMAIN, "[{name: scratch, emptyDisk: {capacity: 64Mi}}]");
+    // A file where the VM's folder goes: nothing can be created below it.
+    let vms = h.state_dir.path().join("vms");
+    std::fs::create_dir_all(&vms).unwrap();
+    std::fs::write(vms.join(UID), b"").unwrap();
+    assert_eq!(reconcile(&h).await.unwrap(), Next::AwaitChange);
+    let (reason, message) = ready(&h);
+    assert_eq!(
+        (phase(&h), reason.as_str()),
+        (Phase::Failed, reasons::STORAGE_FAILED)
+    );
+    assert!(message.contains(UID), "names the folder: {message}");
+    assert_eq!(step_errors(&h, "prepare_disks"), 1);
+    assert!(
+        !h.hypervisor
+            .take_calls()
+            .iter()
+            .any(|c| c.starts_with("define"))
+    );
+}
+
+#[tokio::test]
+async fn the_last_deletion_steps_that_fail_are_retried_and_keep_the_finalizer() {
+    // The folder cannot be removed (a file stands where it was).
+    let h = harness();
+    new_vm(&h, DOMAIN, "[]");
+    reconcile(&h).await.unwrap();
+    let dir = h.state_dir.path().join("vms").join(UID);
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(&dir, b"").unwrap();
+    delete(&h, 60, 30);
+    let err = reconcile(&h).await.unwrap_err();
+    assert_eq!(step_errors(&h, "remove_dir"), 1, "{err}");
+    assert!(err.to_string().contains("testvm"), "{err}");
+    assert!(finalized(&h));
+    std::fs::remove_file(&dir).unwrap();
+    assert_eq!(reconcile(&h).await.unwrap(), Next::AwaitChange);
+    assert!(!finalized(&h));
+
+    // The finalizer cannot be removed: the API server is away.
+    let h = harness();
+    new_vm(&h, DOMAIN, "[]");
+    reconcile(&h).await.unwrap();
+    delete(&h, 60, 30);
+    h.cluster.fail("finalizer", Fault::Lost);
+    let err = reconcile(&h).await.unwrap_err();
+    assert!(err.api_unreachable(), "{err}");
+    assert_eq!(step_errors(&h, "remove_finalizer"), 1);
+    assert!(finalized(&h));
+}
+
+#[tokio::test]
+async fn a_failed_reconcile_is_counted_published_and_backed_off_until_one_succeeds() {
+    use kube::runtime::controller::Action as Requeue;
+
+    use super::reconcile::{error_policy, reconcile as run};
+    use crate::metrics::ResultLabel;
+
+    let h = harness();
+    new_vm(&h, DOMAIN, "[]");
+    reconcile(&h).await.unwrap();
+    let dir = h.state_dir.path().join("vms").join(UID);
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(&dir, b"").unwrap();
+    delete(&h, 60, 30);
+    h.cluster.take_events();
+    let Harness { ctx, cluster, .. } = h;
+    let ctx = Arc::new(ctx);
+    let vm = || Arc::new(cluster.get("testvm").unwrap());
+    let results = |result| {
+        ctx.metrics
+            .reconciles
+            .get_or_create(&ResultLabel { result })
+            .get()
+    };
+
+    // A failure of the VM's own (not libvirtd or the API server away) is told to its owner.
+    let err = run(vm(), ctx.clone()).await.unwrap_err();
+    assert_eq!(results("error"), 1);
+    let events = cluster.take_events();
+    // The domain went first ("Deleted"); the folder's removal failed after it.
+    assert_eq!(
+        reasons_of(&events),
+        [reasons::EVENT_DELETED, reasons::EVENT_SYNC_FAILED]
+    );
+    assert!(events[1].2.contains("removing"), "{events:?}");
+    let backoffs: Vec<Requeue> = (0..7)
+        .map(|_| error_policy(vm(), &err, ctx.clone()))
+        .collect();
+    let expected: Vec<Requeue> = [2, 4, 8, 16, 32, 60, 60]
+        .map(|s| Requeue::requeue(Duration::from_secs(s)))
+        .into();
+    assert_eq!(backoffs, expected);
+
+    // Once it succeeds, the next failure starts the backoff again from the shortest wait.
+    std::fs::remove_file(&dir).unwrap();
+    assert_eq!(
+        run(vm(), ctx.clone()).await.unwrap(),
+        Requeue::await_change()
+    );
+    assert_eq!(results("ok"), 1);
+    assert_eq!(
+        error_policy(vm(), &err, ctx.clone()),
+        Requeue::requeue(Duration::from_secs(2))
+    );
 }
