@@ -102,6 +102,15 @@ fn ready(h: &Harness) -> (String, String) {
     )
 }
 
+/// Whether `op` ("define", "start", ...) was asked of the hypervisor since the last look;
+/// forgets the calls.
+fn called(h: &Harness, op: &str) -> bool {
+    h.hypervisor
+        .take_calls()
+        .iter()
+        .any(|c| c.split(' ').next() == Some(op))
+}
+
 fn step_errors(h: &Harness, step: &'static str) -> u64 {
     h.ctx
         .metrics
@@ -187,12 +196,7 @@ async fn nothing_is_defined_before_the_hypervisor_is_chosen() {
         reconcile(&h).await.unwrap(),
         Next::RequeueAfter(WAITING_RETRY)
     );
-    assert!(
-        !h.hypervisor
-            .take_calls()
-            .iter()
-            .any(|c| c.starts_with("define"))
-    );
+    assert!(!called(&h, "define"));
 }
 
 #[tokio::test]
@@ -220,12 +224,7 @@ async fn a_refused_define_or_start_fails_the_vm_naming_the_step() {
         h.hypervisor.heal();
         h.hypervisor.take_calls();
         assert_eq!(reconcile(&h).await.unwrap(), Next::AwaitChange);
-        assert!(
-            !h.hypervisor
-                .take_calls()
-                .iter()
-                .any(|c| c.starts_with("start"))
-        );
+        assert!(!called(&h, "start"));
     }
 }
 
@@ -260,12 +259,7 @@ async fn inputs_decide_wait_fail_or_retry() {
     );
     assert_eq!(ready(&h).0, reasons::MISSING_INPUT);
     assert_ne!(phase(&h), Phase::Failed);
-    assert!(
-        !h.hypervisor
-            .take_calls()
-            .iter()
-            .any(|c| c.starts_with("define"))
-    );
+    assert!(!called(&h, "define"));
 
     h.cluster.gather_gives(|| {
         Err(InputError::Api {
@@ -495,12 +489,7 @@ async fn a_deletion_step_that_fails_is_retried_and_keeps_the_finalizer() {
         reconcile(&h).await.unwrap();
         if op == "shutdown" {
             // Not recorded as sent: sent now.
-            assert!(
-                h.hypervisor
-                    .take_calls()
-                    .iter()
-                    .any(|c| c.starts_with("shutdown"))
-            );
+            assert!(called(&h, "shutdown"));
         } else {
             assert!(!finalized(&h), "{op}");
         }
@@ -530,12 +519,7 @@ async fn a_finalizer_conflict_stops_the_reconcile_and_comes_back_soon() {
         reconcile(&h).await.unwrap(),
         Next::RequeueAfter(Duration::from_secs(1))
     );
-    assert!(
-        !h.hypervisor
-            .take_calls()
-            .iter()
-            .any(|c| c.starts_with("define"))
-    );
+    assert!(!called(&h, "define"));
     h.cluster.fail("finalizer", Fault::Lost);
     let err = reconcile(&h).await.unwrap_err();
     assert!(err.api_unreachable());
@@ -592,12 +576,7 @@ async fn a_vm_folder_that_cannot_be_made_fails_the_vm_as_storage() {
     );
     assert!(message.contains(UID), "names the folder: {message}");
     assert_eq!(step_errors(&h, "prepare_disks"), 1);
-    assert!(
-        !h.hypervisor
-            .take_calls()
-            .iter()
-            .any(|c| c.starts_with("define"))
-    );
+    assert!(!called(&h, "define"));
 }
 
 #[tokio::test]
