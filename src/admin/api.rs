@@ -12,6 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::event_log::EventRecord;
+
 pub const DEFAULT_SOCKET: &str = "/run/nodevirt/admin.sock";
 pub const DEFAULT_CONSOLE_LINES: usize = 50;
 pub const MAX_CONSOLE_LINES: usize = 10_000;
@@ -25,14 +27,6 @@ pub struct VmSummary {
     /// libvirt's view: running, paused, shut off (reason), crashed, or "no domain".
     pub domain_state: String,
     pub ip: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EventRecord {
-    pub time: String,
-    pub kind: String,
-    pub reason: String,
-    pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

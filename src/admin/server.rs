@@ -17,10 +17,10 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use serde::Deserialize;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::agent::event_log::EventLog;
-use crate::agent::hypervisor_choice::HypervisorChoice;
 use crate::api::VirtualMachine;
 use crate::domain::domain_name;
+use crate::event_log::EventLog;
+use crate::hypervisor::choice::HypervisorChoice;
 use crate::hypervisor::{DomainState, DomainStatus, Libvirt};
 use crate::storage::layout::VmLayout;
 
