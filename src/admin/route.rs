@@ -264,6 +264,13 @@ mod tests {
         assert_eq!(paths, expected);
     }
 
+    /// The error of `GET path`, which must answer `status`.
+    fn refused(path: &str, status: StatusCode) -> RouteError {
+        let err = Route::parse(&Method::GET, path, None).unwrap_err();
+        assert_eq!(err.status(), status, "{path}: {err}");
+        err
+    }
+
     #[test]
     fn an_unknown_path_is_refused_with_the_known_ones() {
         for path in [
@@ -275,13 +282,7 @@ mod tests {
             "/v1/vms/a/b/c",
             "/v1/nodes",
         ] {
-            let err = Route::parse(&Method::GET, path, None).unwrap_err();
-            assert!(
-                matches!(err, RouteError::UnknownPath { .. }),
-                "{path}: {err}"
-            );
-            assert_eq!(err.status(), StatusCode::NOT_FOUND);
-            let message = err.to_string();
+            let message = refused(path, StatusCode::NOT_FOUND).to_string();
             assert!(
                 message.starts_with(&format!("GET {path}: no such path")),
                 "{message}"
@@ -312,12 +313,8 @@ mod tests {
             "/v1/vms/default/Test",
             "/v1/vms//x/xml",
         ] {
-            let err = Route::parse(&Method::GET, path, None).unwrap_err();
-            assert!(
-                matches!(err, RouteError::InvalidName { .. }),
-                "{path}: {err}"
-            );
-            assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+            let err = refused(path, StatusCode::BAD_REQUEST);
+            assert!(matches!(err, RouteError::InvalidName { .. }), "{err}");
         }
         assert!(matches!(
             VmRef::parse("testvm"),

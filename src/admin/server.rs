@@ -321,6 +321,36 @@ async fn health(state: &AdminState) -> Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuzzing::AdminHarness;
+
+    fn exchange(harness: &AdminHarness, request: &str) -> String {
+        let answer = harness.exchange(request.as_bytes()).unwrap();
+        String::from_utf8(answer).unwrap()
+    }
+
+    #[test]
+    fn route_errors_answer_with_their_status_and_why() {
+        let harness = AdminHarness::new().unwrap();
+        let answer = exchange(&harness, "DELETE /v1/health HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(answer.starts_with("HTTP/1.1 405 "), "{answer}");
+        assert!(answer.contains("allow: GET\r\n"), "{answer}");
+        assert!(answer.contains("method not allowed; use GET"), "{answer}");
+        let answer = exchange(&harness, "GET /v1/vm HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
+        assert!(
+            answer.contains("GET /v1/vm: no such path; the admin socket serves /v1/vms"),
+            "{answer}"
+        );
+        let answer = exchange(
+            &harness,
+            "GET /v1/vms/default/Testvm HTTP/1.1\r\nHost: a\r\n\r\n",
+        );
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert!(
+            answer.contains("naming a VM: name: \\\"Testvm\\\" is not a valid name"),
+            "{answer}"
+        );
+    }
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
