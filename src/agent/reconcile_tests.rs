@@ -11,15 +11,15 @@ use crate::api::virtual_machine::FORCE_STOP_ANNOTATION;
 use crate::api::{Phase, VirtualMachine};
 use crate::domain::DomainType;
 use crate::domain::fixtures::{DOMAIN, vm};
+use crate::event_log::EventLog;
+use crate::hypervisor::choice::{HypervisorChoice, HypervisorFlag};
 use crate::hypervisor::seam::Hypervisor;
 use crate::hypervisor::{DomainState, GuestAddress, ShutoffReason};
 use crate::metrics::{AgentMetrics, StepLabel};
 
-use super::event_log::EventLog;
 use super::execute::Error;
 use super::fake::{FakeCluster, FakeHypervisor, Fault, Gathering};
 use super::finalizer::FINALIZER;
-use super::hypervisor_choice::HypervisorChoice;
 use super::inputs::InputError;
 use super::plan::{ADDRESS_POLL, Next, Node, RESYNC, WAITING_RETRY};
 use super::reasons;
@@ -190,7 +190,7 @@ async fn a_new_vm_is_finalized_defined_started_and_reported_running() {
 
 #[tokio::test]
 async fn nothing_is_defined_before_the_hypervisor_is_chosen() {
-    let h = harness_with(HypervisorChoice::new(super::Hypervisor::Auto));
+    let h = harness_with(HypervisorChoice::new(HypervisorFlag::Auto));
     new_vm(&h, DOMAIN, "[]");
     assert_eq!(
         reconcile(&h).await.unwrap(),

@@ -4,3 +4,4 @@ pub mod admin;
 pub mod manifest;
 pub mod power;
 pub mod render;
+pub mod unknown_fields;
