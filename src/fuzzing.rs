@@ -24,12 +24,12 @@ use quick_xml::events::Event;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::admin::server::{AdminState, router};
-use crate::agent::event_log::EventLog;
-use crate::agent::hypervisor_choice::{Hypervisor, HypervisorChoice};
 use crate::api::{VirtualMachine, VirtualMachineSpec};
 use crate::cli::DomainTypeArg;
 use crate::cli::manifest::Manifest;
 use crate::cli::render::{RenderArgs, RenderError, render_manifest};
+use crate::event_log::EventLog;
+use crate::hypervisor::choice::{HypervisorChoice, HypervisorFlag};
 use crate::hypervisor::{HypervisorError, Libvirt};
 use crate::storage::layout::{DEFAULT_STATE_DIR, VmLayout};
 
@@ -247,7 +247,7 @@ impl AdminHarness {
             state_dir: state_dir.path().to_path_buf(),
             resync,
             events,
-            hypervisor: Arc::new(HypervisorChoice::new(Hypervisor::Qemu)),
+            hypervisor: Arc::new(HypervisorChoice::new(HypervisorFlag::Qemu)),
         });
         Ok(Self {
             runtime,

@@ -6,7 +6,7 @@
 //! 3. libvirt lifecycle events trigger the reconcile of the domain's VM, so a guest that stops
 //!    is reported within seconds.
 //! 4. Beside it: the libvirt connection with reconnect (`libvirt_link`), which also decides
-//!    the domain type once (`hypervisor_choice`), orphaned-domain cleanup (`gc`) and the node
+//!    the domain type once (`hypervisor::choice`), orphaned-domain cleanup (`gc`) and the node
 //!    heartbeat (`heartbeat`).
 //!
 //! It runs on the node or in a Pod: libvirtd is reached through its socket, the node's KVM is
@@ -15,7 +15,6 @@
 
 mod cluster;
 mod disks;
-pub mod event_log;
 mod execute;
 #[cfg(test)]
 mod fake;
@@ -23,7 +22,6 @@ pub mod finalizer;
 pub mod gc;
 pub mod heartbeat;
 pub mod http;
-pub mod hypervisor_choice;
 mod inputs;
 mod libvirt_link;
 pub mod metrics_auth;
@@ -49,15 +47,15 @@ use tracing::{info, warn};
 use crate::admin::server::AdminState;
 use crate::api::{NODE_NAME_LABEL, VirtualMachine};
 use crate::domain::names::vm_of_domain;
+use crate::event_log::EventLog;
 use crate::events::EventRecorder;
+use crate::hypervisor::choice::{HypervisorChoice, LibvirtArgs};
 use crate::hypervisor::{Libvirt, events};
 use crate::metrics::AgentMetrics;
 use crate::storage::files;
 use crate::storage::layout::DEFAULT_STATE_DIR;
 use crate::storage::registry::Puller;
 
-use hypervisor_choice::HypervisorChoice;
-pub use hypervisor_choice::{Hypervisor, LibvirtArgs};
 use reconcile::{Context, Settings};
 
 #[derive(Debug, clap::Args)]
@@ -188,7 +186,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         &args.insecure_registries,
         &args.allowed_registries,
     );
-    let events = Arc::new(event_log::EventLog::default());
+    let events = Arc::new(EventLog::default());
     let ctx = Arc::new(Context::new(
         Arc::new(cluster::Kube {
             client: client.clone(),

@@ -11,16 +11,16 @@ use crate::api::virtual_machine::FORCE_STOP_ANNOTATION;
 use crate::api::{Phase, VirtualMachine};
 use crate::domain::DomainType;
 use crate::domain::fixtures::{DOMAIN, vm};
+use crate::event_log::EventLog;
+use crate::hypervisor::choice::{HypervisorChoice, HypervisorFlag};
 use crate::hypervisor::seam::Hypervisor;
 use crate::hypervisor::{DomainState, GuestAddress, ShutoffReason};
 use crate::metrics::{AgentMetrics, StepLabel};
 use crate::storage::layout::VmLayout;
 
-use super::event_log::EventLog;
 use super::execute::Error;
 use super::fake::{FakeCluster, FakeHypervisor, Fault, Gathering};
 use super::finalizer::FINALIZER;
-use super::hypervisor_choice::HypervisorChoice;
 use super::inputs::InputError;
 use super::plan::{ADDRESS_POLL, Next, Node, RESYNC, WAITING_RETRY};
 use super::reasons;
@@ -103,6 +103,15 @@ fn ready(h: &Harness) -> (String, String) {
     )
 }
 
+/// Whether `op` ("define", "start", ...) was asked of the hypervisor since the last look;
+/// forgets the calls.
+fn called(h: &Harness, op: &str) -> bool {
+    h.hypervisor
+        .take_calls()
+        .iter()
+        .any(|c| c.split(' ').next() == Some(op))
+}
+
 fn step_errors(h: &Harness, step: &'static str) -> u64 {
     h.ctx
         .metrics
@@ -182,18 +191,13 @@ async fn a_new_vm_is_finalized_defined_started_and_reported_running() {
 
 #[tokio::test]
 async fn nothing_is_defined_before_the_hypervisor_is_chosen() {
-    let h = harness_with(HypervisorChoice::new(super::Hypervisor::Auto));
+    let h = harness_with(HypervisorChoice::new(HypervisorFlag::Auto));
     new_vm(&h, DOMAIN, "[]");
     assert_eq!(
         reconcile(&h).await.unwrap(),
         Next::RequeueAfter(WAITING_RETRY)
     );
-    assert!(
-        !h.hypervisor
-            .take_calls()
-            .iter()
-            .any(|c| c.starts_with("define"))
-    );
+    assert!(!called(&h, "define"));
 }
 
 #[tokio::test]
@@ -221,12 +225,7 @@ async fn a_refused_define_or_start_fails_the_vm_naming_the_step() {
         h.hypervisor.heal();
         h.hypervisor.take_calls();
         assert_eq!(reconcile(&h).await.unwrap(), Next::AwaitChange);
-        assert!(
-            !h.hypervisor
-                .take_calls()
-                .iter()
-                .any(|c| c.starts_with("start"))
-        );
+        assert!(!called(&h, "start"));
     }
 }
 
@@ -261,12 +260,7 @@ async fn inputs_decide_wait_fail_or_retry() {
     );
     assert_eq!(ready(&h).0, reasons::MISSING_INPUT);
     assert_ne!(phase(&h), Phase::Failed);
-    assert!(
-        !h.hypervisor
-            .take_calls()
-            .iter()
-            .any(|c| c.starts_with("define"))
-    );
+    assert!(!called(&h, "define"));
 
     h.cluster.gather_gives(|| {
         Err(InputError::Api {
@@ -344,6 +338,16 @@ async fn a_domain_that_stops_ends_the_vm_by_how_it_stopped() {
             reasons::SHUT_DOWN,
         ),
         (DomainState::Crashed, Phase::Failed, reasons::CRASHED),
+        (
+            DomainState::ShutOff(ShutoffReason::Crashed),
+            Phase::Failed,
+            reasons::CRASHED,
+        ),
+        (
+            DomainState::ShutOff(ShutoffReason::Failed),
+            Phase::Failed,
+            reasons::START_FAILED,
+        ),
         (
             DomainState::ShutOff(ShutoffReason::Destroyed),
             Phase::Failed,
@@ -486,12 +490,7 @@ async fn a_deletion_step_that_fails_is_retried_and_keeps_the_finalizer() {
         reconcile(&h).await.unwrap();
         if op == "shutdown" {
             // Not recorded as sent: sent now.
-            assert!(
-                h.hypervisor
-                    .take_calls()
-                    .iter()
-                    .any(|c| c.starts_with("shutdown"))
-            );
+            assert!(called(&h, "shutdown"));
         } else {
             assert!(!finalized(&h), "{op}");
         }
@@ -521,12 +520,7 @@ async fn a_finalizer_conflict_stops_the_reconcile_and_comes_back_soon() {
         reconcile(&h).await.unwrap(),
         Next::RequeueAfter(Duration::from_secs(1))
     );
-    assert!(
-        !h.hypervisor
-            .take_calls()
-            .iter()
-            .any(|c| c.starts_with("define"))
-    );
+    assert!(!called(&h, "define"));
     h.cluster.fail("finalizer", Fault::Lost);
     let err = reconcile(&h).await.unwrap_err();
     assert!(err.api_unreachable());
@@ -565,4 +559,109 @@ async fn a_vm_nodevirt_cannot_read_fails_with_the_field_and_is_still_deleted() {
     delete(&h, 0, 30);
     reconcile(&h).await.unwrap();
     assert!(!finalized(&h));
+}
+
+#[tokio::test]
+async fn a_vm_folder_that_cannot_be_made_fails_the_vm_as_storage() {
+    let h = harness();
+    new_vm(&h, DOMAIN, "[{name: scratch, emptyDisk: {capacity: 64Mi}}]");
+    // A file where the VM's folder goes: nothing can be created below it.
+    let dir = VmLayout::new(h.state_dir.path(), UID).dir().to_path_buf();
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    std::fs::write(&dir, b"").unwrap();
+    assert_eq!(reconcile(&h).await.unwrap(), Next::AwaitChange);
+    let (reason, message) = ready(&h);
+    assert_eq!(
+        (phase(&h), reason.as_str()),
+        (Phase::Failed, reasons::STORAGE_FAILED)
+    );
+    assert!(message.contains(UID), "names the folder: {message}");
+    assert_eq!(step_errors(&h, "prepare_disks"), 1);
+    assert!(!called(&h, "define"));
+}
+
+#[tokio::test]
+async fn the_last_deletion_steps_that_fail_are_retried_and_keep_the_finalizer() {
+    // The folder cannot be removed (a file stands where it was).
+    let h = harness();
+    new_vm(&h, DOMAIN, "[]");
+    reconcile(&h).await.unwrap();
+    let dir = VmLayout::new(h.state_dir.path(), UID).dir().to_path_buf();
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(&dir, b"").unwrap();
+    delete(&h, 60, 30);
+    let err = reconcile(&h).await.unwrap_err();
+    assert_eq!(step_errors(&h, "remove_dir"), 1, "{err}");
+    assert!(err.to_string().contains("testvm"), "{err}");
+    assert!(finalized(&h));
+    std::fs::remove_file(&dir).unwrap();
+    assert_eq!(reconcile(&h).await.unwrap(), Next::AwaitChange);
+    assert!(!finalized(&h));
+
+    // The finalizer cannot be removed: the API server is away.
+    let h = harness();
+    new_vm(&h, DOMAIN, "[]");
+    reconcile(&h).await.unwrap();
+    delete(&h, 60, 30);
+    h.cluster.fail("finalizer", Fault::Lost);
+    let err = reconcile(&h).await.unwrap_err();
+    assert!(err.api_unreachable(), "{err}");
+    assert_eq!(step_errors(&h, "remove_finalizer"), 1);
+    assert!(finalized(&h));
+}
+
+#[tokio::test]
+async fn a_failed_reconcile_is_counted_published_and_backed_off_until_one_succeeds() {
+    use kube::runtime::controller::Action as Requeue;
+
+    use super::reconcile::{error_policy, reconcile as run};
+    use crate::metrics::ResultLabel;
+
+    let h = harness();
+    new_vm(&h, DOMAIN, "[]");
+    reconcile(&h).await.unwrap();
+    let dir = VmLayout::new(h.state_dir.path(), UID).dir().to_path_buf();
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(&dir, b"").unwrap();
+    delete(&h, 60, 30);
+    h.cluster.take_events();
+    let Harness { ctx, cluster, .. } = h;
+    let ctx = Arc::new(ctx);
+    let vm = || Arc::new(cluster.get("testvm").unwrap());
+    let results = |result| {
+        ctx.metrics
+            .reconciles
+            .get_or_create(&ResultLabel { result })
+            .get()
+    };
+
+    // A failure of the VM's own (not libvirtd or the API server away) is told to its owner.
+    let err = run(vm(), ctx.clone()).await.unwrap_err();
+    assert_eq!(results("error"), 1);
+    let events = cluster.take_events();
+    // The domain went first ("Deleted"); the folder's removal failed after it.
+    assert_eq!(
+        reasons_of(&events),
+        [reasons::EVENT_DELETED, reasons::EVENT_SYNC_FAILED]
+    );
+    assert!(events[1].2.contains("removing"), "{events:?}");
+    let backoffs: Vec<Requeue> = (0..7)
+        .map(|_| error_policy(vm(), &err, ctx.clone()))
+        .collect();
+    let expected: Vec<Requeue> = [2, 4, 8, 16, 32, 60, 60]
+        .map(|s| Requeue::requeue(Duration::from_secs(s)))
+        .into();
+    assert_eq!(backoffs, expected);
+
+    // Once it succeeds, the next failure starts the backoff again from the shortest wait.
+    std::fs::remove_file(&dir).unwrap();
+    assert_eq!(
+        run(vm(), ctx.clone()).await.unwrap(),
+        Requeue::await_change()
+    );
+    assert_eq!(results("ok"), 1);
+    assert_eq!(
+        error_policy(vm(), &err, ctx.clone()),
+        Requeue::requeue(Duration::from_secs(2))
+    );
 }
