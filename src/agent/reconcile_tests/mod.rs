@@ -26,6 +26,8 @@ use super::plan::{ADDRESS_POLL, Next, Node, RESYNC, WAITING_RETRY};
 use super::reasons;
 use super::reconcile::{Context, Settings, step};
 
+mod deletion;
+
 const UID: &str = "0f9b6e2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
 const DOMAIN_NAME: &str = "default_testvm";
 
@@ -144,6 +146,18 @@ fn finalized(h: &Harness) -> bool {
         .unwrap_or_default()
         .iter()
         .any(|f| f == FINALIZER)
+}
+
+/// A running VM deleted past its grace period whose folder cannot be removed: a file stands
+/// where it was. Returns that file's path.
+async fn deleted_with_an_unremovable_folder(h: &Harness) -> std::path::PathBuf {
+    new_vm(h, DOMAIN, "[]");
+    reconcile(h).await.unwrap();
+    let dir = VmLayout::new(h.state_dir.path(), UID).dir().to_path_buf();
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(&dir, b"").unwrap();
+    delete(h, 60, 30);
+    dir
 }
 
 #[tokio::test]
@@ -397,121 +411,6 @@ async fn a_stale_domain_of_an_earlier_vm_is_removed_first() {
 }
 
 #[tokio::test]
-async fn a_deletion_waits_for_the_guest_without_holding_the_reconcile() {
-    let h = harness();
-    new_vm(&h, DOMAIN, "[]");
-    reconcile(&h).await.unwrap();
-    h.cluster.take_events();
-    h.hypervisor.ignores_acpi.store(true, Ordering::SeqCst);
-    delete(&h, 1, 30);
-    h.hypervisor.take_calls();
-    let started = std::time::Instant::now();
-    reconcile(&h).await.unwrap();
-    let next = reconcile(&h).await.unwrap();
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "no waiting inside"
-    );
-    // One ACPI shutdown, whatever the number of reconciles, then a requeue at the deadline.
-    let shutdowns = h
-        .hypervisor
-        .take_calls()
-        .iter()
-        .filter(|c| c.starts_with("shutdown"))
-        .count();
-    assert_eq!(shutdowns, 1);
-    let Next::RequeueAfter(left) = next else {
-        panic!("{next:?}")
-    };
-    assert!(
-        left <= Duration::from_secs(29) && left >= Duration::from_secs(27),
-        "{left:?}"
-    );
-    assert_eq!(
-        reasons_of(&h.cluster.take_events()),
-        [reasons::EVENT_SHUTTING_DOWN]
-    );
-    assert!(finalized(&h));
-
-    // Past the deadline: destroyed, undefined, folder and finalizer gone.
-    delete(&h, 31, 30);
-    assert_eq!(reconcile(&h).await.unwrap(), Next::AwaitChange);
-    assert_eq!(h.hypervisor.state(DOMAIN_NAME), None);
-    assert!(!VmLayout::new(h.state_dir.path(), UID).dir().exists());
-    assert!(!finalized(&h));
-    assert_eq!(
-        reasons_of(&h.cluster.take_events()),
-        [reasons::EVENT_DELETED]
-    );
-}
-
-#[tokio::test]
-async fn a_guest_that_powers_off_is_removed_at_once_and_a_forced_stop_does_not_wait() {
-    let h = harness();
-    new_vm(&h, DOMAIN, "[]");
-    reconcile(&h).await.unwrap();
-    delete(&h, 0, 30);
-    reconcile(&h).await.unwrap();
-    // The fake guest obeyed: its domain is off, the next reconcile (libvirt's event) removes it.
-    assert_eq!(reconcile(&h).await.unwrap(), Next::AwaitChange);
-    assert!(!finalized(&h));
-
-    let h = harness();
-    new_vm(&h, DOMAIN, "[]");
-    reconcile(&h).await.unwrap();
-    h.cluster.take_events();
-    h.hypervisor.ignores_acpi.store(true, Ordering::SeqCst);
-    delete(&h, 0, 3600);
-    let mut vm = h.cluster.get("testvm").unwrap();
-    vm.metadata.annotations =
-        Some([(FORCE_STOP_ANNOTATION.to_string(), "true".to_string())].into());
-    h.cluster.put(&vm);
-    assert_eq!(reconcile(&h).await.unwrap(), Next::AwaitChange);
-    assert_eq!(h.hypervisor.state(DOMAIN_NAME), None);
-    let events = h.cluster.take_events();
-    assert!(events[0].2.contains("forced"), "{events:?}");
-}
-
-#[tokio::test]
-async fn a_deletion_step_that_fails_is_retried_and_keeps_the_finalizer() {
-    for op in ["shutdown", "destroy", "undefine"] {
-        let h = harness();
-        new_vm(&h, DOMAIN, "[]");
-        reconcile(&h).await.unwrap();
-        h.hypervisor.ignores_acpi.store(true, Ordering::SeqCst);
-        delete(&h, if op == "shutdown" { 0 } else { 60 }, 30);
-        h.hypervisor.fail(op, Fault::Lost);
-        let err = reconcile(&h).await.unwrap_err();
-        assert!(err.libvirt_lost(), "{op}: {err}");
-        assert_eq!(step_errors(&h, op), 1);
-        assert!(finalized(&h), "{op}");
-        h.hypervisor.heal();
-        h.hypervisor.take_calls();
-        reconcile(&h).await.unwrap();
-        if op == "shutdown" {
-            // Not recorded as sent: sent now.
-            assert!(called(&h, "shutdown"));
-        } else {
-            assert!(!finalized(&h), "{op}");
-        }
-    }
-}
-
-#[tokio::test]
-async fn a_vm_deleted_before_it_was_created_only_loses_its_finalizer() {
-    let h = harness();
-    new_vm(&h, DOMAIN, "[]");
-    h.cluster.fail("status", Fault::Lost);
-    // The finalizer went on, the status did not.
-    assert!(reconcile(&h).await.unwrap_err().api_unreachable());
-    assert_eq!(step_errors(&h, "write_status"), 1);
-    h.hypervisor.undefine(DOMAIN_NAME).unwrap();
-    delete(&h, 0, 30);
-    assert_eq!(reconcile(&h).await.unwrap(), Next::AwaitChange);
-    assert!(!finalized(&h));
-}
-
-#[tokio::test]
 async fn a_finalizer_conflict_stops_the_reconcile_and_comes_back_soon() {
     let h = harness();
     new_vm(&h, DOMAIN, "[]");
@@ -581,36 +480,6 @@ async fn a_vm_folder_that_cannot_be_made_fails_the_vm_as_storage() {
 }
 
 #[tokio::test]
-async fn the_last_deletion_steps_that_fail_are_retried_and_keep_the_finalizer() {
-    // The folder cannot be removed (a file stands where it was).
-    let h = harness();
-    new_vm(&h, DOMAIN, "[]");
-    reconcile(&h).await.unwrap();
-    let dir = VmLayout::new(h.state_dir.path(), UID).dir().to_path_buf();
-    std::fs::remove_dir_all(&dir).unwrap();
-    std::fs::write(&dir, b"").unwrap();
-    delete(&h, 60, 30);
-    let err = reconcile(&h).await.unwrap_err();
-    assert_eq!(step_errors(&h, "remove_dir"), 1, "{err}");
-    assert!(err.to_string().contains("testvm"), "{err}");
-    assert!(finalized(&h));
-    std::fs::remove_file(&dir).unwrap();
-    assert_eq!(reconcile(&h).await.unwrap(), Next::AwaitChange);
-    assert!(!finalized(&h));
-
-    // The finalizer cannot be removed: the API server is away.
-    let h = harness();
-    new_vm(&h, DOMAIN, "[]");
-    reconcile(&h).await.unwrap();
-    delete(&h, 60, 30);
-    h.cluster.fail("finalizer", Fault::Lost);
-    let err = reconcile(&h).await.unwrap_err();
-    assert!(err.api_unreachable(), "{err}");
-    assert_eq!(step_errors(&h, "remove_finalizer"), 1);
-    assert!(finalized(&h));
-}
-
-#[tokio::test]
 async fn a_failed_reconcile_is_counted_published_and_backed_off_until_one_succeeds() {
     use kube::runtime::controller::Action as Requeue;
 
@@ -618,12 +487,7 @@ async fn a_failed_reconcile_is_counted_published_and_backed_off_until_one_succee
     use crate::metrics::ResultLabel;
 
     let h = harness();
-    new_vm(&h, DOMAIN, "[]");
-    reconcile(&h).await.unwrap();
-    let dir = VmLayout::new(h.state_dir.path(), UID).dir().to_path_buf();
-    std::fs::remove_dir_all(&dir).unwrap();
-    std::fs::write(&dir, b"").unwrap();
-    delete(&h, 60, 30);
+    let dir = deleted_with_an_unremovable_folder(&h).await;
     h.cluster.take_events();
     let Harness { ctx, cluster, .. } = h;
     let ctx = Arc::new(ctx);
