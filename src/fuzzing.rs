@@ -24,14 +24,14 @@ use quick_xml::events::Event;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::admin::server::{AdminState, router};
-use crate::agent::event_log::EventLog;
-use crate::agent::hypervisor_choice::{Hypervisor, HypervisorChoice};
 use crate::api::{VirtualMachine, VirtualMachineSpec};
+use crate::cli::DomainTypeArg;
 use crate::cli::manifest::Manifest;
 use crate::cli::render::{RenderArgs, RenderError, render_manifest};
-use crate::domain::DomainType;
+use crate::event_log::EventLog;
+use crate::hypervisor::choice::{HypervisorChoice, HypervisorFlag};
 use crate::hypervisor::{HypervisorError, Libvirt};
-use crate::storage::layout::VmLayout;
+use crate::storage::layout::{DEFAULT_STATE_DIR, VmLayout};
 
 /// An outcome the code must never produce, with what is needed to see why.
 #[derive(Debug, thiserror::Error)]
@@ -65,8 +65,8 @@ pub fn render_manifest_bytes(data: &[u8]) -> Result<RenderOutcome, Bug> {
     let args = RenderArgs {
         file: path.to_path_buf(),
         presets: Vec::new(),
-        hypervisor: DomainType::Kvm,
-        state_dir: PathBuf::from("/var/lib/nodevirt"),
+        hypervisor: DomainTypeArg::Kvm,
+        state_dir: PathBuf::from(DEFAULT_STATE_DIR),
         network: "default".into(),
         claims: vec![(BLOCK_CLAIM.into(), PathBuf::from("/dev/nodevirt-fuzz"))],
     };
@@ -247,7 +247,7 @@ impl AdminHarness {
             state_dir: state_dir.path().to_path_buf(),
             resync,
             events,
-            hypervisor: Arc::new(HypervisorChoice::new(Hypervisor::Qemu)),
+            hypervisor: Arc::new(HypervisorChoice::new(HypervisorFlag::Qemu)),
         });
         Ok(Self {
             runtime,

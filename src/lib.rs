@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod domain;
+pub mod event_log;
 pub mod events;
 pub mod fuzzing;
 pub mod hypervisor;

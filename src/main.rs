@@ -4,11 +4,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use nodevirt::agent::{self, AgentArgs, LibvirtArgs};
+use nodevirt::agent::{self, AgentArgs};
 use nodevirt::cli::admin::{self as admin_cli, AdminArgs};
 use nodevirt::cli::power::{PowerArgs, set_running};
 use nodevirt::cli::render::{self, RenderArgs};
 use nodevirt::controller::{self, ControllerArgs};
+use nodevirt::hypervisor::choice::{self, LibvirtArgs};
 use nodevirt::k8s::error_chain;
 
 /// Runs KubeVirt v1alpha1 VirtualMachines on libvirt.
@@ -93,7 +94,7 @@ fn main() -> ExitCode {
             init_tracing(cli.log_format);
             run_async(controller::run(args))
         }
-        Command::Hypervisor(args) => match agent::hypervisor_choice::decide_for(&args) {
+        Command::Hypervisor(args) => match choice::decide_for(&args) {
             Ok(decision) => {
                 println!("{}", decision.domain_type);
                 ExitCode::SUCCESS

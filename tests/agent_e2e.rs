@@ -7,6 +7,7 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
+use nodevirt::storage::layout::VmLayout;
 use support::agent::Agent;
 use support::cluster::{Cluster, virsh, wait_for};
 use support::vm::{BOOT, Vm, console_log, domain_exists, user_data, vm_yaml};
@@ -72,7 +73,7 @@ fn seed_like_vm_runs_reports_its_lease_and_is_cleaned_up() {
 
     cluster.kubectl_ok(&["-n", vm.ns, "delete", "vm", vm.name, "--wait=false"]);
     let deleted = Instant::now();
-    let state = agent.state_dir.join("vms").join(&uid);
+    let state = VmLayout::new(&agent.state_dir, &uid).dir().to_path_buf();
     wait_for(
         Duration::from_secs(10),
         "the domain and its folder to be gone",

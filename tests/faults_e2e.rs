@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use nodevirt::domain::names::domain_name;
+use nodevirt::storage::layout::vms_dir;
 use support::agent::{Agent, NodeOptions};
 use support::cluster::{Cluster, unique_suffix, virsh_on, wait_for};
 use support::registry::Registry;
@@ -117,7 +119,7 @@ fn uids(cluster: &Cluster, ns: &str) -> BTreeSet<String> {
 }
 
 fn vm_folders(state_dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(state_dir.join("vms"))
+    std::fs::read_dir(vms_dir(state_dir))
         .map(|entries| {
             entries
                 .filter_map(Result::ok)
@@ -211,7 +213,7 @@ fn killing_the_agent_at_random_moments_restarts_and_leaks_nothing() {
             let expected: BTreeSet<String> = phases
                 .keys()
                 .filter(|name| name.starts_with("light-"))
-                .map(|name| format!("{}_{name}", ns.name))
+                .map(|name| domain_name(&ns.name, name))
                 .collect();
             if waiting.is_empty() && domains == expected {
                 break;

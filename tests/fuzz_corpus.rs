@@ -80,7 +80,10 @@ fn admin_request_seeds() {
             }
             "resync.http" => Some("202"),
             "xml.http" | "not-found.http" | "console-bad-uid.http" => Some("404"),
-            "console-huge-lines.http" | "bad-percent.http" => Some("400"),
+            "console-huge-lines.http"
+            | "console-negative.http"
+            | "bad-percent.http"
+            | "percent-encoded.http" => Some("400"),
             "wrong-method.http" => Some("405"),
             _ => None,
         };

@@ -10,9 +10,18 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use nodevirt::storage::layout::{DEFAULT_STATE_DIR, VmLayout};
 use support::cluster::{Cluster, Namespace, wait_for, wait_for_explained};
 use support::node::Node;
 use support::vm::{BOOT, Vm, user_data, vm_yaml};
+
+/// A VM's folder on a node whose agent runs with the DaemonSet's (default) state folder.
+fn node_vm_dir(uid: &str) -> String {
+    VmLayout::new(std::path::Path::new(DEFAULT_STATE_DIR), uid)
+        .dir()
+        .display()
+        .to_string()
+}
 
 fn cluster() -> &'static Cluster {
     let cluster = Cluster::get();
@@ -304,7 +313,7 @@ fn the_agent_in_its_pod_chooses_the_hypervisor_the_host_would_and_writes_only_it
     // What it wrote for its VMs is on the node, in the node's state folder.
     for (name, n) in &vms {
         let uid = Vm { ns: &ns.name, name }.uid();
-        let listing = nodes[*n].exec_ok(&["ls", &format!("/var/lib/nodevirt/vms/{uid}")]);
+        let listing = nodes[*n].exec_ok(&["ls", &node_vm_dir(&uid)]);
         assert!(listing.contains("console.log"), "{name}: {listing}");
     }
 }
@@ -635,7 +644,7 @@ spec:
             !node2.domains().contains(&vm.domain()),
             "{name} still runs on node2"
         );
-        let folder = node2.exec(&["test", "-e", &format!("/var/lib/nodevirt/vms/{uid}")]);
+        let folder = node2.exec(&["test", "-e", &node_vm_dir(uid)]);
         assert!(
             !folder.status.success(),
             "{name}'s folder is still on node2"

@@ -436,3 +436,38 @@ fn nic_with_a_mac_derived_from_the_uid_and_console_log() {
         "<graphics type=\"vnc\" autoport=\"yes\" listen=\"127.0.0.1\"/>",
     );
 }
+
+/// A field the schema does not declare, anywhere in the manifest or its template, is refused
+/// by the real binary as `kubectl apply` refuses it: the file, the full path and the fields
+/// expected there, one line each, exit code 2.
+#[test]
+fn a_typo_in_any_field_is_refused_by_the_binary() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let file = dir.path().join("typo.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: kubevirt.io/v1alpha1\nkind: OfflineVirtualMachine\nmetadata: {name: vm}\n\
+         spec:\n  running: true\n  template:\n    spec:\n      domain:\n        \
+         cpu: {core: 4}\n        resources: {requests: {memory: 64Mi}}\n        \
+         devices: {disks: [{name: a, volumeName: v, disk: {buss: virtio}}]}\n      \
+         volumes: [{name: v, emptyDisk: {capacity: 1Gi}}]\n",
+    )
+    .expect("writing the manifest");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nodevirt"))
+        .arg("render")
+        .arg(&file)
+        .output()
+        .expect("run nodevirt");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(out.stdout.is_empty(), "no XML for a refused manifest");
+    let path = file.display();
+    assert_eq!(
+        stderr,
+        format!(
+            "error: {path}: spec.template.spec.domain.cpu.core: unknown field; expected cores\n\
+             {path}: spec.template.spec.domain.devices.disks[0].disk.buss: unknown field; \
+             expected one of bus, readonly\n"
+        )
+    );
+}

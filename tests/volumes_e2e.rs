@@ -6,6 +6,7 @@ mod support;
 
 use std::time::Duration;
 
+use nodevirt::storage::layout::{VmLayout, vms_dir};
 use support::agent::{Agent, NodeOptions};
 use support::cluster::Cluster;
 use support::registry::{PASSWORD, Registry, USER};
@@ -333,7 +334,7 @@ fn claims_bind_late_and_bad_volumes_fail_before_anything_is_written() {
         huge.condition_message()
     );
     assert!(
-        !agent.state_dir.join("vms").join(huge.uid()).exists(),
+        !VmLayout::new(&agent.state_dir, &huge.uid()).dir().exists(),
         "nothing was written"
     );
 
@@ -359,7 +360,7 @@ fn claims_bind_late_and_bad_volumes_fail_before_anything_is_written() {
             "{field}: {stderr}"
         );
     }
-    let entries: Vec<String> = std::fs::read_dir(agent.state_dir.join("vms"))
+    let entries: Vec<String> = std::fs::read_dir(vms_dir(&agent.state_dir))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();

@@ -1,16 +1,11 @@
-//! The admin socket's requests and responses, shared by the server (in the agent) and the
-//! client (`nodevirt admin`), so the two cannot drift apart.
-//!
-//! Paths, all answering JSON:
-//!   GET  /v1/vms                          the node's VMs             -> Vec<VmSummary>
-//!   GET  /v1/vms/{ns}/{name}              one VM and its last events -> VmDetail
-//!   GET  /v1/vms/{ns}/{name}/xml          its live domain XML        -> DomainXml
-//!   GET  /v1/vms/{ns}/{name}/console?lines=N  its serial log's tail -> ConsoleTail
-//!   POST /v1/vms/{ns}/{name}/resync       reconcile it now           -> Accepted
-//!   GET  /v1/health                       libvirt, hypervisor, watch -> Health
-//! Errors: a status code and ErrorBody.
+//! The admin socket's responses, shared by the server (in the agent) and the client
+//! (`nodevirt admin`), so the two cannot drift apart. The requests, and which response each
+//! answers with, are the routes of `route`. Every answer is JSON; an error is a status code
+//! and an [`ErrorBody`].
 
 use serde::{Deserialize, Serialize};
+
+use crate::event_log::EventRecord;
 
 pub const DEFAULT_SOCKET: &str = "/run/nodevirt/admin.sock";
 pub const DEFAULT_CONSOLE_LINES: usize = 50;
@@ -25,14 +20,6 @@ pub struct VmSummary {
     /// libvirt's view: running, paused, shut off (reason), crashed, or "no domain".
     pub domain_state: String,
     pub ip: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EventRecord {
-    pub time: String,
-    pub kind: String,
-    pub reason: String,
-    pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,14 +1,16 @@
-//! A minimal HTTP/1.1 client for the admin socket: one request per connection.
+//! A minimal HTTP/1.1 client for the admin socket: one request per connection, written from
+//! a `route::Route`.
 
 use std::path::{Path, PathBuf};
 
 use http_body_util::{BodyExt, Empty};
+use hyper::Request;
 use hyper::body::Bytes;
-use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 
 use super::api::ErrorBody;
+use super::route::Route;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -30,12 +32,8 @@ pub enum ClientError {
     Decode(#[source] serde_json::Error),
 }
 
-/// Sends `method path` to the socket and decodes the JSON answer.
-pub async fn call<T: DeserializeOwned>(
-    socket: &Path,
-    method: Method,
-    path: &str,
-) -> Result<T, ClientError> {
+/// Sends `route` to the socket and decodes the JSON answer.
+pub async fn call<T: DeserializeOwned>(socket: &Path, route: &Route) -> Result<T, ClientError> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|source| ClientError::Connect {
@@ -51,8 +49,8 @@ pub async fn call<T: DeserializeOwned>(
         .map_err(http)?;
     tokio::spawn(connection);
     let request = Request::builder()
-        .method(method)
-        .uri(path)
+        .method(route.method())
+        .uri(route.path())
         .header(hyper::header::HOST, "nodevirt-agent")
         .body(Empty::<Bytes>::new())
         .map_err(|e| ClientError::Refused {

@@ -3,4 +3,5 @@
 pub mod api;
 pub mod client;
 pub mod peer;
+pub mod route;
 pub mod server;

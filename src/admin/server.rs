@@ -1,5 +1,5 @@
-//! The admin socket's server, in the agent: HTTP/JSON over a Unix socket (see `api` for the
-//! paths). It reads the agent's own state (watch cache, libvirt, files), never the API server,
+//! The admin socket's server, in the agent: HTTP/JSON over a Unix socket. Each request is
+//! parsed into a `route::Route` and handled by one match over it ([`handle`]). It reads the agent's own state (watch cache, libvirt, files), never the API server,
 //! so it answers while the API server is unreachable.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -8,27 +8,25 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::StatusCode;
+use axum::extract::State;
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
-use serde::Deserialize;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::agent::event_log::EventLog;
-use crate::agent::hypervisor_choice::HypervisorChoice;
 use crate::api::VirtualMachine;
-use crate::domain::domain_name;
+use crate::domain::names::domain_name;
+use crate::event_log::EventLog;
+use crate::hypervisor::choice::HypervisorChoice;
 use crate::hypervisor::{DomainState, DomainStatus, Libvirt};
 use crate::storage::layout::VmLayout;
 
 use super::api::{
-    Accepted, ConsoleTail, DEFAULT_CONSOLE_LINES, DomainXml, ErrorBody, Health, MAX_CONSOLE_LINES,
-    VmDetail, VmSummary,
+    Accepted, ConsoleTail, DomainXml, ErrorBody, Health, MAX_CONSOLE_LINES, VmDetail, VmSummary,
 };
 use super::peer::{self, Access};
+use super::route::{Route, RouteError, VmRef};
 
 pub struct AdminState {
     pub node: String,
@@ -128,17 +126,39 @@ fn bind(path: &Path, access: &Access) -> Result<tokio::net::UnixListener, AdminE
     Ok(listener)
 }
 
-/// The paths of `api`, answered from `state`; the transport (the socket, or a test's
-/// in-memory stream) is the caller's.
+/// Every request, answered from `state`; the transport (the socket, or a test's in-memory
+/// stream) is the caller's.
 pub fn router(state: Arc<AdminState>) -> Router {
-    Router::new()
-        .route("/v1/vms", get(list))
-        .route("/v1/vms/{namespace}/{name}", get(show))
-        .route("/v1/vms/{namespace}/{name}/xml", get(xml))
-        .route("/v1/vms/{namespace}/{name}/console", get(console))
-        .route("/v1/vms/{namespace}/{name}/resync", post(resync))
-        .route("/v1/health", get(health))
-        .with_state(state)
+    Router::new().fallback(answer).with_state(state)
+}
+
+async fn answer(State(state): State<Arc<AdminState>>, method: Method, uri: Uri) -> Response {
+    match Route::parse(&method, uri.path(), uri.query()) {
+        Ok(route) => handle(&state, route).await,
+        Err(e) => refused(&e),
+    }
+}
+
+/// Each route to the code that answers it.
+async fn handle(state: &AdminState, route: Route) -> Response {
+    match route {
+        Route::ListVms => Json(list(state).await).into_response(),
+        Route::ShowVm(vm) => show(state, &vm).await,
+        Route::DomainXml(vm) => xml(state, &vm).await,
+        Route::Console { vm, lines } => console(state, &vm, lines).await,
+        Route::Resync(vm) => resync(state, &vm),
+        Route::Health => Json(health(state).await).into_response(),
+    }
+}
+
+fn refused(e: &RouteError) -> Response {
+    let mut response = error(e.status(), crate::k8s::error_chain(e));
+    if let RouteError::WrongMethod { allowed, .. } = e
+        && let Ok(allow) = allowed.as_str().parse()
+    {
+        response.headers_mut().insert(header::ALLOW, allow);
+    }
+    response
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -184,83 +204,64 @@ async fn summary(state: &AdminState, vm: &VirtualMachine) -> VmSummary {
     }
 }
 
-fn find(state: &AdminState, namespace: &str, name: &str) -> Option<Arc<VirtualMachine>> {
-    state.vms.get(&ObjectRef::new(name).within(namespace))
+fn find(state: &AdminState, vm: &VmRef) -> Option<Arc<VirtualMachine>> {
+    state
+        .vms
+        .get(&ObjectRef::new(&vm.name).within(&vm.namespace))
 }
 
-fn not_found(state: &AdminState, namespace: &str, name: &str) -> Response {
+fn not_found(state: &AdminState, vm: &VmRef) -> Response {
     error(
         StatusCode::NOT_FOUND,
-        format!("no VM {namespace}/{name} on node {}", state.node),
+        format!("no VM {vm} on node {}", state.node),
     )
 }
 
-async fn list(State(state): State<Arc<AdminState>>) -> Json<Vec<VmSummary>> {
+async fn list(state: &AdminState) -> Vec<VmSummary> {
     let mut out = Vec::new();
     for vm in state.vms.state() {
-        out.push(summary(&state, &vm).await);
+        out.push(summary(state, &vm).await);
     }
     out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    Json(out)
+    out
 }
 
-async fn show(
-    State(state): State<Arc<AdminState>>,
-    UrlPath((namespace, name)): UrlPath<(String, String)>,
-) -> Response {
-    let Some(vm) = find(&state, &namespace, &name) else {
-        return not_found(&state, &namespace, &name);
+async fn show(state: &AdminState, vm_ref: &VmRef) -> Response {
+    let Some(vm) = find(state, vm_ref) else {
+        return not_found(state, vm_ref);
     };
     let detail = VmDetail {
-        vm: summary(&state, &vm).await,
+        vm: summary(state, &vm).await,
         node: state.node.clone(),
-        domain: domain_name(&namespace, &name),
+        domain: domain_name(&vm_ref.namespace, &vm_ref.name),
         events: state.events.of(&vm.uid().unwrap_or_default()),
     };
     Json(detail).into_response()
 }
 
-async fn xml(
-    State(state): State<Arc<AdminState>>,
-    UrlPath((namespace, name)): UrlPath<(String, String)>,
-) -> Response {
-    if find(&state, &namespace, &name).is_none() {
-        return not_found(&state, &namespace, &name);
+async fn xml(state: &AdminState, vm: &VmRef) -> Response {
+    if find(state, vm).is_none() {
+        return not_found(state, vm);
     }
-    let domain = domain_name(&namespace, &name);
+    let domain = domain_name(&vm.namespace, &vm.name);
     let lookup = domain.clone();
     match state.libvirt.run(move |lv| lv.xml(&lookup)).await {
         Ok(Some(xml)) => Json(DomainXml { domain, xml }).into_response(),
-        Ok(None) => error(
-            StatusCode::NOT_FOUND,
-            format!("VM {namespace}/{name} has no domain"),
-        ),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("VM {vm} has no domain")),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, crate::k8s::error_chain(&e)),
     }
 }
 
-#[derive(Deserialize)]
-struct ConsoleQuery {
-    lines: Option<usize>,
-}
-
-async fn console(
-    State(state): State<Arc<AdminState>>,
-    UrlPath((namespace, name)): UrlPath<(String, String)>,
-    Query(query): Query<ConsoleQuery>,
-) -> Response {
-    let Some(vm) = find(&state, &namespace, &name) else {
-        return not_found(&state, &namespace, &name);
+async fn console(state: &AdminState, vm_ref: &VmRef, lines: usize) -> Response {
+    let Some(vm) = find(state, vm_ref) else {
+        return not_found(state, vm_ref);
     };
     let uid = vm.uid().unwrap_or_default();
     if crate::domain::names::check_uid(&uid, "uid").is_err() {
         return error(StatusCode::NOT_FOUND, "the VM has no valid UID");
     }
     let path = VmLayout::new(&state.state_dir, &uid).console_log();
-    let wanted = query
-        .lines
-        .unwrap_or(DEFAULT_CONSOLE_LINES)
-        .min(MAX_CONSOLE_LINES);
+    let wanted = lines.min(MAX_CONSOLE_LINES);
     match tokio::fs::read(&path).await {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
@@ -279,18 +280,18 @@ async fn console(
     }
 }
 
-async fn resync(
-    State(state): State<Arc<AdminState>>,
-    UrlPath((namespace, name)): UrlPath<(String, String)>,
-) -> Response {
-    if find(&state, &namespace, &name).is_none() {
-        return not_found(&state, &namespace, &name);
+fn resync(state: &AdminState, vm: &VmRef) -> Response {
+    if find(state, vm).is_none() {
+        return not_found(state, vm);
     }
-    match state.resync.send(ObjectRef::new(&name).within(&namespace)) {
+    match state
+        .resync
+        .send(ObjectRef::new(&vm.name).within(&vm.namespace))
+    {
         Ok(()) => (
             StatusCode::ACCEPTED,
             Json(Accepted {
-                accepted: format!("resync of {namespace}/{name}"),
+                accepted: format!("resync of {vm}"),
             }),
         )
             .into_response(),
@@ -301,25 +302,55 @@ async fn resync(
     }
 }
 
-async fn health(State(state): State<Arc<AdminState>>) -> Json<Health> {
+async fn health(state: &AdminState) -> Health {
     let connected = state
         .libvirt
         .run(|lv| Ok(lv.is_alive()))
         .await
         .unwrap_or(false);
-    Json(Health {
+    Health {
         version: env!("CARGO_PKG_VERSION").into(),
         node: state.node.clone(),
         hypervisor: state.hypervisor.label().into(),
         libvirt_connected: connected,
         watch_synced: *state.synced.borrow(),
         vms: state.vms.state().len(),
-    })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuzzing::AdminHarness;
+
+    fn exchange(harness: &AdminHarness, request: &str) -> String {
+        let answer = harness.exchange(request.as_bytes()).unwrap();
+        String::from_utf8(answer).unwrap()
+    }
+
+    #[test]
+    fn route_errors_answer_with_their_status_and_why() {
+        let harness = AdminHarness::new().unwrap();
+        let answer = exchange(&harness, "DELETE /v1/health HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(answer.starts_with("HTTP/1.1 405 "), "{answer}");
+        assert!(answer.contains("allow: GET\r\n"), "{answer}");
+        assert!(answer.contains("method not allowed; use GET"), "{answer}");
+        let answer = exchange(&harness, "GET /v1/vm HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
+        assert!(
+            answer.contains("GET /v1/vm: no such path; the admin socket serves /v1/vms"),
+            "{answer}"
+        );
+        let answer = exchange(
+            &harness,
+            "GET /v1/vms/default/Testvm HTTP/1.1\r\nHost: a\r\n\r\n",
+        );
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert!(
+            answer.contains("naming a VM: name: \\\"Testvm\\\" is not a valid name"),
+            "{answer}"
+        );
+    }
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777

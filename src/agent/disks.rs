@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::api::VirtualMachineSpec;
 use crate::api::quantity::{HumanBytes, parse_bytes};
-use crate::api::volume::VolumeKind;
+use crate::api::volume::VolumeSource;
 use crate::domain::probe::probe_name;
 use crate::hypervisor::HypervisorError;
 use crate::hypervisor::seam::{self, Hypervisor};
@@ -55,7 +55,7 @@ fn check_capacity(spec: &VirtualMachineSpec, layout: &VmLayout) -> Result<(), Di
         return Ok(());
     };
     for (index, volume) in spec.volumes.iter().enumerate() {
-        let Some(empty) = &volume.empty_disk else {
+        let Some(VolumeSource::EmptyDisk(empty)) = volume.source() else {
             continue;
         };
         let field = format!("spec.volumes[{index}].emptyDisk.capacity");
@@ -89,15 +89,15 @@ pub async fn prepare<H: Hypervisor + ?Sized>(
     check_capacity(spec, layout)?;
     files::ensure_vm_dir(layout).await?;
     for (index, volume) in spec.volumes.iter().enumerate() {
-        let Some(&kind) = volume.kinds().first() else {
+        let Some(source) = volume.source() else {
             continue;
         };
-        let path = layout.volume_file(index, kind);
+        let path = layout.volume_file(index, source.kind());
         if files::exists(&path).await {
             continue;
         }
-        match kind {
-            VolumeKind::CloudInitNoCloud => {
+        match source {
+            VolumeSource::CloudInitNoCloud(_) => {
                 let data = inputs
                     .user_data
                     .get(&index)
@@ -105,23 +105,16 @@ pub async fn prepare<H: Hypervisor + ?Sized>(
                     .unwrap_or_default();
                 files::ensure_cloud_init_iso(&path, uid, hostname, data).await?;
             }
-            VolumeKind::EmptyDisk => {
+            VolumeSource::EmptyDisk(empty) => {
                 let field = format!("spec.volumes[{index}].emptyDisk.capacity");
-                let capacity = volume
-                    .empty_disk
-                    .as_ref()
-                    .map(|e| e.capacity.0.as_str())
-                    .unwrap_or_default();
                 // The renderer has already checked this quantity.
-                let bytes = parse_bytes(capacity, &field)
+                let bytes = parse_bytes(&empty.capacity.0, &field)
                     .map_err(|e| DiskError::Unsupported(e.to_string()))?;
                 files::ensure_empty_disk(&path, bytes).await?;
             }
-            VolumeKind::Ephemeral => {
-                let claim = volume
-                    .ephemeral
-                    .as_ref()
-                    .and_then(|e| e.persistent_volume_claim.as_ref())
+            VolumeSource::Ephemeral(_) => {
+                let claim = source
+                    .claim()
                     .and_then(|c| inputs.claims.get(&c.claim_name));
                 if let Some(backing) = claim {
                     let (probe, image) = (probe_name(uid, index), backing.clone());
@@ -134,13 +127,13 @@ pub async fn prepare<H: Hypervisor + ?Sized>(
                     files::ensure_overlay(&path, backing, size).await?;
                 }
             }
-            VolumeKind::RegistryDisk => {
+            VolumeSource::RegistryDisk(_) => {
                 if let Some(image) = inputs.images.get(&index) {
                     let size = files::local_image_size(image).await?;
                     files::ensure_overlay(&path, image, size).await?;
                 }
             }
-            VolumeKind::PersistentVolumeClaim => {}
+            VolumeSource::PersistentVolumeClaim(_) => {}
         }
     }
     Ok(())
@@ -149,6 +142,7 @@ pub async fn prepare<H: Hypervisor + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::volume::VolumeKind;
     use crate::domain::{ImageFormat, ResolvedVolume};
     use crate::hypervisor::backing::TEST_DRIVER_CAPACITY;
     use crate::storage::files::image_info;

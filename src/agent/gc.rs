@@ -130,15 +130,14 @@ async fn collect(store: &Store<VirtualMachine>, ctx: &Collector) -> Result<(), G
             remove_vm_dir(VmLayout::new(&ctx.state_dir, &domain.vm.uid).dir()).await?;
         }
     }
-    let vms_dir = vms_dir(&ctx.state_dir);
-    let Ok(mut entries) = tokio::fs::read_dir(&vms_dir).await else {
+    let Ok(mut entries) = tokio::fs::read_dir(vms_dir(&ctx.state_dir)).await else {
         return Ok(());
     };
     while let Ok(Some(entry)) = entries.next_entry().await {
         let uid = entry.file_name().to_string_lossy().into_owned();
         if check_uid(&uid, "folder").is_ok() && !live_uids.contains(&uid) {
             info!(uid, "removing the folder of a VM that is gone");
-            remove_vm_dir(&entry.path()).await?;
+            remove_vm_dir(VmLayout::new(&ctx.state_dir, &uid).dir()).await?;
         }
     }
     Ok(())

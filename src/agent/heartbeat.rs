@@ -10,8 +10,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use tracing::warn;
 
-pub const SCHEDULABLE_LABEL: &str = "kubevirt.io/schedulable";
-pub const HEARTBEAT_ANNOTATION: &str = "kubevirt.io/heartbeat";
+use crate::api::{HEARTBEAT_ANNOTATION, SCHEDULABLE_LABEL};
 
 pub async fn beat(client: &Client, node: &str, schedulable: bool) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());

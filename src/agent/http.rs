@@ -8,7 +8,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 
 use crate::api::VirtualMachine;
-use crate::domain::domain_name;
+use crate::domain::names::domain_name;
 use crate::hypervisor::Libvirt;
 use crate::metrics::{AgentMetrics, VmUsage};
 use crate::metrics_port::{Exposition, Probe};

@@ -2,14 +2,17 @@
 //! user-data of each cloud-init volume (inline, base64, or from a Secret).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use base64::Engine;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Secret};
 use kube::{Api, Client};
 
 use crate::api::VirtualMachine;
+use crate::api::volume::VolumeSource;
 use crate::domain::{ImageFormat, ResolvedVolume};
 use crate::k8s::{error_chain, is_not_found};
+use crate::storage::layout::claim_image;
 use crate::storage::registry::{
     Credentials, Fetch, PullFailure, Puller, RegistryError, UNTRUSTED_TRIES,
 };
@@ -60,48 +63,52 @@ pub async fn gather(
     let namespace = vm.metadata.namespace.clone().unwrap_or_default();
     let mut inputs = Inputs::default();
     for (index, volume) in vm.spec.volumes.iter().enumerate() {
-        let claim = volume.persistent_volume_claim.as_ref().or_else(|| {
-            volume
-                .ephemeral
-                .as_ref()
-                .and_then(|e| e.persistent_volume_claim.as_ref())
-        });
-        if let Some(claim) = claim
+        let Some(source) = volume.source() else {
+            continue;
+        };
+        if let Some(claim) = source.claim()
             && !inputs.claims.contains_key(&claim.claim_name)
         {
             let source = claim_source(client, &namespace, &claim.claim_name).await?;
             inputs.claims.insert(claim.claim_name.clone(), source);
         }
-        if let Some(cloud_init) = &volume.cloud_init_no_cloud {
-            let field = format!("spec.volumes[{index}].cloudInitNoCloud");
-            let data = if let Some(text) = &cloud_init.user_data {
-                text.clone().into_bytes()
-            } else if let Some(decoded) = cloud_init.decoded_user_data_base64() {
-                decoded.map_err(|e| {
-                    InputError::Invalid(format!("{field}.userDataBase64: not base64: {e}"))
-                })?
-            } else if let Some(secret) = &cloud_init.secret_ref {
-                secret_user_data(client, &namespace, &secret.name, &field).await?
-            } else {
-                Vec::new()
-            };
-            inputs.user_data.insert(index, data);
-        }
-        if let Some(registry) = &volume.registry_disk {
-            let field = format!("spec.volumes[{index}].registryDisk");
-            let credentials = match &registry.image_pull_secret {
-                Some(secret) => Some(
-                    pull_credentials(client, &namespace, secret, &registry.image, &field).await?,
-                ),
-                None => None,
-            };
-            let (image, fetch) = puller
-                .fetch(&registry.image, credentials.as_ref())
-                .await
-                .map_err(|e| pull_failed(puller, &e, &registry.image, &field))?;
-            tracing::info!(image = %registry.image, cached = (fetch == Fetch::Cached), "registry disk ready");
-            inputs.images.insert(index, image);
-            inputs.fetches.push(fetch);
+        match source {
+            VolumeSource::CloudInitNoCloud(cloud_init) => {
+                let field = format!("spec.volumes[{index}].cloudInitNoCloud");
+                let data = if let Some(text) = &cloud_init.user_data {
+                    text.clone().into_bytes()
+                } else if let Some(decoded) = cloud_init.decoded_user_data_base64() {
+                    decoded.map_err(|e| {
+                        InputError::Invalid(format!("{field}.userDataBase64: not base64: {e}"))
+                    })?
+                } else if let Some(secret) = &cloud_init.secret_ref {
+                    secret_user_data(client, &namespace, &secret.name, &field).await?
+                } else {
+                    Vec::new()
+                };
+                inputs.user_data.insert(index, data);
+            }
+            VolumeSource::RegistryDisk(registry) => {
+                let field = format!("spec.volumes[{index}].registryDisk");
+                let credentials = match &registry.image_pull_secret {
+                    Some(secret) => Some(
+                        pull_credentials(client, &namespace, secret, &registry.image, &field)
+                            .await?,
+                    ),
+                    None => None,
+                };
+                let (image, fetch) = puller
+                    .fetch(&registry.image, credentials.as_ref())
+                    .await
+                    .map_err(|e| pull_failed(puller, &e, &registry.image, &field))?;
+                tracing::info!(image = %registry.image, cached = (fetch == Fetch::Cached), "registry disk ready");
+                inputs.images.insert(index, image);
+                inputs.fetches.push(fetch);
+            }
+            // Claims were looked up above; an emptyDisk needs nothing from the cluster.
+            VolumeSource::EmptyDisk(_)
+            | VolumeSource::Ephemeral(_)
+            | VolumeSource::PersistentVolumeClaim(_) => {}
         }
     }
     Ok(inputs)
@@ -221,7 +228,7 @@ async fn secret_user_data(
         })
 }
 
-/// The claim's image on this node: `<path>/disk.img` of its hostPath or local volume, or the
+/// The claim's image on this node: `layout::claim_image` of its hostPath or local volume, or the
 /// device itself for volumeMode Block.
 async fn claim_source(
     client: &Client,
@@ -275,7 +282,7 @@ async fn claim_source(
         ResolvedVolume::Block { path }
     } else {
         ResolvedVolume::File {
-            path: format!("{}/disk.img", path.trim_end_matches('/')),
+            path: claim_image(Path::new(&path)).display().to_string(),
             format: ImageFormat::Raw,
         }
     })

@@ -3,7 +3,7 @@
 //! 1. Connect (at start, and whenever the connection is found dead), retrying with exponential
 //!    backoff from 0.5 s to 30 s; the agent serves, answers its admin socket and keeps its
 //!    watch meanwhile, and `/readyz` says libvirt is away.
-//! 2. On the first connection, decide the domain type (`hypervisor_choice`; logged once, and
+//! 2. On the first connection, decide the domain type (`hypervisor::choice`; logged once, and
 //!    set in `nodevirt_agent_hypervisor`); a failure to decide is a failed connect, retried.
 //!    Reconnects keep the decision.
 //! 3. On each new connection, subscribe to its domain lifecycle events (a subscription dies
@@ -21,12 +21,11 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
+use crate::hypervisor::choice::{Decision, HypervisorChoice};
 use crate::hypervisor::events::{self, LifecycleEvent};
 use crate::hypervisor::{HypervisorError, Libvirt};
 use crate::k8s::error_chain;
 use crate::metrics::AgentMetrics;
-
-use super::hypervisor_choice::{Decision, HypervisorChoice};
 
 /// How often a live connection is checked. `virConnectIsAlive` is local (no RPC): libvirt's
 /// event loop notices the closed socket and keepalive timeouts.

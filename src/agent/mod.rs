@@ -6,7 +6,7 @@
 //! 3. libvirt lifecycle events trigger the reconcile of the domain's VM, so a guest that stops
 //!    is reported within seconds.
 //! 4. Beside it: the libvirt connection with reconnect (`libvirt_link`), which also decides
-//!    the domain type once (`hypervisor_choice`), orphaned-domain cleanup (`gc`) and the node
+//!    the domain type once (`hypervisor::choice`), orphaned-domain cleanup (`gc`) and the node
 //!    heartbeat (`heartbeat`).
 //!
 //! It runs on the node or in a Pod: libvirtd is reached through its socket, the node's KVM is
@@ -15,7 +15,6 @@
 
 mod cluster;
 mod disks;
-pub mod event_log;
 mod execute;
 #[cfg(test)]
 mod fake;
@@ -23,7 +22,6 @@ pub mod finalizer;
 pub mod gc;
 pub mod heartbeat;
 pub mod http;
-pub mod hypervisor_choice;
 mod inputs;
 mod libvirt_link;
 mod observe;
@@ -46,14 +44,16 @@ use tracing::{info, warn};
 
 use crate::admin::server::AdminState;
 use crate::api::{NODE_NAME_LABEL, VirtualMachine};
+use crate::domain::names::vm_of_domain;
+use crate::event_log::EventLog;
 use crate::events::EventRecorder;
+use crate::hypervisor::choice::{HypervisorChoice, LibvirtArgs};
 use crate::hypervisor::{Libvirt, events};
 use crate::metrics::AgentMetrics;
 use crate::storage::files;
+use crate::storage::layout::DEFAULT_STATE_DIR;
 use crate::storage::registry::Puller;
 
-use hypervisor_choice::HypervisorChoice;
-pub use hypervisor_choice::{Hypervisor, LibvirtArgs};
 use reconcile::{Context, Settings};
 
 #[derive(Debug, clap::Args)]
@@ -67,7 +67,7 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub libvirt: LibvirtArgs,
     /// One folder per VM UID holding its generated disks and console log.
-    #[arg(long, env = "NODEVIRT_STATE_DIR", default_value = "/var/lib/nodevirt")]
+    #[arg(long, env = "NODEVIRT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// The libvirt network of each guest's NIC; "none" gives guests no NIC.
     #[arg(long, env = "NODEVIRT_NETWORK", default_value = "default")]
@@ -144,12 +144,6 @@ fn parse_group(value: &str) -> Result<u32, String> {
     }
 }
 
-/// The VM a domain named `<namespace>_<name>` belongs to.
-fn vm_of_domain(domain: &str) -> Option<ObjectRef<VirtualMachine>> {
-    let (namespace, name) = domain.split_once('_')?;
-    Some(ObjectRef::new(name).within(namespace))
-}
-
 pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let metrics = Arc::new(AgentMetrics::new());
     let client =
@@ -185,7 +179,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         &args.insecure_registries,
         &args.allowed_registries,
     );
-    let events = Arc::new(event_log::EventLog::default());
+    let events = Arc::new(EventLog::default());
     let ctx = Arc::new(Context::new(
         Arc::new(cluster::Kube {
             client: client.clone(),
@@ -243,8 +237,11 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     .applied_objects();
     let controller = Controller::for_stream(vm_events, store.clone())
         .with_config(crate::k8s::controller_config());
-    let domain_events = UnboundedReceiverStream::new(rx)
-        .filter_map(|e: events::LifecycleEvent| async move { vm_of_domain(&e.domain) });
+    let domain_events =
+        UnboundedReceiverStream::new(rx).filter_map(|e: events::LifecycleEvent| async move {
+            let (namespace, name) = vm_of_domain(&e.domain)?;
+            Some(ObjectRef::<VirtualMachine>::new(name).within(namespace))
+        });
 
     let endpoint = Arc::new(http::Endpoint {
         metrics: Arc::clone(&metrics),
@@ -323,21 +320,4 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     }
     info!("agent stopped; running VMs keep running");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn domain_names_map_back_to_vms() {
-        let r = vm_of_domain("default_testvm").unwrap();
-        assert_eq!(
-            (r.namespace.as_deref(), r.name.as_str()),
-            (Some("default"), "testvm")
-        );
-        assert!(vm_of_domain("no-underscore").is_none());
-        let probe = crate::domain::probe::probe_name("0f9b6e2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b", 0);
-        assert!(vm_of_domain(&probe).is_none(), "a probe domain is no VM's");
-    }
 }

@@ -8,7 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::api::VirtualMachine;
-use crate::domain::domain_name;
+use crate::domain::names::domain_name;
 use crate::hypervisor::{DomainState, seam};
 use crate::metrics::ResultLabel;
 use crate::storage::registry::Fetch;

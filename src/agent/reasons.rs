@@ -1,8 +1,5 @@
 //! Condition and event reasons, in one place so docs/troubleshooting.md can list them all.
 
-/// The one condition type the agent sets on a VM.
-pub const CONDITION_READY: &str = "Ready";
-
 // Condition reasons.
 pub const RUNNING: &str = "Running";
 pub const INVALID_SPEC: &str = "InvalidSpec";

@@ -14,15 +14,15 @@ use kube::runtime::controller::Action as Requeue;
 use tracing::{Instrument, debug, warn};
 
 use crate::api::VirtualMachine;
+use crate::event_log::EventLog;
 use crate::events::EventType;
+use crate::hypervisor::choice::HypervisorChoice;
 use crate::hypervisor::seam::Hypervisor;
 use crate::k8s::error_chain;
 use crate::metrics::{AgentMetrics, ResultLabel};
 
 use super::cluster::Cluster;
-use super::event_log::EventLog;
 use super::execute::{self, Error, Outcome, publish};
-use super::hypervisor_choice::HypervisorChoice;
 use super::observe::observe;
 use super::plan::{self, Next};
 use super::reasons;

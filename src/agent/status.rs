@@ -1,42 +1,10 @@
 //! The status the agent writes, computed from the current one. Pure.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::virtual_machine::{Condition, VirtualMachineNetworkInterface};
+use crate::api::virtual_machine::{VirtualMachineNetworkInterface, set_ready};
 use crate::api::{Phase, VirtualMachineStatus};
 use crate::hypervisor::GuestAddress;
-
-use super::reasons::CONDITION_READY;
-
-/// Sets the Ready condition, keeping its transition time when nothing changed.
-pub fn set_ready(
-    status: &mut VirtualMachineStatus,
-    ready: bool,
-    reason: &str,
-    message: &str,
-    now: Timestamp,
-) {
-    let value = if ready { "True" } else { "False" };
-    let previous = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == CONDITION_READY);
-    let transition = match previous {
-        Some(c) if c.status == value => c.last_transition_time.clone(),
-        _ => Some(Time(now)),
-    };
-    let condition = Condition {
-        type_: CONDITION_READY.into(),
-        status: value.into(),
-        reason: Some(reason.into()),
-        message: Some(message.into()),
-        last_transition_time: transition,
-        last_probe_time: None,
-    };
-    status.conditions.retain(|c| c.type_ != CONDITION_READY);
-    status.conditions.push(condition);
-}
 
 /// The status of a VM whose domain runs on `node` with `addresses`.
 pub fn running(
@@ -99,6 +67,8 @@ pub fn differs(a: &VirtualMachineStatus, b: &VirtualMachineStatus) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
     use super::*;
 
     #[test]

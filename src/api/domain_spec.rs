@@ -14,10 +14,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{
+use super::schema::patterns::{
     DNS_LABEL_PATTERN, MACHINE_TYPE_PATTERN, PRINTABLE_ASCII_PATTERN, TIMEZONE_PATTERN,
-    binary_quantity, quantity_between, rule, unique,
 };
+use super::schema::{binary_quantity, quantity_between, rule, unique};
 use crate::domain::limits::{
     DNS_LABEL_MAX_LEN, MAX_CLOCK_OFFSET_SECONDS, MAX_CORES, MAX_DISKS, MAX_FLOPPY_DISKS,
     MAX_IDE_DISKS, MAX_MACHINE_TYPE_LEN, MAX_MEMORY_BYTES, MAX_TIMEZONE_LEN, MAX_VENDOR_ID_LEN,

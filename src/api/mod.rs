@@ -36,6 +36,14 @@ pub fn quoted(value: &str) -> String {
 /// Label assigning a VM to a node; the agent of that node watches by it.
 pub const NODE_NAME_LABEL: &str = "kubevirt.io/nodeName";
 
+/// Label on a Node: `true` while its agent runs, `false` after a clean exit. The controller
+/// places VMs only on schedulable nodes.
+pub const SCHEDULABLE_LABEL: &str = "kubevirt.io/schedulable";
+
+/// Annotation on a Node: the RFC 3339 time of its agent's last heartbeat. The controller
+/// takes a node whose heartbeat is too old for lost.
+pub const HEARTBEAT_ANNOTATION: &str = "kubevirt.io/heartbeat";
+
 /// The four CRDs, in the order they are applied. A VM's name is a DNS label (the libvirt
 /// domain is named after it); an OfflineVirtualMachine's VM takes its name, a ReplicaSet's VMs
 /// take its name and a suffix. A preset's name is any object name.

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::NodeAffinity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::CustomResource;
 use kube::core::ObjectMeta;
 use schemars::JsonSchema;
@@ -180,6 +181,38 @@ pub struct Condition {
     pub last_transition_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe_time: Option<Time>,
+}
+
+/// The one condition type nodevirt sets on a VM, by the agent and by the controller.
+pub const CONDITION_READY: &str = "Ready";
+
+/// Sets the Ready condition, keeping its transition time when nothing changed.
+pub fn set_ready(
+    status: &mut VirtualMachineStatus,
+    ready: bool,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) {
+    let value = if ready { "True" } else { "False" };
+    let previous = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_READY);
+    let transition = match previous {
+        Some(c) if c.status == value => c.last_transition_time.clone(),
+        _ => Some(Time(now)),
+    };
+    let condition = Condition {
+        type_: CONDITION_READY.into(),
+        status: value.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_transition_time: transition,
+        last_probe_time: None,
+    };
+    status.conditions.retain(|c| c.type_ != CONDITION_READY);
+    status.conditions.push(condition);
 }
 
 impl VirtualMachine {

@@ -4,10 +4,11 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{
+use super::schema::patterns::{
     BASE64_PATTERN, BASE64_WHITESPACE_ALLOWANCE, DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN,
-    IMAGE_REFERENCE_PATTERN, base64_decoded_size, base64_len, rule,
+    IMAGE_REFERENCE_PATTERN, base64_decoded_size, base64_len,
 };
+use super::schema::rule;
 use crate::domain::limits::{
     DNS_LABEL_MAX_LEN, DNS_SUBDOMAIN_MAX_LEN, MAX_IMAGE_REFERENCE_LEN, MAX_QUANTITY_LEN,
     MAX_USER_DATA_BYTES,
@@ -146,7 +147,19 @@ pub struct RegistryDiskSource {
     pub image_pull_secret: Option<String>,
 }
 
-/// The kind of a volume's source, for messages and for choosing what to prepare.
+/// A volume's source, borrowed from it: the one place that tells the kinds apart. The
+/// renderer, the layout, the agent's inputs and its disks all match on this.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum VolumeSource<'a> {
+    CloudInitNoCloud(&'a CloudInitNoCloudSource),
+    EmptyDisk(&'a EmptyDiskSource),
+    Ephemeral(&'a EphemeralVolumeSource),
+    PersistentVolumeClaim(&'a PersistentVolumeClaimSource),
+    RegistryDisk(&'a RegistryDiskSource),
+}
+
+/// The kind of a volume's source, without its settings: what names the file the agent
+/// generates for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VolumeKind {
     CloudInitNoCloud,
@@ -157,28 +170,112 @@ pub enum VolumeKind {
 }
 
 impl Volume {
-    /// The sources this volume sets; a valid volume sets exactly one.
-    pub fn kinds(&self) -> Vec<VolumeKind> {
+    /// Every source this volume sets; a valid volume sets exactly one.
+    pub fn sources(&self) -> Vec<VolumeSource<'_>> {
         [
             self.cloud_init_no_cloud
                 .as_ref()
-                .map(|_| VolumeKind::CloudInitNoCloud),
-            self.empty_disk.as_ref().map(|_| VolumeKind::EmptyDisk),
-            self.ephemeral.as_ref().map(|_| VolumeKind::Ephemeral),
+                .map(VolumeSource::CloudInitNoCloud),
+            self.empty_disk.as_ref().map(VolumeSource::EmptyDisk),
+            self.ephemeral.as_ref().map(VolumeSource::Ephemeral),
             self.persistent_volume_claim
                 .as_ref()
-                .map(|_| VolumeKind::PersistentVolumeClaim),
-            self.registry_disk
-                .as_ref()
-                .map(|_| VolumeKind::RegistryDisk),
+                .map(VolumeSource::PersistentVolumeClaim),
+            self.registry_disk.as_ref().map(VolumeSource::RegistryDisk),
         ]
         .into_iter()
         .flatten()
         .collect()
+    }
+
+    /// The one source of a valid volume; `None` when it sets none or several, which the
+    /// renderer refuses (naming the volume) before anything is read or written for it.
+    pub fn source(&self) -> Option<VolumeSource<'_>> {
+        match self.sources().as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        }
+    }
+}
+
+impl<'a> VolumeSource<'a> {
+    pub fn kind(self) -> VolumeKind {
+        match self {
+            VolumeSource::CloudInitNoCloud(_) => VolumeKind::CloudInitNoCloud,
+            VolumeSource::EmptyDisk(_) => VolumeKind::EmptyDisk,
+            VolumeSource::Ephemeral(_) => VolumeKind::Ephemeral,
+            VolumeSource::PersistentVolumeClaim(_) => VolumeKind::PersistentVolumeClaim,
+            VolumeSource::RegistryDisk(_) => VolumeKind::RegistryDisk,
+        }
+    }
+
+    /// The claim whose image backs the volume: a persistentVolumeClaim's own, or the one an
+    /// ephemeral overlay is over.
+    pub fn claim(self) -> Option<&'a PersistentVolumeClaimSource> {
+        match self {
+            VolumeSource::PersistentVolumeClaim(claim) => Some(claim),
+            VolumeSource::Ephemeral(ephemeral) => ephemeral.persistent_volume_claim.as_ref(),
+            _ => None,
+        }
     }
 }
 
 impl VolumeKind {
     pub const ALL_NAMES: &'static str =
         "cloudInitNoCloud, emptyDisk, ephemeral, persistentVolumeClaim, registryDisk";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(name: &str) -> PersistentVolumeClaimSource {
+        PersistentVolumeClaimSource {
+            claim_name: name.into(),
+            read_only: None,
+        }
+    }
+
+    #[test]
+    fn a_volume_has_a_source_only_when_it_sets_exactly_one() {
+        let none = Volume::default();
+        assert_eq!(none.source(), None);
+        let both = Volume {
+            empty_disk: Some(EmptyDiskSource::default()),
+            persistent_volume_claim: Some(claim("c")),
+            ..Default::default()
+        };
+        assert_eq!(both.sources().len(), 2);
+        assert_eq!(both.source(), None, "two sources are no source");
+        let one = Volume {
+            registry_disk: Some(RegistryDiskSource::default()),
+            ..Default::default()
+        };
+        assert_eq!(
+            one.source().map(VolumeSource::kind),
+            Some(VolumeKind::RegistryDisk)
+        );
+    }
+
+    #[test]
+    fn the_claim_of_a_claim_and_of_an_overlay_over_one() {
+        let own = Volume {
+            persistent_volume_claim: Some(claim("own")),
+            ..Default::default()
+        };
+        let overlay = Volume {
+            ephemeral: Some(EphemeralVolumeSource {
+                persistent_volume_claim: Some(claim("under")),
+            }),
+            ..Default::default()
+        };
+        let empty = Volume {
+            empty_disk: Some(EmptyDiskSource::default()),
+            ..Default::default()
+        };
+        let claim_of = |v: &Volume| v.source()?.claim().map(|c| c.claim_name.clone());
+        assert_eq!(claim_of(&own).as_deref(), Some("own"));
+        assert_eq!(claim_of(&overlay).as_deref(), Some("under"));
+        assert_eq!(claim_of(&empty), None);
+    }
 }

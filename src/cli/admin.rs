@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use hyper::Method;
 use serde::Serialize;
 
 use crate::admin::api::{
@@ -11,6 +10,7 @@ use crate::admin::api::{
     VmSummary,
 };
 use crate::admin::client::{ClientError, call};
+use crate::admin::route::{Route, RouteError, VmRef};
 
 #[derive(Debug, clap::Args)]
 pub struct AdminArgs {
@@ -52,19 +52,24 @@ pub enum AdminCommand {
 pub enum AdminCliError {
     #[error(transparent)]
     Client(#[from] ClientError),
-    #[error("{0:?} is not NAMESPACE/NAME")]
-    VmName(String),
+    #[error("reading the VM argument")]
+    VmName(#[source] RouteError),
 }
 
-fn vm_path(vm: &str, suffix: &str) -> Result<String, AdminCliError> {
-    let (namespace, name) = vm
-        .split_once('/')
-        .ok_or_else(|| AdminCliError::VmName(vm.into()))?;
-    let valid = |s: &str| crate::domain::names::check_dns_label(s, "vm").is_ok();
-    if !valid(namespace) || !valid(name) {
-        return Err(AdminCliError::VmName(vm.into()));
-    }
-    Ok(format!("/v1/vms/{namespace}/{name}{suffix}"))
+/// The request of a command.
+fn route(command: &AdminCommand) -> Result<Route, AdminCliError> {
+    let vm = |arg: &str| VmRef::parse(arg).map_err(AdminCliError::VmName);
+    Ok(match command {
+        AdminCommand::Vms => Route::ListVms,
+        AdminCommand::Show { vm: arg } => Route::ShowVm(vm(arg)?),
+        AdminCommand::Xml { vm: arg } => Route::DomainXml(vm(arg)?),
+        AdminCommand::Console { vm: arg, lines } => Route::Console {
+            vm: vm(arg)?,
+            lines: *lines,
+        },
+        AdminCommand::Resync { vm: arg } => Route::Resync(vm(arg)?),
+        AdminCommand::Health => Route::Health,
+    })
 }
 
 fn print<T: Serialize>(output: Output, value: &T, table: impl FnOnce(&T) -> String) {
@@ -97,13 +102,14 @@ fn vms_table(vms: &Vec<VmSummary>) -> String {
 
 pub async fn run(args: AdminArgs) -> Result<(), AdminCliError> {
     let socket = &args.socket;
+    let route = route(&args.command)?;
     match &args.command {
         AdminCommand::Vms => {
-            let vms: Vec<VmSummary> = call(socket, Method::GET, "/v1/vms").await?;
+            let vms: Vec<VmSummary> = call(socket, &route).await?;
             print(args.output, &vms, vms_table);
         }
-        AdminCommand::Show { vm } => {
-            let detail: VmDetail = call(socket, Method::GET, &vm_path(vm, "")?).await?;
+        AdminCommand::Show { .. } => {
+            let detail: VmDetail = call(socket, &route).await?;
             print(args.output, &detail, |d| {
                 let mut out = vms_table(&vec![d.vm.clone()]);
                 out.push_str(&format!(
@@ -119,25 +125,24 @@ pub async fn run(args: AdminArgs) -> Result<(), AdminCliError> {
                 out
             });
         }
-        AdminCommand::Xml { vm } => {
-            let xml: DomainXml = call(socket, Method::GET, &vm_path(vm, "/xml")?).await?;
+        AdminCommand::Xml { .. } => {
+            let xml: DomainXml = call(socket, &route).await?;
             print(args.output, &xml, |x| x.xml.clone());
         }
-        AdminCommand::Console { vm, lines } => {
-            let path = format!("{}?lines={lines}", vm_path(vm, "/console")?);
-            let tail: ConsoleTail = call(socket, Method::GET, &path).await?;
+        AdminCommand::Console { .. } => {
+            let tail: ConsoleTail = call(socket, &route).await?;
             print(args.output, &tail, |t| {
                 t.lines.iter().map(|l| format!("{l}\n")).collect()
             });
         }
-        AdminCommand::Resync { vm } => {
-            let accepted: Accepted = call(socket, Method::POST, &vm_path(vm, "/resync")?).await?;
+        AdminCommand::Resync { .. } => {
+            let accepted: Accepted = call(socket, &route).await?;
             print(args.output, &accepted, |a| {
                 format!("{} requested\n", a.accepted)
             });
         }
         AdminCommand::Health => {
-            let health: Health = call(socket, Method::GET, "/v1/health").await?;
+            let health: Health = call(socket, &route).await?;
             print(args.output, &health, |h| {
                 format!(
                     "version: {}\nnode: {}\nhypervisor: {}\nlibvirt connected: {}\nwatch synced: {}\nvms: {}\n",

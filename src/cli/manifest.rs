@@ -1,9 +1,13 @@
 //! Reading manifests (YAML or JSON) for the offline commands, with errors that name the file.
+//! Parsing is strict: a field the kind's schema does not declare is an error
+//! (`unknown_fields`), as at `kubectl apply`.
 
 use std::path::{Path, PathBuf};
 
 use kube::Resource;
 use serde::de::DeserializeOwned;
+
+use super::unknown_fields::{UnknownField, unknown_fields};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -21,6 +25,20 @@ pub enum ManifestError {
         found: String,
         expected: String,
     },
+    /// One line per field, each naming the file.
+    #[error("{}", unknown_lines(path, fields))]
+    UnknownFields {
+        path: PathBuf,
+        fields: Vec<UnknownField>,
+    },
+}
+
+fn unknown_lines(path: &Path, fields: &[UnknownField]) -> String {
+    let lines: Vec<String> = fields
+        .iter()
+        .map(|field| format!("{}: {field}", path.display()))
+        .collect();
+    lines.join("\n")
 }
 
 /// A manifest's text and its `apiVersion/kind`, read before the body is parsed, so that a
@@ -30,6 +48,8 @@ pub struct Manifest {
     pub text: String,
     pub api_version: String,
     pub kind: String,
+    /// The text as a YAML document, for the unknown fields.
+    document: serde_yaml::Value,
 }
 
 impl Manifest {
@@ -43,13 +63,13 @@ impl Manifest {
 
     /// A manifest already in memory; `path` names it in errors.
     pub fn from_text(path: &Path, text: String) -> Result<Self, ManifestError> {
-        let header: serde_yaml::Value =
+        let document: serde_yaml::Value =
             serde_yaml::from_str(&text).map_err(|e| ManifestError::Parse {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             })?;
         let field = |name: &str| {
-            header
+            document
                 .get(name)
                 .and_then(|v| v.as_str())
                 .unwrap_or_default()
@@ -60,6 +80,7 @@ impl Manifest {
             api_version: field("apiVersion"),
             kind: field("kind"),
             text,
+            document,
         })
     }
 
@@ -67,7 +88,8 @@ impl Manifest {
         self.kind == K::kind(&()) && self.api_version == K::api_version(&())
     }
 
-    /// Parses the body as `K`; `expected` lists the kinds the caller accepts, for the error.
+    /// Parses the body as `K`, refusing unknown fields; `expected` lists the kinds the caller
+    /// accepts, for the error.
     pub fn parse<K>(&self, expected: &str) -> Result<K, ManifestError>
     where
         K: Resource<DynamicType = ()> + DeserializeOwned,
@@ -77,6 +99,13 @@ impl Manifest {
                 path: self.path.clone(),
                 found: format!("{}/{}", self.api_version, self.kind),
                 expected: expected.to_string(),
+            });
+        }
+        let fields = unknown_fields(&self.kind, &self.document);
+        if !fields.is_empty() {
+            return Err(ManifestError::UnknownFields {
+                path: self.path.clone(),
+                fields,
             });
         }
         serde_yaml::from_str(&self.text).map_err(|e| ManifestError::Parse {

@@ -4,14 +4,15 @@ use std::path::{Path, PathBuf};
 
 use kube::{Resource, ResourceExt};
 
+use crate::api::preset::{self, PresetError};
 use crate::api::{
     OfflineVirtualMachine, VirtualMachine, VirtualMachinePreset, VirtualMachineReplicaSet,
 };
-use crate::controller::presets::{self, PresetError};
 use crate::domain::names::check_uid;
-use crate::domain::{DomainType, FieldError, ImageFormat, RenderOptions, ResolvedVolume, render};
-use crate::storage::layout::{VmLayout, resolve_volumes};
+use crate::domain::{FieldError, ImageFormat, RenderOptions, ResolvedVolume, render};
+use crate::storage::layout::{DEFAULT_STATE_DIR, VmLayout, offline_claim_image, resolve_volumes};
 
+use super::DomainTypeArg;
 use super::manifest::{Manifest, ManifestError};
 
 #[derive(Debug, clap::Args)]
@@ -22,10 +23,10 @@ pub struct RenderArgs {
     /// A VirtualMachinePreset manifest to apply first, if its selector matches; repeatable.
     #[arg(long = "preset", value_name = "FILE")]
     pub presets: Vec<PathBuf>,
-    #[arg(long, value_enum, default_value_t = DomainType::Kvm)]
-    pub hypervisor: DomainType,
+    #[arg(long, value_enum, default_value_t = DomainTypeArg::Kvm)]
+    pub hypervisor: DomainTypeArg,
     /// Where the agent keeps generated disks; their paths in the XML start here.
-    #[arg(long, default_value = "/var/lib/nodevirt")]
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// The libvirt network of the guest's NIC.
     #[arg(long, default_value = "default")]
@@ -97,7 +98,7 @@ pub fn render_manifest(
             preset_objects.push(preset);
         }
     }
-    vm = presets::apply(&vm, &preset_objects).map_err(|source| RenderError::Preset {
+    vm = preset::apply(&vm, &preset_objects).map_err(|source| RenderError::Preset {
         path: path.clone(),
         source,
     })?;
@@ -114,7 +115,7 @@ pub fn render_manifest(
     let layout = VmLayout::new(&args.state_dir, &uid);
     let volumes = resolve_volumes(&vm.spec, &layout, |claim| Some(claim_source(args, claim)));
     let options = RenderOptions {
-        domain_type: args.hypervisor,
+        domain_type: args.hypervisor.into(),
         network: Some(args.network.clone()),
         console_log: layout.console_log().display().to_string(),
         node: None,
@@ -152,7 +153,7 @@ fn claim_source(args: &RenderArgs, claim: &str) -> ResolvedVolume {
         .iter()
         .find(|(name, _)| name == claim)
         .map(|(_, path)| path.clone())
-        .unwrap_or_else(|| args.state_dir.join("claims").join(claim).join("disk.img"));
+        .unwrap_or_else(|| offline_claim_image(&args.state_dir, claim));
     if path.starts_with(Path::new("/dev")) {
         ResolvedVolume::Block {
             path: path.display().to_string(),

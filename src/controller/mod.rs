@@ -16,7 +16,6 @@ pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod placement;
-pub mod presets;
 pub mod scheduling;
 pub mod status;
 pub mod status_writer;

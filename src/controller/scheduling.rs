@@ -22,16 +22,18 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
-use crate::agent::heartbeat::{HEARTBEAT_ANNOTATION, SCHEDULABLE_LABEL};
+use crate::api::preset;
 use crate::api::quantity::{parse_bytes, parse_millicores};
 use crate::api::virtual_machine::unreadable_message;
-use crate::api::{NODE_NAME_LABEL, Phase, VirtualMachine, VirtualMachinePreset};
+use crate::api::{
+    HEARTBEAT_ANNOTATION, NODE_NAME_LABEL, Phase, SCHEDULABLE_LABEL, VirtualMachine,
+    VirtualMachinePreset,
+};
 use crate::events::{EventRecorder, EventType};
 use crate::k8s::{error_chain, object_key as key};
 
 use super::metrics::{ControllerMetrics, ReasonLabel, Step};
 use super::placement::{self, NodeInfo, PlacementError, Usage};
-use super::presets;
 use super::status;
 use super::status_writer::{self, StatusWriteError};
 
@@ -144,7 +146,7 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
         .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
         .map(|p| (**p).clone())
         .collect();
-    let merged = match presets::apply(&vm, &presets) {
+    let merged = match preset::apply(&vm, &presets) {
         Ok(merged) => merged,
         Err(e) => return fail(&vm, &ctx, reasons::PRESET_CONFLICT, &error_chain(&e)).await,
     };

@@ -4,10 +4,10 @@
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::agent::status::set_ready;
 use crate::api::offline_virtual_machine::OfflineVirtualMachineStatus;
 use crate::api::replica_set::VirtualMachineReplicaSetStatus;
 use crate::api::virtual_machine::Condition;
+use crate::api::virtual_machine::set_ready;
 use crate::api::{Phase, VirtualMachine, VirtualMachineStatus};
 
 /// Neither being deleted nor ended: a VM that counts as its owner's.

@@ -14,6 +14,7 @@ use kube::runtime::controller::Action;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
+use crate::api::replica_set::GENERATED_NAME_SUFFIX_LEN;
 use crate::api::selector::matches;
 use crate::api::virtual_machine::Condition;
 use crate::api::{OfflineVirtualMachine, Phase, VirtualMachine, VirtualMachineReplicaSet};
@@ -122,7 +123,7 @@ pub fn generated_name(base: &str) -> String {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(Timestamp::now().as_nanosecond() as u128);
     let mut bits = hasher.finish();
-    let suffix: String = (0..5)
+    let suffix: String = (0..GENERATED_NAME_SUFFIX_LEN)
         .map(|_| {
             let letter = (b'a' + (bits % 26) as u8) as char;
             bits /= 26;
@@ -464,7 +465,7 @@ mod tests {
     #[test]
     fn generated_names_have_five_lowercase_letters() {
         let a = generated_name("replica");
-        assert_eq!(a.len(), "replica".len() + 5);
+        assert_eq!(a.len(), "replica".len() + GENERATED_NAME_SUFFIX_LEN);
         assert!(
             a["replica".len()..].bytes().all(|b| b.is_ascii_lowercase()),
             "{a}"

@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::api::domain_spec::Disk as DiskSpec;
 use crate::api::quantity::parse_bytes;
-use crate::api::volume::{Volume, VolumeKind};
+use crate::api::volume::{
+    CloudInitNoCloudSource, RegistryDiskSource, Volume, VolumeKind, VolumeSource,
+};
 use crate::api::{VirtualMachineSpec, quoted};
 
 use super::limits::{
@@ -50,88 +52,97 @@ pub fn check_volumes(spec: &VirtualMachineSpec) -> Result<(), FieldError> {
 }
 
 fn check_volume_source(volume: &Volume, field: &str) -> Result<(), FieldError> {
-    let kinds = volume.kinds();
-    if kinds.len() != 1 {
+    let sources = volume.sources();
+    let [source] = sources.as_slice() else {
         return Err(FieldError::new(
             field,
             format!(
                 "a volume needs exactly one source, found {}; expected one of {}",
-                kinds.len(),
+                sources.len(),
                 VolumeKind::ALL_NAMES
             ),
         ));
+    };
+    match *source {
+        VolumeSource::CloudInitNoCloud(cloud_init) => {
+            check_cloud_init(cloud_init, &format!("{field}.cloudInitNoCloud"))?
+        }
+        VolumeSource::EmptyDisk(empty) => {
+            let capacity_field = format!("{field}.emptyDisk.capacity");
+            if parse_bytes(&empty.capacity.0, &capacity_field)? == 0 {
+                return Err(FieldError::new(capacity_field, "must be larger than 0"));
+            }
+        }
+        VolumeSource::Ephemeral(ephemeral) => {
+            let Some(claim) = &ephemeral.persistent_volume_claim else {
+                return Err(FieldError::new(
+                    format!("{field}.ephemeral"),
+                    "expected persistentVolumeClaim",
+                ));
+            };
+            let claim_field = format!("{field}.ephemeral.persistentVolumeClaim.claimName");
+            check_dns_subdomain(&claim.claim_name, &claim_field)?;
+        }
+        VolumeSource::PersistentVolumeClaim(claim) => {
+            let claim_field = format!("{field}.persistentVolumeClaim.claimName");
+            check_dns_subdomain(&claim.claim_name, &claim_field)?;
+        }
+        VolumeSource::RegistryDisk(registry) => check_registry_disk(registry, field)?,
     }
-    if let Some(cloud_init) = &volume.cloud_init_no_cloud {
-        let field = format!("{field}.cloudInitNoCloud");
-        let set = [
-            cloud_init.secret_ref.is_some(),
-            cloud_init.user_data.is_some(),
-            cloud_init.user_data_base64.is_some(),
-        ];
-        if set.iter().filter(|s| **s).count() != 1 {
-            return Err(FieldError::new(
-                field,
-                "expected exactly one of secretRef, userData or userDataBase64",
-            ));
-        }
-        if let Some(text) = &cloud_init.user_data {
-            check_user_data_size(text.len(), "", &format!("{field}.userData"))?;
-        }
-        if let Some(decoded) = cloud_init.decoded_user_data_base64() {
-            let base64_field = format!("{field}.userDataBase64");
-            let decoded =
-                decoded.map_err(|e| FieldError::new(&base64_field, format!("not base64: {e}")))?;
-            check_user_data_size(decoded.len(), "decodes to ", &base64_field)?;
-        }
-        if let Some(secret) = &cloud_init.secret_ref {
-            check_dns_subdomain(&secret.name, &format!("{field}.secretRef.name"))?;
-        }
+    Ok(())
+}
+
+fn check_cloud_init(cloud_init: &CloudInitNoCloudSource, field: &str) -> Result<(), FieldError> {
+    let set = [
+        cloud_init.secret_ref.is_some(),
+        cloud_init.user_data.is_some(),
+        cloud_init.user_data_base64.is_some(),
+    ];
+    if set.iter().filter(|s| **s).count() != 1 {
+        return Err(FieldError::new(
+            field,
+            "expected exactly one of secretRef, userData or userDataBase64",
+        ));
     }
-    if let Some(empty) = &volume.empty_disk {
-        let capacity_field = format!("{field}.emptyDisk.capacity");
-        if parse_bytes(&empty.capacity.0, &capacity_field)? == 0 {
-            return Err(FieldError::new(capacity_field, "must be larger than 0"));
-        }
+    if let Some(text) = &cloud_init.user_data {
+        check_user_data_size(text.len(), "", &format!("{field}.userData"))?;
     }
-    if let Some(ephemeral) = &volume.ephemeral {
-        let Some(claim) = &ephemeral.persistent_volume_claim else {
-            return Err(FieldError::new(
-                format!("{field}.ephemeral"),
-                "expected persistentVolumeClaim",
-            ));
-        };
-        let claim_field = format!("{field}.ephemeral.persistentVolumeClaim.claimName");
-        check_dns_subdomain(&claim.claim_name, &claim_field)?;
+    if let Some(decoded) = cloud_init.decoded_user_data_base64() {
+        let base64_field = format!("{field}.userDataBase64");
+        let decoded =
+            decoded.map_err(|e| FieldError::new(&base64_field, format!("not base64: {e}")))?;
+        check_user_data_size(decoded.len(), "decodes to ", &base64_field)?;
     }
-    if let Some(claim) = &volume.persistent_volume_claim {
-        let claim_field = format!("{field}.persistentVolumeClaim.claimName");
-        check_dns_subdomain(&claim.claim_name, &claim_field)?;
+    if let Some(secret) = &cloud_init.secret_ref {
+        check_dns_subdomain(&secret.name, &format!("{field}.secretRef.name"))?;
     }
-    if let Some(registry) = &volume.registry_disk {
-        let image = registry.image.trim();
-        let image_field = format!("{field}.registryDisk.image");
-        check_length(
-            image,
-            MAX_IMAGE_REFERENCE_LEN,
-            "an image reference",
-            &image_field,
-        )?;
-        if image.is_empty()
-            || image
-                .bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-        {
-            return Err(FieldError::new(
-                image_field,
-                format!(
-                    "{:?} is not an image reference; expected e.g. registry.example/disks/fedora:38",
-                    registry.image
-                ),
-            ));
-        }
-        if let Some(secret) = &registry.image_pull_secret {
-            check_dns_subdomain(secret, &format!("{field}.registryDisk.imagePullSecret"))?;
-        }
+    Ok(())
+}
+
+fn check_registry_disk(registry: &RegistryDiskSource, field: &str) -> Result<(), FieldError> {
+    let image = registry.image.trim();
+    let image_field = format!("{field}.registryDisk.image");
+    check_length(
+        image,
+        MAX_IMAGE_REFERENCE_LEN,
+        "an image reference",
+        &image_field,
+    )?;
+    if image.is_empty()
+        || image
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err(FieldError::new(
+            image_field,
+            format!(
+                "{:?} is not an image reference; expected e.g. registry.example/disks/fedora:38",
+                registry.image
+            ),
+        ));
+    }
+    if let Some(secret) = &registry.image_pull_secret {
+        check_dns_subdomain(secret, &format!("{field}.registryDisk.imagePullSecret"))?;
     }
     Ok(())
 }
@@ -361,11 +372,10 @@ pub fn disks(
         let source = resolved.get(&volume.name).ok_or_else(|| {
             FieldError::new(&volume_field, "the volume's source was not prepared")
         })?;
-        let claim_read_only = volume
-            .persistent_volume_claim
-            .as_ref()
-            .and_then(|c| c.read_only)
-            .unwrap_or(false);
+        let claim_read_only = matches!(
+            volume.source(),
+            Some(VolumeSource::PersistentVolumeClaim(claim)) if claim.read_only == Some(true)
+        );
         // cloud-init and pulled images are files the agent made; a lun passes a device through.
         if device.device == "lun" && matches!(source, ResolvedVolume::File { .. }) {
             return Err(FieldError::new(

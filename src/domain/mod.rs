@@ -23,7 +23,7 @@ pub mod values;
 use std::collections::BTreeMap;
 use std::fmt;
 
-pub use render::{domain_name, render};
+pub use render::render;
 
 /// A field of the VM that is invalid, and why. `field` is a path such as
 /// `spec.domain.devices.disks[1].disk.bus`.
@@ -58,7 +58,7 @@ impl From<crate::api::quantity::QuantityError> for FieldError {
 pub const GUEST_ARCH: &str = "x86_64";
 
 /// How the hypervisor runs the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DomainType {
     /// Hardware virtualization through /dev/kvm.
     Kvm,

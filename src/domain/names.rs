@@ -1,8 +1,23 @@
-//! Checks for the names that reach libvirt, file names or labels.
+//! The names that reach libvirt, file names or labels: a VM's domain name and its inverse,
+//! and the checks every such name passes first.
 
 use super::FieldError;
 use super::limits::{DNS_LABEL_MAX_LEN, DNS_SUBDOMAIN_MAX_LEN};
 use crate::api::quoted;
+
+/// The libvirt domain name of a VM: `<namespace>_<name>`. Both parts are DNS labels, which
+/// have no '_', so the name maps back to exactly one VM ([`vm_of_domain`]).
+pub fn domain_name(namespace: &str, name: &str) -> String {
+    format!("{namespace}_{name}")
+}
+
+/// The `(namespace, name)` of the VM whose domain is named `domain`; `None` for a domain
+/// that is no VM's (a probe domain, one nodevirt did not define).
+pub fn vm_of_domain(domain: &str) -> Option<(&str, &str)> {
+    let (namespace, name) = domain.split_once('_')?;
+    let label = |part| check_dns_label(part, "").is_ok();
+    (label(namespace) && label(name)).then_some((namespace, name))
+}
 
 /// A DNS label (RFC 1123): 1-63 of a-z, 0-9 and '-', starting and ending alphanumeric.
 pub fn check_dns_label(value: &str, field: &str) -> Result<(), FieldError> {
@@ -103,6 +118,24 @@ pub fn check_one_of<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn domain_names_map_back_to_vms() {
+        assert_eq!(
+            vm_of_domain(&domain_name("default", "testvm")),
+            Some(("default", "testvm"))
+        );
+        let longest = domain_name(&"s".repeat(63), &"n".repeat(63));
+        assert_eq!(
+            vm_of_domain(&longest),
+            Some((&*"s".repeat(63), &*"n".repeat(63)))
+        );
+        for other in ["no-underscore", "a_b_c", "_vm", "ns_", "Default_vm"] {
+            assert_eq!(vm_of_domain(other), None, "{other}");
+        }
+        let probe = super::super::probe::probe_name("0f9b6e2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b", 0);
+        assert_eq!(vm_of_domain(&probe), None, "a probe domain is no VM's");
+    }
 
     #[test]
     fn dns_labels() {

@@ -11,19 +11,13 @@ use super::model::{
     METADATA_NAMESPACE, Mac, MemBalloon, Memory, Metadata, Model, NetworkSource, OnOff, Os, OsType,
     Serial, SerialTarget, Stats, Topology, VmMetadata, YesNo,
 };
-use super::names::{check_dns_label, check_length, check_uid};
+use super::names::{check_dns_label, check_length, check_uid, domain_name};
 use super::{FieldError, RenderOptions, ResolvedVolumes, disks, hardware};
 
 const DEFAULT_MACHINE: &str = "q35";
 const DEFAULT_NAMESPACE: &str = "default";
 /// Used when rendering a manifest that was never stored, so it has no UID yet.
 const PLACEHOLDER_UID: &str = "00000000-0000-0000-0000-000000000000";
-
-/// The libvirt domain name of a VM: `<namespace>_<name>`. Both parts are DNS labels, which
-/// have no '_', so the name maps back to exactly one VM.
-pub fn domain_name(namespace: &str, name: &str) -> String {
-    format!("{namespace}_{name}")
-}
 
 /// Translates a VM into the libvirt domain that runs it. Pure; see the module docs.
 pub fn render(

@@ -10,6 +10,7 @@
 
 pub mod backing;
 pub mod capabilities;
+pub mod choice;
 pub mod events;
 pub mod seam;
 pub mod stats;

@@ -18,6 +18,7 @@ use tracing::info;
 
 use crate::domain::{ImageFormat, ResolvedVolume};
 use crate::storage::files::{StorageError, ensure_traversable_dir, io_error, is_disk_full};
+use crate::storage::layout::{image_disk, image_entry, images_dir};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -196,7 +197,7 @@ impl Puller {
         Self {
             insecure: insecure.to_vec(),
             allowed: allowed.to_vec(),
-            cache: state_dir.join("images"),
+            cache: images_dir(state_dir),
             untrusted: Default::default(),
         }
     }
@@ -264,13 +265,11 @@ impl Puller {
         if let Ok(mut untrusted) = self.untrusted.lock() {
             untrusted.remove(image);
         }
-        let dir = self
-            .cache
-            .join(cache_key(&digest).ok_or_else(|| RegistryError::Content {
-                image: image.to_string(),
-                message: format!("unexpected manifest digest {digest:?}"),
-            })?);
-        let disk = dir.join("disk.img");
+        let dir = image_entry(&self.cache, &digest).ok_or_else(|| RegistryError::Content {
+            image: image.to_string(),
+            message: format!("unexpected manifest digest {digest:?}"),
+        })?;
+        let disk = image_disk(&dir);
         if tokio::fs::try_exists(&disk).await.unwrap_or(false) {
             return Ok((resolved(&disk).await?, Fetch::Cached));
         }
@@ -289,7 +288,7 @@ impl Puller {
                 .pull_blob(&reference, layer, &mut file)
                 .await
                 .map_err(pull_error)?;
-            let out = staging.path().join("disk.img");
+            let out = image_disk(staging.path());
             let blob_path = blob.clone();
             let out_path = out.clone();
             let extracted =
@@ -334,19 +333,12 @@ fn parse(image: &str) -> Result<Reference, RegistryError> {
     })
 }
 
-/// `sha256:<64 hex>` -> `sha256-<64 hex>`; anything else is refused, so a registry cannot
-/// choose a path.
-fn cache_key(digest: &str) -> Option<String> {
-    let hex = digest.strip_prefix("sha256:")?;
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| format!("sha256-{hex}"))
-}
-
 /// QEMU runs unprivileged and must read the cached image.
 fn set_readable(dir: &Path) -> Result<(), RegistryError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
         .map_err(io_error("setting permissions of", dir))?;
-    let disk = dir.join("disk.img");
+    let disk = image_disk(dir);
     std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o444))
         .map_err(io_error("setting permissions of", &disk))?;
     Ok(())
@@ -554,16 +546,5 @@ mod tests {
         let evil = layer(&[("disk/../../../tmp/evil.img", b"x")], false);
         assert_eq!(extract_disk(evil.path(), &out), Ok(true));
         assert!(out.exists(), "written only to the chosen output path");
-    }
-
-    #[test]
-    fn cache_keys_come_from_digests_only() {
-        let hex = "a".repeat(64);
-        assert_eq!(
-            cache_key(&format!("sha256:{hex}")),
-            Some(format!("sha256-{hex}"))
-        );
-        assert_eq!(cache_key("sha256:../../etc"), None);
-        assert_eq!(cache_key("md5:abc"), None);
     }
 }

@@ -7,6 +7,8 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use nodevirt::storage::layout::claim_image;
+
 pub struct Cluster {
     pub dir: PathBuf,
     pub kubeconfig: PathBuf,
@@ -183,7 +185,7 @@ impl Cluster {
         for d in [self.dir.as_path(), &self.dir.join("volumes"), &dir] {
             set_mode(d, 0o755);
         }
-        let image = dir.join("disk.img");
+        let image = claim_image(&dir);
         // Sparse: the 64 MiB image holds 10 MiB of data, and every test copies it.
         let status = Command::new("cp")
             .arg("--sparse=always")

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use nodevirt::domain::names::domain_name;
+use nodevirt::storage::layout::VmLayout;
+
 use super::agent::Agent;
 use super::cluster::{Cluster, virsh, wait_for_explained};
 
@@ -65,7 +68,7 @@ impl Vm<'_> {
     }
 
     pub fn domain(&self) -> String {
-        format!("{}_{}", self.ns, self.name)
+        domain_name(self.ns, self.name)
     }
 
     pub fn condition_message(&self) -> String {
@@ -108,8 +111,7 @@ pub fn user_data(script: &str) -> String {
 }
 
 pub fn console_log(agent: &Agent, uid: &str) -> String {
-    std::fs::read_to_string(agent.state_dir.join("vms").join(uid).join("console.log"))
-        .unwrap_or_default()
+    std::fs::read_to_string(VmLayout::new(&agent.state_dir, uid).console_log()).unwrap_or_default()
 }
 
 pub fn domain_exists(domain: &str) -> bool {

@@ -1,11 +1,13 @@
 //! Builds VMs from YAML fragments and renders them as the agent would; every XML it returns
 //! has been accepted by libvirt.
 
+use std::path::Path;
+
 use nodevirt::api::{VirtualMachine, VirtualMachineSpec};
 use nodevirt::domain::{
     DomainType, FieldError, ImageFormat, RenderOptions, ResolvedVolume, render,
 };
-use nodevirt::storage::layout::{VmLayout, resolve_volumes};
+use nodevirt::storage::layout::{DEFAULT_STATE_DIR, VmLayout, claim_image, resolve_volumes};
 
 use super::libvirt::accepted_by_libvirt;
 
@@ -74,7 +76,7 @@ impl VmBuilder {
 
     pub fn render(&self) -> Result<String, FieldError> {
         let vm = self.vm();
-        let layout = VmLayout::new(std::path::Path::new("/var/lib/nodevirt"), UID);
+        let layout = VmLayout::new(Path::new(DEFAULT_STATE_DIR), UID);
         let block = self.block_claims;
         let volumes = resolve_volumes(&vm.spec, &layout, |claim| {
             Some(if block {
@@ -83,7 +85,9 @@ impl VmBuilder {
                 }
             } else {
                 ResolvedVolume::File {
-                    path: format!("/srv/claims/{claim}/disk.img"),
+                    path: claim_image(&Path::new("/srv/claims").join(claim))
+                        .display()
+                        .to_string(),
                     format: ImageFormat::Raw,
                 }
             })

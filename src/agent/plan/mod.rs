@@ -16,7 +16,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
 use crate::api::virtual_machine::{
-    DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS, force_stop_requested, unreadable_message,
+    DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS, force_stop_requested, set_ready, unreadable_message,
 };
 use crate::api::{Phase, VirtualMachine, VirtualMachineStatus};
 use crate::domain::limits::MAX_TERMINATION_GRACE_PERIOD_SECONDS;
@@ -321,7 +321,7 @@ fn create(o: &Observed) -> Plan {
         }
         Some(InputsSeen::Waiting(message)) => {
             let mut new = current_status(vm);
-            status::set_ready(&mut new, false, reasons::MISSING_INPUT, message, o.now);
+            set_ready(&mut new, false, reasons::MISSING_INPUT, message, o.now);
             return Plan::new(write_if_changed(vm, new), Next::RequeueAfter(WAITING_RETRY));
         }
         Some(InputsSeen::Refused { reason, message }) => {

@@ -5,13 +5,14 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::*;
 use crate::api::virtual_machine::FORCE_STOP_ANNOTATION;
+use crate::storage::layout::DEFAULT_STATE_DIR;
 
 const UID: &str = "0f9b6e2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
 
 fn node() -> Node {
     Node {
         name: "node1".into(),
-        state_dir: "/var/lib/nodevirt".into(),
+        state_dir: DEFAULT_STATE_DIR.into(),
         network: None,
         addresses_possible: false,
     }

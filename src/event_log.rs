@@ -1,14 +1,23 @@
 //! The last events the agent recorded for each VM, kept in memory for the admin socket (so a
-//! node can be debugged while the API server is unreachable).
+//! node can be debugged while the API server is unreachable). The agent's executor writes it
+//! and the admin server reads it; it belongs to neither, so neither imports the other.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use k8s_openapi::jiff::Timestamp;
-
-use crate::admin::api::EventRecord;
+use serde::{Deserialize, Serialize};
 
 const KEPT_PER_VM: usize = 20;
+
+/// One recorded event, as the admin socket serves it (`admin::api::VmDetail`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub time: String,
+    pub kind: String,
+    pub reason: String,
+    pub message: String,
+}
 
 #[derive(Default)]
 pub struct EventLog {

@@ -11,19 +11,22 @@ use crate::api::virtual_machine::FORCE_STOP_ANNOTATION;
 use crate::api::{Phase, VirtualMachine};
 use crate::domain::DomainType;
 use crate::domain::fixtures::{DOMAIN, vm};
+use crate::event_log::EventLog;
+use crate::hypervisor::choice::{HypervisorChoice, HypervisorFlag};
 use crate::hypervisor::seam::Hypervisor;
 use crate::hypervisor::{DomainState, GuestAddress, ShutoffReason};
 use crate::metrics::{AgentMetrics, StepLabel};
+use crate::storage::layout::VmLayout;
 
-use super::event_log::EventLog;
 use super::execute::Error;
 use super::fake::{FakeCluster, FakeHypervisor, Fault, Gathering};
 use super::finalizer::FINALIZER;
-use super::hypervisor_choice::HypervisorChoice;
 use super::inputs::InputError;
 use super::plan::{ADDRESS_POLL, Next, Node, RESYNC, WAITING_RETRY};
 use super::reasons;
 use super::reconcile::{Context, Settings, step};
+
+mod deletion;
 
 const UID: &str = "0f9b6e2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
 const DOMAIN_NAME: &str = "default_testvm";
@@ -102,6 +105,15 @@ fn ready(h: &Harness) -> (String, String) {
     )
 }
 
+/// Whether `op` ("define", "start", ...) was asked of the hypervisor since the last look;
+/// forgets the calls.
+fn called(h: &Harness, op: &str) -> bool {
+    h.hypervisor
+        .take_calls()
+        .iter()
+        .any(|c| c.split(' ').next() == Some(op))
+}
+
 fn step_errors(h: &Harness, step: &'static str) -> u64 {
     h.ctx
         .metrics
@@ -136,6 +148,18 @@ fn finalized(h: &Harness) -> bool {
         .any(|f| f == FINALIZER)
 }
 
+/// A running VM deleted past its grace period whose folder cannot be removed: a file stands
+/// where it was. Returns that file's path.
+async fn deleted_with_an_unremovable_folder(h: &Harness) -> std::path::PathBuf {
+    new_vm(h, DOMAIN, "[]");
+    reconcile(h).await.unwrap();
+    let dir = VmLayout::new(h.state_dir.path(), UID).dir().to_path_buf();
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(&dir, b"").unwrap();
+    delete(h, 60, 30);
+    dir
+}
+
 #[tokio::test]
 async fn a_new_vm_is_finalized_defined_started_and_reported_running() {
     let h = harness();
@@ -156,7 +180,7 @@ async fn a_new_vm_is_finalized_defined_started_and_reported_running() {
     );
     assert_eq!(*h.cluster.gathers.lock().unwrap(), 1);
     // Its folder was made under the state dir, named by UID.
-    assert!(h.state_dir.path().join("vms").join(UID).is_dir());
+    assert!(VmLayout::new(h.state_dir.path(), UID).dir().is_dir());
 
     // Running, without an address yet: polled; with one, reported and resynced slowly.
     assert_eq!(
@@ -181,18 +205,13 @@ async fn a_new_vm_is_finalized_defined_started_and_reported_running() {
 
 #[tokio::test]
 async fn nothing_is_defined_before_the_hypervisor_is_chosen() {
-    let h = harness_with(HypervisorChoice::new(super::Hypervisor::Auto));
+    let h = harness_with(HypervisorChoice::new(HypervisorFlag::Auto));
     new_vm(&h, DOMAIN, "[]");
     assert_eq!(
         reconcile(&h).await.unwrap(),
         Next::RequeueAfter(WAITING_RETRY)
     );
-    assert!(
-        !h.hypervisor
-            .take_calls()
-            .iter()
-            .any(|c| c.starts_with("define"))
-    );
+    assert!(!called(&h, "define"));
 }
 
 #[tokio::test]
@@ -220,12 +239,7 @@ async fn a_refused_define_or_start_fails_the_vm_naming_the_step() {
         h.hypervisor.heal();
         h.hypervisor.take_calls();
         assert_eq!(reconcile(&h).await.unwrap(), Next::AwaitChange);
-        assert!(
-            !h.hypervisor
-                .take_calls()
-                .iter()
-                .any(|c| c.starts_with("start"))
-        );
+        assert!(!called(&h, "start"));
     }
 }
 
@@ -260,12 +274,7 @@ async fn inputs_decide_wait_fail_or_retry() {
     );
     assert_eq!(ready(&h).0, reasons::MISSING_INPUT);
     assert_ne!(phase(&h), Phase::Failed);
-    assert!(
-        !h.hypervisor
-            .take_calls()
-            .iter()
-            .any(|c| c.starts_with("define"))
-    );
+    assert!(!called(&h, "define"));
 
     h.cluster.gather_gives(|| {
         Err(InputError::Api {
@@ -344,6 +353,16 @@ async fn a_domain_that_stops_ends_the_vm_by_how_it_stopped() {
         ),
         (DomainState::Crashed, Phase::Failed, reasons::CRASHED),
         (
+            DomainState::ShutOff(ShutoffReason::Crashed),
+            Phase::Failed,
+            reasons::CRASHED,
+        ),
+        (
+            DomainState::ShutOff(ShutoffReason::Failed),
+            Phase::Failed,
+            reasons::START_FAILED,
+        ),
+        (
             DomainState::ShutOff(ShutoffReason::Destroyed),
             Phase::Failed,
             reasons::DESTROYED,
@@ -379,7 +398,7 @@ async fn a_stale_domain_of_an_earlier_vm_is_removed_first() {
     let old = "11111111-2222-3333-4444-555555555555";
     h.hypervisor
         .set_state(DOMAIN_NAME, old, DomainState::Running);
-    let old_dir = h.state_dir.path().join("vms").join(old);
+    let old_dir = VmLayout::new(h.state_dir.path(), old).dir().to_path_buf();
     std::fs::create_dir_all(&old_dir).unwrap();
     assert_eq!(
         reconcile(&h).await.unwrap(),
@@ -392,126 +411,6 @@ async fn a_stale_domain_of_an_earlier_vm_is_removed_first() {
 }
 
 #[tokio::test]
-async fn a_deletion_waits_for_the_guest_without_holding_the_reconcile() {
-    let h = harness();
-    new_vm(&h, DOMAIN, "[]");
-    reconcile(&h).await.unwrap();
-    h.cluster.take_events();
-    h.hypervisor.ignores_acpi.store(true, Ordering::SeqCst);
-    delete(&h, 1, 30);
-    h.hypervisor.take_calls();
-    let started = std::time::Instant::now();
-    reconcile(&h).await.unwrap();
-    let next = reconcile(&h).await.unwrap();
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "no waiting inside"
-    );
-    // One ACPI shutdown, whatever the number of reconciles, then a requeue at the deadline.
-    let shutdowns = h
-        .hypervisor
-        .take_calls()
-        .iter()
-        .filter(|c| c.starts_with("shutdown"))
-        .count();
-    assert_eq!(shutdowns, 1);
-    let Next::RequeueAfter(left) = next else {
-        panic!("{next:?}")
-    };
-    assert!(
-        left <= Duration::from_secs(29) && left >= Duration::from_secs(27),
-        "{left:?}"
-    );
-    assert_eq!(
-        reasons_of(&h.cluster.take_events()),
-        [reasons::EVENT_SHUTTING_DOWN]
-    );
-    assert!(finalized(&h));
-
-    // Past the deadline: destroyed, undefined, folder and finalizer gone.
-    delete(&h, 31, 30);
-    assert_eq!(reconcile(&h).await.unwrap(), Next::AwaitChange);
-    assert_eq!(h.hypervisor.state(DOMAIN_NAME), None);
-    assert!(!h.state_dir.path().join("vms").join(UID).exists());
-    assert!(!finalized(&h));
-    assert_eq!(
-        reasons_of(&h.cluster.take_events()),
-        [reasons::EVENT_DELETED]
-    );
-}
-
-#[tokio::test]
-async fn a_guest_that_powers_off_is_removed_at_once_and_a_forced_stop_does_not_wait() {
-    let h = harness();
-    new_vm(&h, DOMAIN, "[]");
-    reconcile(&h).await.unwrap();
-    delete(&h, 0, 30);
-    reconcile(&h).await.unwrap();
-    // The fake guest obeyed: its domain is off, the next reconcile (libvirt's event) removes it.
-    assert_eq!(reconcile(&h).await.unwrap(), Next::AwaitChange);
-    assert!(!finalized(&h));
-
-    let h = harness();
-    new_vm(&h, DOMAIN, "[]");
-    reconcile(&h).await.unwrap();
-    h.cluster.take_events();
-    h.hypervisor.ignores_acpi.store(true, Ordering::SeqCst);
-    delete(&h, 0, 3600);
-    let mut vm = h.cluster.get("testvm").unwrap();
-    vm.metadata.annotations =
-        Some([(FORCE_STOP_ANNOTATION.to_string(), "true".to_string())].into());
-    h.cluster.put(&vm);
-    assert_eq!(reconcile(&h).await.unwrap(), Next::AwaitChange);
-    assert_eq!(h.hypervisor.state(DOMAIN_NAME), None);
-    let events = h.cluster.take_events();
-    assert!(events[0].2.contains("forced"), "{events:?}");
-}
-
-#[tokio::test]
-async fn a_deletion_step_that_fails_is_retried_and_keeps_the_finalizer() {
-    for op in ["shutdown", "destroy", "undefine"] {
-        let h = harness();
-        new_vm(&h, DOMAIN, "[]");
-        reconcile(&h).await.unwrap();
-        h.hypervisor.ignores_acpi.store(true, Ordering::SeqCst);
-        delete(&h, if op == "shutdown" { 0 } else { 60 }, 30);
-        h.hypervisor.fail(op, Fault::Lost);
-        let err = reconcile(&h).await.unwrap_err();
-        assert!(err.libvirt_lost(), "{op}: {err}");
-        assert_eq!(step_errors(&h, op), 1);
-        assert!(finalized(&h), "{op}");
-        h.hypervisor.heal();
-        h.hypervisor.take_calls();
-        reconcile(&h).await.unwrap();
-        if op == "shutdown" {
-            // Not recorded as sent: sent now.
-            assert!(
-                h.hypervisor
-                    .take_calls()
-                    .iter()
-                    .any(|c| c.starts_with("shutdown"))
-            );
-        } else {
-            assert!(!finalized(&h), "{op}");
-        }
-    }
-}
-
-#[tokio::test]
-async fn a_vm_deleted_before_it_was_created_only_loses_its_finalizer() {
-    let h = harness();
-    new_vm(&h, DOMAIN, "[]");
-    h.cluster.fail("status", Fault::Lost);
-    // The finalizer went on, the status did not.
-    assert!(reconcile(&h).await.unwrap_err().api_unreachable());
-    assert_eq!(step_errors(&h, "write_status"), 1);
-    h.hypervisor.undefine(DOMAIN_NAME).unwrap();
-    delete(&h, 0, 30);
-    assert_eq!(reconcile(&h).await.unwrap(), Next::AwaitChange);
-    assert!(!finalized(&h));
-}
-
-#[tokio::test]
 async fn a_finalizer_conflict_stops_the_reconcile_and_comes_back_soon() {
     let h = harness();
     new_vm(&h, DOMAIN, "[]");
@@ -520,12 +419,7 @@ async fn a_finalizer_conflict_stops_the_reconcile_and_comes_back_soon() {
         reconcile(&h).await.unwrap(),
         Next::RequeueAfter(Duration::from_secs(1))
     );
-    assert!(
-        !h.hypervisor
-            .take_calls()
-            .iter()
-            .any(|c| c.starts_with("define"))
-    );
+    assert!(!called(&h, "define"));
     h.cluster.fail("finalizer", Fault::Lost);
     let err = reconcile(&h).await.unwrap_err();
     assert!(err.api_unreachable());
@@ -564,4 +458,74 @@ async fn a_vm_nodevirt_cannot_read_fails_with_the_field_and_is_still_deleted() {
     delete(&h, 0, 30);
     reconcile(&h).await.unwrap();
     assert!(!finalized(&h));
+}
+
+#[tokio::test]
+async fn a_vm_folder_that_cannot_be_made_fails_the_vm_as_storage() {
+    let h = harness();
+    new_vm(&h, DOMAIN, "[{name: scratch, emptyDisk: {capacity: 64Mi}}]");
+    // A file where the VM's folder goes: nothing can be created below it.
+    let dir = VmLayout::new(h.state_dir.path(), UID).dir().to_path_buf();
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    std::fs::write(&dir, b"").unwrap();
+    assert_eq!(reconcile(&h).await.unwrap(), Next::AwaitChange);
+    let (reason, message) = ready(&h);
+    assert_eq!(
+        (phase(&h), reason.as_str()),
+        (Phase::Failed, reasons::STORAGE_FAILED)
+    );
+    assert!(message.contains(UID), "names the folder: {message}");
+    assert_eq!(step_errors(&h, "prepare_disks"), 1);
+    assert!(!called(&h, "define"));
+}
+
+#[tokio::test]
+async fn a_failed_reconcile_is_counted_published_and_backed_off_until_one_succeeds() {
+    use kube::runtime::controller::Action as Requeue;
+
+    use super::reconcile::{error_policy, reconcile as run};
+    use crate::metrics::ResultLabel;
+
+    let h = harness();
+    let dir = deleted_with_an_unremovable_folder(&h).await;
+    h.cluster.take_events();
+    let Harness { ctx, cluster, .. } = h;
+    let ctx = Arc::new(ctx);
+    let vm = || Arc::new(cluster.get("testvm").unwrap());
+    let results = |result| {
+        ctx.metrics
+            .reconciles
+            .get_or_create(&ResultLabel { result })
+            .get()
+    };
+
+    // A failure of the VM's own (not libvirtd or the API server away) is told to its owner.
+    let err = run(vm(), ctx.clone()).await.unwrap_err();
+    assert_eq!(results("error"), 1);
+    let events = cluster.take_events();
+    // The domain went first ("Deleted"); the folder's removal failed after it.
+    assert_eq!(
+        reasons_of(&events),
+        [reasons::EVENT_DELETED, reasons::EVENT_SYNC_FAILED]
+    );
+    assert!(events[1].2.contains("removing"), "{events:?}");
+    let backoffs: Vec<Requeue> = (0..7)
+        .map(|_| error_policy(vm(), &err, ctx.clone()))
+        .collect();
+    let expected: Vec<Requeue> = [2, 4, 8, 16, 32, 60, 60]
+        .map(|s| Requeue::requeue(Duration::from_secs(s)))
+        .into();
+    assert_eq!(backoffs, expected);
+
+    // Once it succeeds, the next failure starts the backoff again from the shortest wait.
+    std::fs::remove_file(&dir).unwrap();
+    assert_eq!(
+        run(vm(), ctx.clone()).await.unwrap(),
+        Requeue::await_change()
+    );
+    assert_eq!(results("ok"), 1);
+    assert_eq!(
+        error_policy(vm(), &err, ctx.clone()),
+        Requeue::requeue(Duration::from_secs(2))
+    );
 }

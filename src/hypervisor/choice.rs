@@ -5,19 +5,19 @@
 //!    type for x86_64 hvm guests only when KVM works there (`hypervisor::capabilities`). The
 //!    agent's own /dev is not the node's when it runs in a Pod, so it is never looked at.
 //! 3. The decision is made once, on the first connection to libvirtd, before any VM is
-//!    defined (`libvirt_link`); reconnects keep it. Until then it is "unknown" and VMs that
+//!    defined (`agent::libvirt_link`); reconnects keep it. Until then it is "unknown" and VMs that
 //!    need a domain wait.
 //!
 //! `nodevirt hypervisor` runs the same [`decide`] once and prints the answer.
 
 use std::sync::OnceLock;
 
+use super::{HypervisorError, Libvirt};
 use crate::domain::{DomainType, GUEST_ARCH};
-use crate::hypervisor::{HypervisorError, Libvirt};
 
 /// How the agent picks the domain type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Hypervisor {
+pub enum HypervisorFlag {
     /// KVM when libvirtd offers the kvm domain type for x86_64 guests, else QEMU's software
     /// emulation (TCG).
     Auto,
@@ -33,8 +33,8 @@ pub struct LibvirtArgs {
     #[arg(long, env = "NODEVIRT_LIBVIRT_URI", default_value = "qemu:///system")]
     pub libvirt_uri: String,
     /// The domain type of every VM; auto asks libvirtd whether KVM works on the node.
-    #[arg(long, value_enum, env = "NODEVIRT_HYPERVISOR", default_value_t = Hypervisor::Auto)]
-    pub hypervisor: Hypervisor,
+    #[arg(long, value_enum, env = "NODEVIRT_HYPERVISOR", default_value_t = HypervisorFlag::Auto)]
+    pub hypervisor: HypervisorFlag,
 }
 
 /// A domain type and why it was chosen, for the log.
@@ -64,19 +64,19 @@ fn from_offered(types: &[String]) -> Decision {
 /// [`Libvirt::guest_domain_types`]); its error (libvirtd away, say) is returned, never
 /// taken for "no KVM".
 pub fn decide(
-    choice: Hypervisor,
+    choice: HypervisorFlag,
     offered: impl FnOnce(&str, &str) -> Result<Vec<String>, HypervisorError>,
 ) -> Result<Decision, HypervisorError> {
     Ok(match choice {
-        Hypervisor::Kvm => Decision {
+        HypervisorFlag::Kvm => Decision {
             domain_type: DomainType::Kvm,
             reason: "--hypervisor kvm",
         },
-        Hypervisor::Qemu => Decision {
+        HypervisorFlag::Qemu => Decision {
             domain_type: DomainType::Qemu,
             reason: "--hypervisor qemu",
         },
-        Hypervisor::Auto => from_offered(&offered("hvm", GUEST_ARCH)?),
+        HypervisorFlag::Auto => from_offered(&offered("hvm", GUEST_ARCH)?),
     })
 }
 
@@ -91,23 +91,22 @@ pub fn decide_for(args: &LibvirtArgs) -> Result<Decision, HypervisorError> {
 /// The agent's decision, shared by the reconciles, the libvirt link and the admin socket.
 #[derive(Debug)]
 pub struct HypervisorChoice {
-    choice: Hypervisor,
+    choice: HypervisorFlag,
     decided: OnceLock<Decision>,
 }
 
 impl HypervisorChoice {
-    pub fn new(choice: Hypervisor) -> Self {
+    pub fn new(choice: HypervisorFlag) -> Self {
         Self {
             choice,
             decided: OnceLock::new(),
         }
     }
 
-    /// The domain type, once decided.
     /// A choice already made (tests).
     #[cfg(test)]
     pub fn decided(domain_type: DomainType) -> Self {
-        let choice = Self::new(Hypervisor::Auto);
+        let choice = Self::new(HypervisorFlag::Auto);
         choice.decided.get_or_init(|| Decision {
             domain_type,
             reason: "decided by the test",
@@ -115,6 +114,7 @@ impl HypervisorChoice {
         choice
     }
 
+    /// The domain type, once decided.
     pub fn domain_type(&self) -> Option<DomainType> {
         self.decided.get().map(|d| d.domain_type)
     }
@@ -171,23 +171,23 @@ mod tests {
             panic!("asked libvirt for an explicit choice")
         };
         assert_eq!(
-            decide(Hypervisor::Kvm, never).unwrap().domain_type,
+            decide(HypervisorFlag::Kvm, never).unwrap().domain_type,
             DomainType::Kvm
         );
         assert_eq!(
-            decide(Hypervisor::Qemu, never).unwrap().domain_type,
+            decide(HypervisorFlag::Qemu, never).unwrap().domain_type,
             DomainType::Qemu
         );
     }
 
     #[test]
     fn auto_asks_for_x86_64_hvm_guests_and_passes_errors_on() {
-        let decision = decide(Hypervisor::Auto, |os_type, arch| {
+        let decision = decide(HypervisorFlag::Auto, |os_type, arch| {
             assert_eq!((os_type, arch), ("hvm", "x86_64"));
             Ok(types(&["qemu", "kvm"]))
         });
         assert_eq!(decision.unwrap().domain_type, DomainType::Kvm);
-        let away = decide(Hypervisor::Auto, |_, _| {
+        let away = decide(HypervisorFlag::Auto, |_, _| {
             Err(HypervisorError::Disconnected {
                 op: "reading the capabilities of",
                 target: "qemu:///system".into(),
@@ -202,7 +202,7 @@ mod tests {
         // test:///default lists only its own `test` type, for i686: no kvm for x86_64.
         let args = LibvirtArgs {
             libvirt_uri: "test:///default".into(),
-            hypervisor: Hypervisor::Auto,
+            hypervisor: HypervisorFlag::Auto,
         };
         let decision = decide_for(&args).unwrap();
         assert_eq!(decision.domain_type, DomainType::Qemu);
@@ -215,7 +215,7 @@ mod tests {
     #[test]
     fn decided_once_on_a_connection_and_kept() {
         let libvirt = Libvirt::new("test:///default");
-        let choice = HypervisorChoice::new(Hypervisor::Auto);
+        let choice = HypervisorChoice::new(HypervisorFlag::Auto);
         assert_eq!(choice.label(), "unknown");
         assert!(
             choice.decide_once(&libvirt).is_err(),
