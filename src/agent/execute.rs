@@ -19,7 +19,8 @@ use super::finalizer::Stage;
 use super::inputs::InputError;
 use super::observe::{domain_of, more};
 use super::plan::{Action, Failure, InputsSeen, Observed};
-use super::reconcile::{Context, key};
+use super::reconcile::Context;
+use crate::k8s::object_key;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -265,13 +266,13 @@ async fn perform(
                 Err(e) if changed(&e) => return Ok(Some(Outcome::Conflict)),
                 Err(source) if adding => {
                     return Err(Error::AddFinalizer {
-                        vm: key(vm),
+                        vm: object_key(vm),
                         source,
                     });
                 }
                 Err(source) => {
                     return Err(Error::RemoveFinalizer {
-                        vm: key(vm),
+                        vm: object_key(vm),
                         source,
                     });
                 }
@@ -297,7 +298,7 @@ async fn perform(
             )
             .await
             .map_err(|source| Error::PrepareDisks {
-                vm: key(vm),
+                vm: object_key(vm),
                 source,
             })?;
         }
@@ -306,7 +307,7 @@ async fn perform(
             seam::call(&ctx.hypervisor, move |h| h.define(&name, &xml))
                 .await
                 .map_err(|source| Error::Define {
-                    vm: key(vm),
+                    vm: object_key(vm),
                     source,
                 })?;
         }
@@ -314,7 +315,7 @@ async fn perform(
             hypervisor(|h, name| h.start(name))
                 .await
                 .map_err(|source| Error::Start {
-                    vm: key(vm),
+                    vm: object_key(vm),
                     source,
                 })?;
             if let Some(created) = &vm.metadata.creation_timestamp {
@@ -328,7 +329,7 @@ async fn perform(
             hypervisor(|h, name| h.shutdown(name))
                 .await
                 .map_err(|source| Error::Shutdown {
-                    vm: key(vm),
+                    vm: object_key(vm),
                     source,
                 })?;
             ctx.mark_shutdown_sent(&uid);
@@ -336,40 +337,40 @@ async fn perform(
         Action::Destroy => hypervisor(|h, name| h.destroy(name))
             .await
             .map_err(|source| Error::Destroy {
-                vm: key(vm),
+                vm: object_key(vm),
                 source,
             })?,
         Action::Undefine => hypervisor(|h, name| h.undefine(name))
             .await
             .map_err(|source| Error::Undefine {
-                vm: key(vm),
+                vm: object_key(vm),
                 source,
             })?,
         Action::RemoveDir { uid } => {
             remove_vm_dir(VmLayout::new(&ctx.settings.node.state_dir, uid).dir())
                 .await
                 .map_err(|source| Error::RemoveDir {
-                    vm: key(vm),
+                    vm: object_key(vm),
                     source,
                 })?;
         }
         Action::Forget => {
             ctx.events.forget(&uid);
             ctx.forget_shutdown(&uid);
-            info!(vm = %key(vm), "VM cleaned up");
+            info!(vm = %object_key(vm), "VM cleaned up");
         }
         Action::WriteStatus(status) => {
             ctx.cluster
                 .write_status(vm, status)
                 .await
                 .map_err(|source| Error::WriteStatus {
-                    vm: key(vm),
+                    vm: object_key(vm),
                     source,
                 })?;
             if let Some(phase) = status.phase.filter(|p| p.is_final()) {
                 let ready = status.conditions.last();
                 info!(
-                    vm = %key(vm),
+                    vm = %object_key(vm),
                     ?phase,
                     reason = ready.and_then(|c| c.reason.as_deref()),
                     message = ready.and_then(|c| c.message.as_deref()),

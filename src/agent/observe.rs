@@ -18,7 +18,8 @@ use super::finalizer::{self, Stage};
 use super::inputs::InputError;
 use super::plan::{InputsSeen, Need, Observed};
 use super::reasons;
-use super::reconcile::{Context, key};
+use super::reconcile::Context;
+use crate::k8s::object_key;
 
 pub fn domain_of(vm: &VirtualMachine) -> String {
     domain_name(&vm.namespace().unwrap_or_default(), &vm.name_any())
@@ -35,7 +36,7 @@ pub async fn observe<'a>(vm: &'a VirtualMachine, ctx: &'a Context) -> Result<Obs
         seam::call(&ctx.hypervisor, move |h| h.status(&lookup))
             .await
             .map_err(|source| Error::Observe {
-                vm: key(vm),
+                vm: object_key(vm),
                 source,
             })?
     };
@@ -51,7 +52,7 @@ pub async fn observe<'a>(vm: &'a VirtualMachine, ctx: &'a Context) -> Result<Obs
         seam::call(&ctx.hypervisor, move |h| h.addresses(&lookup))
             .await
             .map_err(|source| Error::Observe {
-                vm: key(vm),
+                vm: object_key(vm),
                 source,
             })?
     } else {
@@ -82,7 +83,7 @@ pub async fn more(need: Need, o: &mut Observed<'_>, ctx: &Context) -> Result<(),
                 count_fetches(ctx, &inputs.fetches);
             }
             o.inputs = Some(seen(gathered).map_err(|source| Error::Inputs {
-                vm: key(o.vm),
+                vm: object_key(o.vm),
                 source,
             })?);
         }
@@ -92,7 +93,7 @@ pub async fn more(need: Need, o: &mut Observed<'_>, ctx: &Context) -> Result<(),
                 .latest(o.vm)
                 .await
                 .map_err(|source| Error::Latest {
-                    vm: key(o.vm),
+                    vm: object_key(o.vm),
                     source,
                 })?;
             o.latest = Some(latest);

@@ -18,7 +18,7 @@ use crate::event_log::EventLog;
 use crate::events::EventType;
 use crate::hypervisor::choice::HypervisorChoice;
 use crate::hypervisor::seam::Hypervisor;
-use crate::k8s::error_chain;
+use crate::k8s::{error_chain, object_key};
 use crate::metrics::{AgentMetrics, ResultLabel};
 
 use super::cluster::Cluster;
@@ -91,10 +91,6 @@ impl Context {
     }
 }
 
-pub(super) fn key(vm: &VirtualMachine) -> String {
-    format!("{}/{}", vm.namespace().unwrap_or_default(), vm.name_any())
-}
-
 /// The controller's reconcile function: one span per reconcile, carrying the VM's identity.
 pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let span = tracing::info_span!(
@@ -135,7 +131,7 @@ pub(super) async fn step(vm: &VirtualMachine, ctx: &Context) -> Result<Next, Err
             Outcome::Conflict => return Ok(Next::RequeueAfter(CONFLICT_RETRY)),
         }
     }
-    warn!(vm = %key(vm), "reconcile planned {MAX_ROUNDS} times without settling; later again");
+    warn!(vm = %object_key(vm), "reconcile planned {MAX_ROUNDS} times without settling; later again");
     Ok(Next::RequeueAfter(CONFLICT_RETRY))
 }
 
@@ -147,13 +143,13 @@ async fn reconcile_in_span(vm: &VirtualMachine, ctx: &Context) -> Result<Next, E
             ctx.failures.lock().map(|mut f| f.remove(&uid)).ok();
         }
         Err(err) if err.libvirt_lost() => {
-            debug!(vm = %key(vm), error = %error_chain(err), "reconcile waits for libvirt");
+            debug!(vm = %object_key(vm), error = %error_chain(err), "reconcile waits for libvirt");
         }
         Err(err) if err.api_unreachable() => {
-            debug!(vm = %key(vm), error = %error_chain(err), "reconcile waits for the API server");
+            debug!(vm = %object_key(vm), error = %error_chain(err), "reconcile waits for the API server");
         }
         Err(err) => {
-            warn!(vm = %key(vm), error = %error_chain(err), "reconcile failed");
+            warn!(vm = %object_key(vm), error = %error_chain(err), "reconcile failed");
             publish(
                 ctx,
                 vm,
