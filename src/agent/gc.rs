@@ -6,6 +6,9 @@
 //! this node, so agents that share a libvirtd never remove each other's domains. A domain whose
 //! VM exists with another UID is left to that VM's reconcile, and one whose VM was moved to
 //! another node without ending is left running.
+//!
+//! A pass observes (domains, the VMs that keep theirs, folders), plans its removals with a pure
+//! function, then applies them.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::api::{NODE_NAME_LABEL, Phase, VirtualMachine};
 use crate::domain::names::check_uid;
-use crate::hypervisor::{HypervisorError, Libvirt};
+use crate::hypervisor::{HypervisorError, Libvirt, OwnedDomain};
 use crate::k8s::error_chain;
 use crate::storage::files::{StorageError, remove_vm_dir};
 use crate::storage::layout::{VmLayout, vms_dir};
@@ -106,39 +109,177 @@ async fn still_running_elsewhere(
     Ok(!ended)
 }
 
+/// What one pass saw: the domains carrying nodevirt's metadata, which of their VMs are still
+/// live (in the watch's cache, or running though assigned elsewhere), and the VM folders.
+#[derive(Debug, Default)]
+struct Seen {
+    domains: Vec<OwnedDomain>,
+    /// UIDs of the VMs that keep their domain and folder.
+    live: BTreeSet<String>,
+    /// Names of the folders under the node's `vms/`.
+    folders: Vec<String>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Removal {
+    /// Destroy and undefine the domain, then remove its VM's folder (when its UID is one).
+    Domain {
+        name: String,
+        uid: String,
+    },
+    Folder {
+        uid: String,
+    },
+}
+
 async fn collect(store: &Store<VirtualMachine>, ctx: &Collector) -> Result<(), GcError> {
-    let domains = ctx.libvirt.run(|lv| lv.owned_domains()).await?;
-    let mut live_uids: BTreeSet<String> = store.state().iter().filter_map(|vm| vm.uid()).collect();
-    let mine = domains
-        .into_iter()
-        .filter(|d| d.vm.node.as_deref() == Some(ctx.node.as_str()));
-    for domain in mine {
-        let vm_ref = ObjectRef::<VirtualMachine>::new(&domain.vm.name).within(&domain.vm.namespace);
-        if store.get(&vm_ref).is_some() || still_running_elsewhere(ctx, &domain.vm).await? {
-            live_uids.insert(domain.vm.uid.clone());
-            continue;
-        }
-        info!(domain = %domain.name, uid = %domain.vm.uid, "removing a domain whose VM is gone");
-        let name = domain.name.clone();
-        ctx.libvirt
-            .run(move |lv| {
-                lv.destroy(&name)?;
-                lv.undefine(&name)
-            })
-            .await?;
-        if check_uid(&domain.vm.uid, "domain metadata uid").is_ok() {
-            remove_vm_dir(VmLayout::new(&ctx.state_dir, &domain.vm.uid).dir()).await?;
-        }
-    }
-    let Ok(mut entries) = tokio::fs::read_dir(vms_dir(&ctx.state_dir)).await else {
-        return Ok(());
-    };
-    while let Ok(Some(entry)) = entries.next_entry().await {
-        let uid = entry.file_name().to_string_lossy().into_owned();
-        if check_uid(&uid, "folder").is_ok() && !live_uids.contains(&uid) {
-            info!(uid, "removing the folder of a VM that is gone");
-            remove_vm_dir(VmLayout::new(&ctx.state_dir, &uid).dir()).await?;
+    let seen = observe(store, ctx).await?;
+    for removal in plan(&ctx.node, seen) {
+        match removal {
+            Removal::Domain { name, uid } => {
+                info!(domain = %name, uid = %uid, "removing a domain whose VM is gone");
+                ctx.libvirt
+                    .run(move |lv| {
+                        lv.destroy(&name)?;
+                        lv.undefine(&name)
+                    })
+                    .await?;
+                if check_uid(&uid, "domain metadata uid").is_ok() {
+                    remove_vm_dir(VmLayout::new(&ctx.state_dir, &uid).dir()).await?;
+                }
+            }
+            Removal::Folder { uid } => {
+                info!(uid, "removing the folder of a VM that is gone");
+                remove_vm_dir(VmLayout::new(&ctx.state_dir, &uid).dir()).await?;
+            }
         }
     }
     Ok(())
+}
+
+async fn observe(store: &Store<VirtualMachine>, ctx: &Collector) -> Result<Seen, GcError> {
+    let domains = ctx.libvirt.run(|lv| lv.owned_domains()).await?;
+    let mut live: BTreeSet<String> = store.state().iter().filter_map(|vm| vm.uid()).collect();
+    for domain in domains.iter().filter(|d| is_mine(d, &ctx.node)) {
+        let vm_ref = ObjectRef::<VirtualMachine>::new(&domain.vm.name).within(&domain.vm.namespace);
+        if store.get(&vm_ref).is_some() || still_running_elsewhere(ctx, &domain.vm).await? {
+            live.insert(domain.vm.uid.clone());
+        }
+    }
+    let mut folders = Vec::new();
+    if let Ok(mut entries) = tokio::fs::read_dir(vms_dir(&ctx.state_dir)).await {
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            folders.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Ok(Seen {
+        domains,
+        live,
+        folders,
+    })
+}
+
+fn is_mine(domain: &OwnedDomain, node: &str) -> bool {
+    domain.vm.node.as_deref() == Some(node)
+}
+
+/// The domains of this node whose VM is not live, then the folders named by a UID that no live
+/// VM has (a removed domain's folder goes with it).
+fn plan(node: &str, seen: Seen) -> Vec<Removal> {
+    let mut removals: Vec<Removal> = seen
+        .domains
+        .into_iter()
+        .filter(|d| is_mine(d, node) && !seen.live.contains(&d.vm.uid))
+        .map(|d| Removal::Domain {
+            name: d.name,
+            uid: d.vm.uid,
+        })
+        .collect();
+    let removed: BTreeSet<String> = removals
+        .iter()
+        .filter_map(|r| match r {
+            Removal::Domain { uid, .. } => Some(uid.clone()),
+            Removal::Folder { .. } => None,
+        })
+        .collect();
+    removals.extend(
+        seen.folders
+            .into_iter()
+            .filter(|uid| {
+                check_uid(uid, "folder").is_ok()
+                    && !seen.live.contains(uid)
+                    && !removed.contains(uid)
+            })
+            .map(|uid| Removal::Folder { uid }),
+    );
+    removals
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::model::VmMetadata;
+
+    const A: &str = "0f9b6e2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+    const B: &str = "11111111-2222-3333-4444-555555555555";
+    const C: &str = "22222222-3333-4444-5555-666666666666";
+
+    fn domain(name: &str, uid: &str, node: Option<&str>) -> OwnedDomain {
+        OwnedDomain {
+            name: format!("default_{name}"),
+            vm: VmMetadata {
+                namespace: "default".into(),
+                name: name.into(),
+                uid: uid.into(),
+                node: node.map(Into::into),
+                xmlns: String::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn only_this_nodes_domains_without_a_live_vm_are_removed() {
+        let seen = Seen {
+            domains: vec![
+                domain("kept", A, Some("node1")),
+                domain("gone", B, Some("node1")),
+                domain("theirs", C, Some("node2")),
+                domain("unlabelled", C, None),
+            ],
+            live: [A.to_string()].into(),
+            folders: Vec::new(),
+        };
+        assert_eq!(
+            plan("node1", seen),
+            [Removal::Domain {
+                name: "default_gone".into(),
+                uid: B.into()
+            }]
+        );
+    }
+
+    #[test]
+    fn folders_go_when_no_live_vm_has_their_uid_and_never_twice() {
+        let seen = Seen {
+            domains: vec![domain("gone", B, Some("node1"))],
+            live: [A.to_string()].into(),
+            folders: vec![A.into(), B.into(), C.into(), "lost+found".into()],
+        };
+        assert_eq!(
+            plan("node1", seen),
+            [
+                Removal::Domain {
+                    name: "default_gone".into(),
+                    uid: B.into()
+                },
+                // Not A (live), not B (goes with its domain), not a name that is no UID.
+                Removal::Folder { uid: C.into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn nothing_seen_removes_nothing() {
+        assert_eq!(plan("node1", Seen::default()), []);
+    }
 }
