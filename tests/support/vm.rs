@@ -112,8 +112,15 @@ pub fn console_log(agent: &Agent, uid: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Whether the test cluster's libvirtd has a domain named `domain`, running or not. From a
+/// listing that succeeded: `false` means absent, never "libvirtd did not answer" (that panics).
 pub fn domain_exists(domain: &str) -> bool {
     virsh(&["list", "--all", "--name"])
         .lines()
         .any(|l| l.trim() == domain)
+}
+
+/// The "domain gone" check: libvirtd answered, and has no domain named `domain`.
+pub fn domain_absent(domain: &str) -> bool {
+    !domain_exists(domain)
 }
