@@ -168,7 +168,7 @@ fn guest_poweroff_is_succeeded_and_outside_destroy_or_killed_qemu_is_failed() {
     // Mortal: an ended VM stays ended, even after the agent restarts.
     let mut agent = agent;
     agent.restart();
-    std::thread::sleep(Duration::from_secs(5));
+    agent.wait_restarted(3);
     assert_eq!(off.phase(), "Succeeded");
     assert_eq!(killed.phase(), "Failed");
     let state = virsh(&["domstate", &off.domain()]);
@@ -199,7 +199,7 @@ fn killed_agent_adopts_running_domain_and_cleans_vms_deleted_meanwhile() {
 
     agent.kill();
     agent.restart();
-    std::thread::sleep(Duration::from_secs(5));
+    agent.wait_restarted(1);
     assert_eq!(
         virsh(&["domid", &vm.domain()]).trim(),
         id_before,
