@@ -628,7 +628,7 @@ spec:
         wait_for_explained(
             Duration::from_secs(180),
             &format!("the replaced VM {name} to be gone"),
-            || vm.uid().is_empty().then_some(()),
+            || (!vm.exists()).then_some(()),
             || vm.describe(),
         );
         assert!(

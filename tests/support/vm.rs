@@ -14,8 +14,11 @@ pub struct Vm<'a> {
 }
 
 impl Vm<'_> {
+    /// A field of the VM (`kubectl get -o jsonpath`). Panics when kubectl fails, the VM's
+    /// absence included, so an empty answer is an empty field, never "kubectl did not answer";
+    /// [`Vm::exists`] is for callers that expect the VM to be gone.
     pub fn get(&self, jsonpath: &str) -> String {
-        let out = Cluster::get().kubectl(&[
+        Cluster::get().kubectl_ok(&[
             "-n",
             self.ns,
             "get",
@@ -23,8 +26,22 @@ impl Vm<'_> {
             self.name,
             "-o",
             &format!("jsonpath={jsonpath}"),
+        ])
+    }
+
+    /// Whether the VM exists; panics when kubectl fails for any other reason than its absence.
+    pub fn exists(&self) -> bool {
+        let name = Cluster::get().kubectl_ok(&[
+            "-n",
+            self.ns,
+            "get",
+            "vm",
+            self.name,
+            "--ignore-not-found",
+            "-o",
+            "name",
         ]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        !name.trim().is_empty()
     }
 
     pub fn phase(&self) -> String {
