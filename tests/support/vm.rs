@@ -117,6 +117,16 @@ spec:
     )
 }
 
+/// A VM on `node` whose guest ignores ACPI: a QEMU domain with no disk, where SeaBIOS finds
+/// nothing to boot and no OS answers the power button, as a hung or acpid-less guest would not.
+/// Its deletion waits out the whole `grace` period (seconds).
+pub fn deaf_vm_yaml(ns: &str, name: &str, node: &str, grace: u32) -> String {
+    format!(
+        "apiVersion: kubevirt.io/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: {name}, namespace: {ns}, labels: {{kubevirt.io/nodeName: {node}}}}}\n\
+         spec:\n  terminationGracePeriodSeconds: {grace}\n  domain: {{resources: {{requests: {{memory: 32Mi}}}}}}\n"
+    )
+}
+
 pub fn user_data(script: &str) -> String {
     format!(
         "{{userData: {}}}",
