@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod deployed;
 pub mod direct;
 pub mod https;
 pub mod libvirt;
