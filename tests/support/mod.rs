@@ -9,5 +9,6 @@ pub mod https;
 pub mod libvirt;
 pub mod node;
 pub mod registry;
+pub mod schema;
 pub mod vm;
 pub mod vm_builder;
