@@ -4,7 +4,8 @@
 //!
 //! 1. On a fresh agent (qemu:///system), [`PROBES`] VMs of the same kind are created one at a
 //!    time on the idle node: creation -> Running, seen by a client-side watch.
-//! 2. [`DEAF`] VMs with a [`GRACE_SECONDS`] grace period run, are deleted, and the agent has
+//! 2. [`DEAF`] VMs with a [`GRACE_SECONDS`] grace period run; [`PROBES`] VMs are timed beside
+//!    them (what their QEMUs alone cost the node); then they are deleted, and the agent has
 //!    sent each its ACPI shutdown (its `ShuttingDown` event).
 //! 3. [`PROBES`] more are created one at a time, timed the same way, while every deletion
 //!    still waits; the target is the idle figure plus 1 s.
@@ -29,7 +30,7 @@ use super::{wait_all_running, watch_running};
 const DEAF: usize = 32;
 /// Their grace period: far longer than the measurement, so every deletion still waits.
 const GRACE_SECONDS: u32 = 150;
-/// New VMs timed on the idle node, then on the busy one.
+/// New VMs timed on the idle node, beside the running deaf VMs, and while they are deleted.
 const PROBES: usize = 3;
 
 pub async fn run(cluster: &'static Cluster, admin: &kube::Client, table: &mut Table) {
@@ -57,6 +58,12 @@ pub async fn run(cluster: &'static Cluster, admin: &kube::Client, table: &mut Ta
         .collect();
     cluster.apply(&manifests.join("---\n"));
     wait_all_running(&seen, PROBES + DEAF).await;
+    // The same with 32 guests running and none deleted: what their QEMUs alone cost.
+    let mut loaded = Vec::new();
+    for i in 0..PROBES {
+        loaded.push(probe.creation_to_running(&format!("loaded-{i}")).await);
+    }
+    let loaded = median(&mut loaded);
     let mut delete = vec!["-n", &ns.name, "delete", "vm", "--wait=false"];
     delete.extend(deaf.iter().map(String::as_str));
     cluster.kubectl_ok(&delete);
@@ -85,15 +92,18 @@ pub async fn run(cluster: &'static Cluster, admin: &kube::Client, table: &mut Ta
         "every deletion must still wait while the new VMs are timed"
     );
     table.add(
-        format!("idle node: new VM creation -> Running (median of {PROBES})"),
+        format!("new VM -> Running, idle node (median of {PROBES})"),
         idle,
+        "s",
+    );
+    table.add(
+        format!("new VM -> Running, {DEAF} deaf VMs running (median of {PROBES})"),
+        loaded,
         "s",
     );
     table
         .add(
-            format!(
-                "{DEAF} deletions waiting on ACPI: new VM creation -> Running (median of {PROBES})"
-            ),
+            format!("new VM -> Running, {DEAF} deaf VMs deleting (median of {PROBES})"),
             busy,
             "s",
         )

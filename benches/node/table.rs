@@ -31,8 +31,8 @@ impl Target {
 
     fn text(self) -> String {
         match self {
-            Target::Below(t) => format!("< {t}"),
-            Target::Exactly(t) => format!("= {t}"),
+            Target::Below(t) => format!("< {}", format_value(t)),
+            Target::Exactly(t) => format!("= {}", format_value(t)),
         }
     }
 }
