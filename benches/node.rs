@@ -10,10 +10,20 @@
 //! 3. the agent on QEMU (TCG): 5 tiny guests, apply -> Running and apply -> IP;
 //! 4. restart: kill -9 with 100 VMs running, time to ready and to every VM re-adopted;
 //! 5. RSS idle and with 1000 VMs, the cost of one /metrics scrape with 1000 VMs;
-//! 6. render throughput, from the criterion bench `render` run just before.
+//! 6. render throughput, from the criterion bench `render` run just before;
+//! 7. deletions that wait: a new VM's creation -> Running while 32 VMs whose guests ignore
+//!    ACPI are being deleted (150 s grace period), beside the same on the idle node
+//!    (`node/deaf_deletions.rs`).
+//!
+//! NODEVIRT_BENCH_STEPS=tcg,agent,deletions runs only some of them: tcg is step 3 and the
+//! TCG limit, agent steps 1, 2, 4 and 5, deletions step 7.
 
+#[path = "node/deaf_deletions.rs"]
+mod deaf_deletions;
 #[path = "../tests/support/mod.rs"]
 mod support;
+#[path = "node/table.rs"]
+mod table;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -31,146 +41,10 @@ use support::agent::{Agent, NodeOptions};
 use support::cluster::{Cluster, wait_for};
 use support::direct::DirectGuest;
 use support::vm::{BOOT, Vm, user_data, vm_yaml};
+use table::{Table, Target, median, percentile};
 
 const TEST_DRIVER: &str = "test+unix:///default";
 const RAW_DOMAINS: usize = 1000;
-
-/// One line of the table.
-struct Row {
-    name: String,
-    value: f64,
-    unit: &'static str,
-    target: Option<Target>,
-    /// `value` divided by the matching limit of step 1.
-    vs_limit: Option<f64>,
-}
-
-#[derive(Clone, Copy)]
-enum Target {
-    Below(f64),
-    Exactly(f64),
-}
-
-impl Target {
-    fn met(self, value: f64) -> bool {
-        match self {
-            Target::Below(t) => value < t,
-            Target::Exactly(t) => value == t,
-        }
-    }
-
-    fn text(self) -> String {
-        match self {
-            Target::Below(t) => format!("< {t}"),
-            Target::Exactly(t) => format!("= {t}"),
-        }
-    }
-}
-
-#[derive(Default)]
-struct Table(Vec<Row>);
-
-impl Table {
-    /// The agent's RSS `when`, against a target in MiB, and the anonymous part of it (heap,
-    /// stacks): the rest is mapped code, shared with other processes.
-    fn add_rss(&mut self, when: &str, memory: &Memory, target_mib: f64) {
-        self.add(format!("agent: RSS {when}"), memory.rss, "MiB")
-            .target(Target::Below(target_mib));
-        self.add(
-            format!("agent: RSS {when}, anonymous (heap, stacks)"),
-            memory.anonymous,
-            "MiB",
-        );
-    }
-
-    fn add(&mut self, name: impl Into<String>, value: f64, unit: &'static str) -> &mut Row {
-        self.0.push(Row {
-            name: name.into(),
-            value,
-            unit,
-            target: None,
-            vs_limit: None,
-        });
-        let row = self.0.last_mut().unwrap();
-        eprintln!("  {}: {:.4} {}", row.name, row.value, row.unit);
-        row
-    }
-
-    fn print(&self) {
-        println!(
-            "\n{:<58} {:>12} {:<5} {:>9} {:>5} {:>10}",
-            "measure", "value", "unit", "target", "met", "vs limit"
-        );
-        for row in &self.0 {
-            let target = row.target.map(Target::text).unwrap_or_default();
-            let met = match row.target {
-                Some(t) if t.met(row.value) => "yes",
-                Some(_) => "NO",
-                None => "",
-            };
-            let ratio = row.vs_limit.map(|r| format!("{r:.1}x")).unwrap_or_default();
-            println!(
-                "{:<58} {:>12} {:<5} {:>9} {:>5} {:>10}",
-                row.name,
-                format_value(row.value),
-                row.unit,
-                target,
-                met,
-                ratio
-            );
-        }
-    }
-
-    fn json(&self) -> serde_json::Value {
-        self.0
-            .iter()
-            .map(|row| {
-                json!({
-                    "measure": row.name,
-                    "value": row.value,
-                    "unit": row.unit,
-                    "target": row.target.map(Target::text),
-                    "met": row.target.map(|t| t.met(row.value)),
-                    "vs_limit": row.vs_limit,
-                })
-            })
-            .collect()
-    }
-}
-
-impl Row {
-    fn target(&mut self, target: Target) -> &mut Row {
-        self.target = Some(target);
-        self
-    }
-
-    fn vs(&mut self, limit: f64) -> &mut Row {
-        if limit > 0.0 {
-            self.vs_limit = Some(self.value / limit);
-        }
-        self
-    }
-}
-
-fn format_value(value: f64) -> String {
-    if value >= 100.0 {
-        format!("{value:.0}")
-    } else if value >= 1.0 {
-        format!("{value:.2}")
-    } else {
-        format!("{value:.4}")
-    }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    percentile(values, 50.0)
-}
 
 /// A VM with memory only: what the agent itself costs, without disk tools.
 fn light_vm(ns: &str, name: &str, node: &str) -> VirtualMachine {
@@ -406,14 +280,17 @@ fn render_rate() -> Option<f64> {
     Some(1e9 / nanos)
 }
 
-#[tokio::main]
-async fn main() {
-    let cluster = Cluster::get();
-    let admin = cluster.admin_client().await;
-    let mut table = Table::default();
+/// Whether to run `step` (tcg, agent, deletions): all of them, or those named in
+/// NODEVIRT_BENCH_STEPS (comma-separated), to measure one change without the whole run.
+fn selected(step: &str) -> bool {
+    std::env::var("NODEVIRT_BENCH_STEPS")
+        .map(|steps| steps.split(',').any(|s| s.trim() == step))
+        .unwrap_or(true)
+}
 
-    real_guests(cluster, &mut table).await;
-
+/// Steps 1, 2, 4 and 5: the limit through the virt crate, then the agent on libvirtd's test
+/// driver (100 VMs, a restart, 1000 VMs, RSS and a scrape).
+async fn agent_on_test_driver(cluster: &'static Cluster, admin: &kube::Client, table: &mut Table) {
     eprintln!("step 1: the limit, {RAW_DOMAINS} domains through the virt crate");
     let (up, down) = raw_limit("test:///default");
     table.add(
@@ -613,10 +490,6 @@ async fn main() {
         "ms",
     );
 
-    if let Some(rate) = render_rate() {
-        table.add("render: seed-like VM -> XML (criterion)", rate, "VMs/s");
-    }
-
     eprintln!("cleaning up: deleting 1100 VMs");
     let names = [ns100.name.clone(), ns1000.name.clone()];
     drop(ns100);
@@ -628,6 +501,26 @@ async fn main() {
             .then_some(())
     });
     drop(agent);
+}
+
+#[tokio::main]
+async fn main() {
+    let cluster = Cluster::get();
+    let admin = cluster.admin_client().await;
+    let mut table = Table::default();
+
+    if selected("tcg") {
+        real_guests(cluster, &mut table).await;
+    }
+    if selected("agent") {
+        agent_on_test_driver(cluster, &admin, &mut table).await;
+    }
+    if selected("deletions") {
+        deaf_deletions::run(cluster, &admin, &mut table).await;
+    }
+    if let Some(rate) = render_rate() {
+        table.add("render: seed-like VM -> XML (criterion)", rate, "VMs/s");
+    }
 
     table.print();
     let machine = json!({

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nodevirt::storage::layout::VmLayout;
 use support::agent::Agent;
 use support::cluster::{Cluster, virsh, wait_for};
-use support::vm::{BOOT, Vm, console_log, domain_exists, user_data, vm_yaml};
+use support::vm::{BOOT, Vm, console_log, domain_absent, domain_exists, user_data, vm_yaml};
 
 #[test]
 fn seed_like_vm_runs_reports_its_lease_and_is_cleaned_up() {
@@ -77,7 +77,7 @@ fn seed_like_vm_runs_reports_its_lease_and_is_cleaned_up() {
     wait_for(
         Duration::from_secs(10),
         "the domain and its folder to be gone",
-        || (!domain_exists(&vm.domain()) && !state.exists()).then_some(()),
+        || (domain_absent(&vm.domain()) && !state.exists()).then_some(()),
     );
     eprintln!(
         "timing: delete->domain gone {:.2}s",
@@ -169,7 +169,7 @@ fn guest_poweroff_is_succeeded_and_outside_destroy_or_killed_qemu_is_failed() {
     // Mortal: an ended VM stays ended, even after the agent restarts.
     let mut agent = agent;
     agent.restart();
-    std::thread::sleep(Duration::from_secs(5));
+    agent.wait_restarted(3);
     assert_eq!(off.phase(), "Succeeded");
     assert_eq!(killed.phase(), "Failed");
     let state = virsh(&["domstate", &off.domain()]);
@@ -200,7 +200,7 @@ fn killed_agent_adopts_running_domain_and_cleans_vms_deleted_meanwhile() {
 
     agent.kill();
     agent.restart();
-    std::thread::sleep(Duration::from_secs(5));
+    agent.wait_restarted(1);
     assert_eq!(
         virsh(&["domid", &vm.domain()]).trim(),
         id_before,
@@ -227,7 +227,7 @@ fn killed_agent_adopts_running_domain_and_cleans_vms_deleted_meanwhile() {
         Duration::from_secs(30),
         "the domain of the deleted VM to be cleaned up",
         || {
-            let gone = !domain_exists(&vm.domain());
+            let gone = domain_absent(&vm.domain());
             let vm_gone = !cluster
                 .kubectl(&["-n", vm.ns, "get", "vm", vm.name])
                 .status
@@ -269,7 +269,7 @@ fn killed_agent_adopts_running_domain_and_cleans_vms_deleted_meanwhile() {
     wait_for(
         Duration::from_secs(30),
         "the orphaned domain to be removed",
-        || (!domain_exists(&orphan.domain())).then_some(()),
+        || domain_absent(&orphan.domain()).then_some(()),
     );
 }
 
@@ -360,10 +360,7 @@ fn invalid_vms_fail_with_a_readable_condition_while_a_valid_one_runs() {
         describe.contains("Warning") && describe.contains("no IDE controller"),
         "{describe}"
     );
-    assert!(
-        !domain_exists(&bus.domain()),
-        "an invalid VM gets no domain"
-    );
+    assert!(domain_absent(&bus.domain()), "an invalid VM gets no domain");
 
     Vm {
         ns: &ns.name,

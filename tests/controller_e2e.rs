@@ -72,6 +72,19 @@ impl Scenario {
     }
 }
 
+/// Who holds the controllers' leader Lease (`nodevirt/nodevirt-controller`).
+fn lease_holder(cluster: &Cluster) -> String {
+    cluster.kubectl_ok(&[
+        "-n",
+        "nodevirt",
+        "get",
+        "lease",
+        "nodevirt-controller",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ])
+}
+
 const SMALL: &str = "{resources: {requests: {memory: 64Mi}}}";
 
 #[test]
@@ -434,10 +447,28 @@ fn controller_places_presets_offline_vms_replica_sets_and_fails_over() {
 
     // Leader election: a second replica waits; when the leader dies it takes over.
     let mut standby = controller(cluster, "replica-b", HEARTBEAT_TIMEOUT);
+    wait_for(
+        Duration::from_secs(30),
+        "the standby to wait to lead",
+        || standby.log_text().contains("waiting to lead").then_some(()),
+    );
+    // Its first tries at the Lease (every 2 s) are the moment a second leader would appear.
     std::thread::sleep(Duration::from_secs(3));
     assert!(
-        !standby.log_text().contains("controller running"),
-        "two leaders"
+        !standby.exited(),
+        "the standby died:\n{}",
+        standby.log_text()
+    );
+    let log = standby.log_text();
+    assert!(!log.contains("controller running"), "two leaders:\n{log}");
+    assert!(
+        !log.contains("cannot read or take the leader Lease"),
+        "the standby cannot even read the Lease:\n{log}"
+    );
+    assert_eq!(
+        lease_holder(cluster),
+        "replica-a",
+        "the Lease while standing by"
     );
     leader.kill();
     let killed = Instant::now();
@@ -464,6 +495,16 @@ fn controller_places_presets_offline_vms_replica_sets_and_fails_over() {
         s.get("vm", "by-selector", "{.status.phase}"),
         "Running",
         "the live node's VM is untouched"
+    );
+    assert!(
+        !standby.exited(),
+        "the new leader died:\n{}",
+        standby.log_text()
+    );
+    assert_eq!(
+        lease_holder(cluster),
+        "replica-b",
+        "the Lease after the failover"
     );
     standby.kill();
     for log in [leader.log_text(), standby.log_text(), real.log_text()] {

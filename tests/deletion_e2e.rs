@@ -1,8 +1,7 @@
 //! Deleting VMs whose guests ignore ACPI, on the real cluster: the grace period is honoured
 //! without holding the agent, and an operator can end the wait at once.
 //!
-//! The guests are QEMU domains with no disk: SeaBIOS finds nothing to boot and no OS answers
-//! the ACPI power button, as a hung or acpid-less guest would not.
+//! The guests ignore ACPI ([`support::vm::deaf_vm_yaml`]: QEMU domains with no disk).
 
 mod support;
 
@@ -10,17 +9,10 @@ use std::time::{Duration, Instant};
 
 use support::agent::Agent;
 use support::cluster::{Cluster, virsh, wait_for};
-use support::vm::Vm;
+use support::vm::{Vm, deaf_vm_yaml};
 
 /// The agent's reconcile workers (src/k8s.rs): one deletion more than it has.
 const DELETED: usize = 17;
-
-fn diskless(ns: &str, name: &str, node: &str, grace: u32) -> String {
-    format!(
-        "apiVersion: kubevirt.io/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: {name}, namespace: {ns}, labels: {{kubevirt.io/nodeName: {node}}}}}\n\
-         spec:\n  terminationGracePeriodSeconds: {grace}\n  domain: {{resources: {{requests: {{memory: 32Mi}}}}}}\n"
-    )
-}
 
 /// The attack: 15 VMs with a 150 s grace period and one with a huge one, deleted, held every
 /// reconcile worker: a new VM waited 149 s to start, and the huge one never finished.
@@ -33,7 +25,7 @@ fn deleting_vms_whose_guests_ignore_acpi_holds_no_worker_and_a_forced_stop_ends_
     for (i, name) in names.iter().enumerate() {
         // The last one asks for the longest grace period the schema allows.
         let grace = if i + 1 == DELETED { 3600 } else { 150 };
-        cluster.apply(&diskless(&ns.name, name, &agent.node, grace));
+        cluster.apply(&deaf_vm_yaml(&ns.name, name, &agent.node, grace));
     }
     for name in &names {
         Vm { ns: &ns.name, name }.wait_phase("Running", Duration::from_secs(120));
@@ -44,7 +36,7 @@ fn deleting_vms_whose_guests_ignore_acpi_holds_no_worker_and_a_forced_stop_ends_
 
     // A new VM starts as on an idle node, while every deletion waits for its guest.
     let created = Instant::now();
-    cluster.apply(&diskless(&ns.name, "fresh", &agent.node, 0));
+    cluster.apply(&deaf_vm_yaml(&ns.name, "fresh", &agent.node, 0));
     let fresh = Vm {
         ns: &ns.name,
         name: "fresh",

@@ -305,7 +305,7 @@ fn a_vm_recreated_under_the_same_name_mid_reconcile_is_never_mixed_up() {
             r#"{"metadata":{"finalizers":null}}"#,
         ]);
         wait_for(Duration::from_secs(10), "the VM to be gone", || {
-            vm.uid().is_empty().then_some(())
+            (!vm.exists()).then_some(())
         });
     }
     cluster.apply(&light_vm(vm.ns, vm.name, &agent.node));

@@ -1,6 +1,7 @@
 //! The CRD schemas on a real kube-apiserver (the one of $NODEVIRT_CLUSTER_DIR, with
 //! daemonset.yaml applied): `kubectl apply --dry-run=server` refuses each hostile object at
-//! once and names the field, and accepts every example and every value at its limit.
+//! once and names the field. That every example and every value at its limit is accepted is
+//! tests/schema_limits_e2e.rs.
 //!
 //! Each attack is a valid object (itself checked to be accepted) with one thing made wrong, so a
 //! refusal can only come from that change; its expected texts are the field path and what
@@ -8,41 +9,18 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
-
 use nodevirt::api::replica_set::GENERATED_NAME_SUFFIX_LEN;
 use nodevirt::domain::limits::{
     DNS_LABEL_MAX_LEN, MAX_CLOCK_OFFSET_SECONDS, MAX_CORES, MAX_DISKS, MAX_FLOPPY_DISKS,
     MAX_IDE_DISKS, MAX_IMAGE_REFERENCE_LEN, MAX_MACHINE_TYPE_LEN,
-    MAX_TERMINATION_GRACE_PERIOD_SECONDS, MAX_TIMEZONE_LEN, MAX_USER_DATA_BYTES, MAX_VOLUMES,
+    MAX_TERMINATION_GRACE_PERIOD_SECONDS, MAX_USER_DATA_BYTES, MAX_VOLUMES,
 };
 use serde_json::{Value, json};
-use support::cluster::{Cluster, repo_root};
-
-/// `kubectl apply --dry-run=server -f -` of `object` (JSON), as the cluster's admin.
-fn dry_run(cluster: &Cluster, object: &Value) -> Output {
-    let mut child = Command::new("kubectl")
-        .args(["apply", "--dry-run=server", "-f", "-"])
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl must be on PATH (hack/install-deps.sh builds it)");
-    let text = serde_json::to_vec(object).unwrap();
-    child.stdin.take().unwrap().write_all(&text).unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn accepted(cluster: &Cluster, what: &str, object: &Value) {
-    let out = dry_run(cluster, object);
-    assert!(
-        out.status.success(),
-        "{what} must be accepted; kubectl said: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use support::cluster::Cluster;
+use support::schema::{
+    accepted, base64, disks, dry_run, first_disk, first_volume, offline_vm_with, preset_with,
+    replica_set_with, vm, vm_with,
+};
 
 /// One hostile object, and what kubectl's error must say: the field path and the reason.
 struct Attack {
@@ -57,95 +35,6 @@ fn attack(name: &'static str, object: Value, says: &[&str]) -> Attack {
         object,
         says: says.iter().map(|s| s.to_string()).collect(),
     }
-}
-
-/// A valid VM: memory, one disk on one volume.
-fn vm() -> Value {
-    json!({
-        "apiVersion": "kubevirt.io/v1alpha1",
-        "kind": "VirtualMachine",
-        "metadata": {"name": "attack", "namespace": "default"},
-        "spec": {
-            "terminationGracePeriodSeconds": 0,
-            "domain": {
-                "resources": {"requests": {"memory": "64Mi"}},
-                "cpu": {"cores": 1},
-                "devices": {"disks": [{"name": "root", "volumeName": "root", "disk": {"bus": "virtio"}}]},
-            },
-            "volumes": [{"name": "root", "emptyDisk": {"capacity": "1Gi"}}],
-        },
-    })
-}
-
-/// `vm()` changed by `change`.
-fn vm_with(change: impl FnOnce(&mut Value)) -> Value {
-    let mut vm = vm();
-    change(&mut vm);
-    vm
-}
-
-/// The spec of `vm_with(change)`, as the template of an OfflineVirtualMachine.
-fn offline_vm_with(change: impl FnOnce(&mut Value)) -> Value {
-    json!({
-        "apiVersion": "kubevirt.io/v1alpha1",
-        "kind": "OfflineVirtualMachine",
-        "metadata": {"name": "attack", "namespace": "default"},
-        "spec": {"running": false, "template": {"spec": vm_with(change)["spec"].clone()}},
-    })
-}
-
-/// The spec of `vm_with(change)`, as the template of a VirtualMachineReplicaSet.
-fn replica_set_with(change: impl FnOnce(&mut Value)) -> Value {
-    json!({
-        "apiVersion": "kubevirt.io/v1alpha1",
-        "kind": "VirtualMachineReplicaSet",
-        "metadata": {"name": "attack", "namespace": "default"},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"guest": "attack"}},
-            "template": {
-                "metadata": {"labels": {"guest": "attack"}},
-                "spec": vm_with(change)["spec"].clone(),
-            },
-        },
-    })
-}
-
-/// A valid preset (cores and memory) whose domain is changed by `change`.
-fn preset_with(change: impl FnOnce(&mut Value)) -> Value {
-    let mut domain = json!({"resources": {"requests": {"memory": "128Mi"}}, "cpu": {"cores": 1}});
-    change(&mut domain);
-    json!({
-        "apiVersion": "kubevirt.io/v1alpha1",
-        "kind": "VirtualMachinePreset",
-        "metadata": {"name": "m1.attack", "namespace": "default"},
-        "spec": {"selector": {"matchLabels": {"kubevirt.io/size": "attack"}}, "domain": domain},
-    })
-}
-
-/// `count` disks d<i>, each on an emptyDisk volume v<i> of its own, on `target` (`{"disk":
-/// {"bus": "virtio"}}` and the like).
-fn disks(spec: &mut Value, count: usize, target: Value) {
-    let mut disks = Vec::new();
-    let mut volumes = Vec::new();
-    for i in 0..count {
-        let mut disk = json!({"name": format!("d{i}"), "volumeName": format!("v{i}")});
-        disk.as_object_mut()
-            .unwrap()
-            .extend(target.as_object().unwrap().clone());
-        disks.push(disk);
-        volumes.push(json!({"name": format!("v{i}"), "emptyDisk": {"capacity": "1Gi"}}));
-    }
-    spec["domain"]["devices"]["disks"] = Value::Array(disks);
-    spec["volumes"] = Value::Array(volumes);
-}
-
-fn first_disk(vm: &mut Value) -> &mut Value {
-    &mut vm["spec"]["domain"]["devices"]["disks"][0]
-}
-
-fn first_volume(vm: &mut Value) -> &mut Value {
-    &mut vm["spec"]["volumes"][0]
 }
 
 fn attacks() -> Vec<Attack> {
@@ -610,11 +499,6 @@ fn attacks() -> Vec<Attack> {
     ]
 }
 
-fn base64(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
 #[test]
 fn every_attack_is_refused_naming_its_field() {
     let cluster = Cluster::get();
@@ -640,137 +524,4 @@ fn every_attack_is_refused_naming_its_field() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-}
-
-#[test]
-fn values_at_their_limits_are_accepted() {
-    let cluster = Cluster::get();
-    let cases = [
-        (
-            "cores at the limit",
-            vm_with(|v| v["spec"]["domain"]["cpu"]["cores"] = json!(MAX_CORES)),
-        ),
-        (
-            "the most disks and volumes",
-            vm_with(|v| {
-                disks(
-                    &mut v["spec"],
-                    MAX_DISKS,
-                    json!({"disk": {"bus": "virtio"}}),
-                )
-            }),
-        ),
-        (
-            "userData of 64 KiB",
-            vm_with(
-                |v| *first_volume(v) = json!({"name": "root", "cloudInitNoCloud": {"userData": "x".repeat(MAX_USER_DATA_BYTES)}}),
-            ),
-        ),
-        (
-            "userDataBase64 of 64 KiB, with a YAML block scalar's newline",
-            vm_with(|v| {
-                let encoded = format!("{}\n", base64(&vec![7u8; MAX_USER_DATA_BYTES]));
-                *first_volume(v) =
-                    json!({"name": "root", "cloudInitNoCloud": {"userDataBase64": encoded}})
-            }),
-        ),
-        (
-            "an image reference at the limit",
-            vm_with(|v| {
-                let image = format!("reg.example/{}", "a".repeat(MAX_IMAGE_REFERENCE_LEN - 12));
-                *first_volume(v) = json!({"name": "root", "registryDisk": {"image": image}})
-            }),
-        ),
-        (
-            "the longest grace period",
-            vm_with(|v| {
-                v["spec"]["terminationGracePeriodSeconds"] =
-                    json!(MAX_TERMINATION_GRACE_PERIOD_SECONDS)
-            }),
-        ),
-        (
-            "the clock furthest off UTC",
-            vm_with(|v| {
-                v["spec"]["domain"]["clock"] =
-                    json!({"utc": {"offsetSeconds": MAX_CLOCK_OFFSET_SECONDS}})
-            }),
-        ),
-        (
-            "a timezone at the limit",
-            vm_with(|v| {
-                let timezone = format!("Europe/{}", "x".repeat(MAX_TIMEZONE_LEN - 7));
-                v["spec"]["domain"]["clock"] = json!({"timezone": timezone})
-            }),
-        ),
-        (
-            "memory at both ends",
-            vm_with(
-                |v| v["spec"]["domain"]["resources"] = json!({"requests": {"memory": "1Mi", "cpu": "500m"}, "limits": {"memory": "16Ti"}}),
-            ),
-        ),
-        (
-            "the most ide disks, on pc",
-            vm_with(|v| {
-                v["spec"]["domain"]["machine"] = json!({"type": "pc"});
-                disks(
-                    &mut v["spec"],
-                    MAX_IDE_DISKS,
-                    json!({"cdrom": {"bus": "ide", "tray": "open"}}),
-                );
-            }),
-        ),
-        (
-            "explicit nulls where fields are optional",
-            vm_with(|v| {
-                v["spec"]["domain"]["cpu"] = Value::Null;
-                v["spec"]["domain"]["clock"] =
-                    json!({"utc": null, "timer": {"rtc": {"tickPolicy": null}}});
-                first_disk(v)["disk"]["bus"] = Value::Null;
-            }),
-        ),
-        (
-            "a VM name of 63 characters",
-            vm_with(|v| v["metadata"]["name"] = json!("v".repeat(DNS_LABEL_MAX_LEN))),
-        ),
-        ("a ReplicaSet name of 58 characters", {
-            let mut rs = replica_set_with(|_| {});
-            rs["metadata"]["name"] =
-                json!("r".repeat(DNS_LABEL_MAX_LEN - GENERATED_NAME_SUFFIX_LEN));
-            rs
-        }),
-    ];
-    for (what, object) in cases {
-        accepted(cluster, what, &object);
-    }
-}
-
-#[test]
-fn every_example_is_accepted() {
-    let cluster = Cluster::get();
-    let mut examples: Vec<_> = std::fs::read_dir(repo_root().join("examples"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    examples.sort();
-    assert!(
-        examples.len() >= 4,
-        "examples/ lost its files: {examples:?}"
-    );
-    for example in examples {
-        let out = cluster.kubectl(&[
-            "apply",
-            "--dry-run=server",
-            "-n",
-            "default",
-            "-f",
-            example.to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}: {}",
-            example.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
 }

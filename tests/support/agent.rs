@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use super::cluster::{Cluster, unique_suffix, wait_for};
+use super::cluster::{Cluster, unique_suffix, wait_for, wait_for_explained};
 use super::https;
 
 /// A nodevirt subcommand running in the background; killed when dropped.
@@ -93,6 +93,9 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// How long a restarted agent may take to be ready and to have reconciled its VMs.
+pub const RESTART: Duration = Duration::from_secs(30);
 
 /// How much of a daemon's log a failing test prints.
 const LOG_TAIL_LINES: usize = 80;
@@ -218,6 +221,36 @@ impl Agent {
 
     pub fn log_text(&self) -> String {
         self.daemon.log_text()
+    }
+
+    /// Waits for a restarted agent to have looked at the node's VMs again: `/readyz` 200
+    /// (libvirt answers, the VM watch has listed), then `vms` reconciles finished since it
+    /// started (ok or not: the first list reconciles each of the node's `vms` VMs once).
+    /// Panics after [`RESTART`] with the agent's last answer.
+    pub fn wait_restarted(&self, vms: u64) {
+        wait_for_explained(
+            RESTART,
+            &format!("the agent of {} to be ready (/readyz 200)", self.node),
+            || (self.get("/readyz").0 == 200).then_some(()),
+            || format!("/readyz: {:?}", self.get("/readyz")),
+        );
+        wait_for_explained(
+            RESTART,
+            &format!("the agent of {} to reconcile its {vms} VMs", self.node),
+            || (self.reconciles() >= vms).then_some(()),
+            || format!("{} reconciles since the agent started", self.reconciles()),
+        );
+    }
+
+    /// Reconciles finished since the agent started, whatever their result
+    /// (`nodevirt_reconciles_total`).
+    pub fn reconciles(&self) -> u64 {
+        let (status, text) = self.get("/metrics");
+        assert_eq!(status, 200, "scraping the agent of {}: {text}", self.node);
+        text.lines()
+            .filter(|line| line.starts_with("nodevirt_reconciles_total{"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
     }
 
     /// `nodevirt admin --socket S ARGS...` as root: (exit ok, stdout, stderr).

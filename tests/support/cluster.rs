@@ -360,7 +360,8 @@ pub fn virsh(args: &[&str]) -> String {
     virsh_on("qemu:///system", args)
 }
 
-/// `virsh -c uri ARGS`: its standard output.
+/// `virsh -c uri ARGS`: its standard output. Panics with virsh's stderr when virsh fails
+/// (libvirtd unreachable, no such domain, ...): an empty answer is never read as "nothing".
 pub fn virsh_on(uri: &str, args: &[&str]) -> String {
     let out = Command::new("virsh")
         .arg("-c")
@@ -368,5 +369,5 @@ pub fn virsh_on(uri: &str, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("virsh (libvirt-clients)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout_of_success(out, &format!("virsh -c {uri} {}", args.join(" ")))
 }

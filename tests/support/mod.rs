@@ -3,10 +3,12 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod deployed;
 pub mod direct;
 pub mod https;
 pub mod libvirt;
 pub mod node;
 pub mod registry;
+pub mod schema;
 pub mod vm;
 pub mod vm_builder;

@@ -17,8 +17,11 @@ pub struct Vm<'a> {
 }
 
 impl Vm<'_> {
+    /// A field of the VM (`kubectl get -o jsonpath`). Panics when kubectl fails, the VM's
+    /// absence included, so an empty answer is an empty field, never "kubectl did not answer";
+    /// [`Vm::exists`] is for callers that expect the VM to be gone.
     pub fn get(&self, jsonpath: &str) -> String {
-        let out = Cluster::get().kubectl(&[
+        Cluster::get().kubectl_ok(&[
             "-n",
             self.ns,
             "get",
@@ -26,8 +29,22 @@ impl Vm<'_> {
             self.name,
             "-o",
             &format!("jsonpath={jsonpath}"),
+        ])
+    }
+
+    /// Whether the VM exists; panics when kubectl fails for any other reason than its absence.
+    pub fn exists(&self) -> bool {
+        let name = Cluster::get().kubectl_ok(&[
+            "-n",
+            self.ns,
+            "get",
+            "vm",
+            self.name,
+            "--ignore-not-found",
+            "-o",
+            "name",
         ]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        !name.trim().is_empty()
     }
 
     pub fn phase(&self) -> String {
@@ -103,6 +120,16 @@ spec:
     )
 }
 
+/// A VM on `node` whose guest ignores ACPI: a QEMU domain with no disk, where SeaBIOS finds
+/// nothing to boot and no OS answers the power button, as a hung or acpid-less guest would not.
+/// Its deletion waits out the whole `grace` period (seconds).
+pub fn deaf_vm_yaml(ns: &str, name: &str, node: &str, grace: u32) -> String {
+    format!(
+        "apiVersion: kubevirt.io/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: {name}, namespace: {ns}, labels: {{kubevirt.io/nodeName: {node}}}}}\n\
+         spec:\n  terminationGracePeriodSeconds: {grace}\n  domain: {{resources: {{requests: {{memory: 32Mi}}}}}}\n"
+    )
+}
+
 pub fn user_data(script: &str) -> String {
     format!(
         "{{userData: {}}}",
@@ -114,8 +141,15 @@ pub fn console_log(agent: &Agent, uid: &str) -> String {
     std::fs::read_to_string(VmLayout::new(&agent.state_dir, uid).console_log()).unwrap_or_default()
 }
 
+/// Whether the test cluster's libvirtd has a domain named `domain`, running or not. From a
+/// listing that succeeded: `false` means absent, never "libvirtd did not answer" (that panics).
 pub fn domain_exists(domain: &str) -> bool {
     virsh(&["list", "--all", "--name"])
         .lines()
         .any(|l| l.trim() == domain)
+}
+
+/// The "domain gone" check: libvirtd answered, and has no domain named `domain`.
+pub fn domain_absent(domain: &str) -> bool {
+    !domain_exists(domain)
 }
