@@ -5,9 +5,8 @@
 //! 1. On a fresh agent (qemu:///system), [`PROBES`] VMs of the same kind are created one at a
 //!    time on the idle node: creation -> Running, seen by a client-side watch.
 //! 2. [`DEAF`] VMs with a [`GRACE_SECONDS`] grace period run; [`PROBES`] VMs are timed beside
-//!    them (what their QEMUs cost the node under TCG); then their domains are paused (no CPU,
-//!    still no answer to ACPI) and [`PROBES`] more are timed; then they are deleted, and the
-//!    agent has sent each its ACPI shutdown (its `ShuttingDown` event).
+//!    them (what their QEMUs alone cost the node); then they are deleted, and the agent has
+//!    sent each its ACPI shutdown (its `ShuttingDown` event).
 //! 3. [`PROBES`] more are created one at a time, timed the same way, while every deletion
 //!    still waits; the target is the idle figure plus 1 s.
 //! 4. The deletions are forced (`nodevirt.io/force-stop`), and every VM is deleted while the
@@ -20,10 +19,9 @@ use std::time::{Duration, Instant};
 use kube::Api;
 use kube::api::PostParams;
 use nodevirt::api::VirtualMachine;
-use nodevirt::domain::names::domain_name;
 
 use super::support::agent::Agent;
-use super::support::cluster::{Cluster, virsh, wait_for};
+use super::support::cluster::{Cluster, wait_for};
 use super::support::vm::deaf_vm_yaml;
 use super::table::{Table, Target, median};
 use super::{wait_all_running, watch_running};
@@ -66,16 +64,6 @@ pub async fn run(cluster: &'static Cluster, admin: &kube::Client, table: &mut Ta
         loaded.push(probe.creation_to_running(&format!("loaded-{i}")).await);
     }
     let loaded = median(&mut loaded);
-    // Paused, a guest costs the node no CPU and still answers no ACPI button: what is left to
-    // measure beside the idle node is the deletions' hold on the agent alone.
-    for name in &deaf {
-        virsh(&["suspend", &domain_name(&ns.name, name)]);
-    }
-    let mut paused = Vec::new();
-    for i in 0..PROBES {
-        paused.push(probe.creation_to_running(&format!("paused-{i}")).await);
-    }
-    let paused = median(&mut paused);
     let mut delete = vec!["-n", &ns.name, "delete", "vm", "--wait=false"];
     delete.extend(deaf.iter().map(String::as_str));
     cluster.kubectl_ok(&delete);
@@ -113,14 +101,9 @@ pub async fn run(cluster: &'static Cluster, admin: &kube::Client, table: &mut Ta
         loaded,
         "s",
     );
-    table.add(
-        format!("new VM -> Running, {DEAF} deaf VMs paused (median of {PROBES})"),
-        paused,
-        "s",
-    );
     table
         .add(
-            format!("new VM -> Running, {DEAF} paused deaf VMs deleting (median of {PROBES})"),
+            format!("new VM -> Running, {DEAF} deaf VMs deleting (median of {PROBES})"),
             busy,
             "s",
         )

@@ -125,6 +125,13 @@ impl Hypervisor for FakeHypervisor {
 
     fn shutdown(&self, domain: &str) -> Result<()> {
         self.enter("shutdown", domain)?;
+        // As libvirt: only a running guest is sent the button.
+        if self.state(domain) != Some(DomainState::Running) {
+            return Err(HypervisorError::Panicked {
+                uri: self.uri().into(),
+                message: format!("shutdown {domain}: domain is not running"),
+            });
+        }
         if !self.ignores_acpi.load(Ordering::SeqCst) {
             let off = DomainState::ShutOff(crate::hypervisor::ShutoffReason::Shutdown);
             self.change(domain, |s| *s = off);

@@ -463,12 +463,13 @@ fn deletion(o: &Observed) -> Plan {
     let vm = o.vm;
     let mut actions = Vec::new();
     if let Some(domain) = owned(o) {
-        let running = matches!(
-            domain.state,
-            DomainState::Running | DomainState::Paused | DomainState::Transient
-        );
+        // A paused guest cannot answer the ACPI button (libvirt refuses to send it): it is
+        // stopped at once rather than waited for until its deadline.
+        let paused = domain.state == DomainState::Paused;
+        let running =
+            paused || matches!(domain.state, DomainState::Running | DomainState::Transient);
         let deadline = stop_deadline(vm, o.now);
-        if running && o.now < deadline {
+        if running && !paused && o.now < deadline {
             if !o.shutdown_sent {
                 actions.push(Action::Shutdown);
                 actions.push(event(
@@ -482,6 +483,8 @@ fn deletion(o: &Observed) -> Plan {
         }
         let message = if running && force_stop_requested(vm) {
             "VM stopping now: an operator forced it"
+        } else if paused {
+            "VM stopping now: it is paused and cannot shut down by itself"
         } else {
             "VM stopping"
         };

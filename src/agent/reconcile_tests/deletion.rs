@@ -142,3 +142,26 @@ async fn the_last_deletion_steps_that_fail_are_retried_and_keep_the_finalizer() 
     assert_eq!(step_errors(&h, "remove_finalizer"), 1);
     assert!(finalized(&h));
 }
+
+#[tokio::test]
+async fn a_paused_guest_is_stopped_at_once_as_libvirt_cannot_send_it_the_button() {
+    let h = harness();
+    new_vm(&h, DOMAIN, "[]");
+    reconcile(&h).await.unwrap();
+    h.cluster.take_events();
+    h.hypervisor
+        .set_state(DOMAIN_NAME, UID, DomainState::Paused);
+    delete(&h, 0, 3600);
+    h.hypervisor.take_calls();
+    assert_eq!(reconcile(&h).await.unwrap(), Next::AwaitChange);
+    let calls = h.hypervisor.take_calls();
+    assert!(
+        !calls.iter().any(|c| c.starts_with("shutdown")),
+        "{calls:?}"
+    );
+    assert_eq!(h.hypervisor.state(DOMAIN_NAME), None);
+    assert!(!finalized(&h));
+    let events = h.cluster.take_events();
+    assert_eq!(reasons_of(&events), [reasons::EVENT_DELETED]);
+    assert!(events[0].2.contains("paused"), "{events:?}");
+}
