@@ -465,9 +465,11 @@ fn deletion(o: &Observed) -> Plan {
     if let Some(domain) = owned(o) {
         // A paused guest cannot answer the ACPI button (libvirt refuses to send it): it is
         // stopped at once rather than waited for until its deadline.
+        let running = matches!(
+            domain.state,
+            DomainState::Running | DomainState::Paused | DomainState::Transient
+        );
         let paused = domain.state == DomainState::Paused;
-        let running =
-            paused || matches!(domain.state, DomainState::Running | DomainState::Transient);
         let deadline = stop_deadline(vm, o.now);
         if running && !paused && o.now < deadline {
             if !o.shutdown_sent {
