@@ -2,6 +2,7 @@
 //! Pure data: no I/O, no async.
 
 pub mod domain_spec;
+pub mod holder;
 pub mod offline_virtual_machine;
 pub mod preset;
 pub mod quantity;
