@@ -5,8 +5,11 @@
 //! 1. On a fresh agent (qemu:///system), [`PROBES`] VMs of the same kind are created one at a
 //!    time on the idle node: creation -> Running, seen by a client-side watch.
 //! 2. [`DEAF`] VMs with a [`GRACE_SECONDS`] grace period run; [`PROBES`] VMs are timed beside
-//!    them (what their QEMUs alone cost the node); then they are deleted, and the agent has
-//!    sent each its ACPI shutdown (its `ShuttingDown` event).
+//!    them (what their QEMUs alone cost the node). Then their QEMUs are moved into one cgroup
+//!    capped at [`DEAF_CPU_PERCENT`]% of a CPU ([`Throttle`]): 32 emulated guests would take the
+//!    2 cores of this machine, and the step measures the agent's workers, not TCG. They are
+//!    timed beside again, then deleted, and the agent has sent each its ACPI shutdown (its
+//!    `ShuttingDown` event).
 //! 3. [`PROBES`] more are created one at a time, timed the same way, while every deletion
 //!    still waits; the target is the idle figure plus 1 s.
 //! 4. The deletions are forced (`nodevirt.io/force-stop`), and every VM is deleted while the
@@ -19,6 +22,7 @@ use std::time::{Duration, Instant};
 use kube::Api;
 use kube::api::PostParams;
 use nodevirt::api::VirtualMachine;
+use nodevirt::domain::names::domain_name;
 
 use super::support::agent::Agent;
 use super::support::cluster::{Cluster, wait_for};
@@ -64,6 +68,13 @@ pub async fn run(cluster: &'static Cluster, admin: &kube::Client, table: &mut Ta
         loaded.push(probe.creation_to_running(&format!("loaded-{i}")).await);
     }
     let loaded = median(&mut loaded);
+    let domains: Vec<String> = deaf.iter().map(|vm| domain_name(&ns.name, vm)).collect();
+    let _throttle = Throttle::deaf_guests(&domains);
+    let mut throttled = Vec::new();
+    for i in 0..PROBES {
+        throttled.push(probe.creation_to_running(&format!("throttled-{i}")).await);
+    }
+    let throttled = median(&mut throttled);
     let mut delete = vec!["-n", &ns.name, "delete", "vm", "--wait=false"];
     delete.extend(deaf.iter().map(String::as_str));
     cluster.kubectl_ok(&delete);
@@ -101,9 +112,18 @@ pub async fn run(cluster: &'static Cluster, admin: &kube::Client, table: &mut Ta
         loaded,
         "s",
     );
+    table.add(
+        format!(
+            "new VM -> Running, {DEAF} deaf VMs running at {DEAF_CPU_PERCENT}% CPU (median of {PROBES})"
+        ),
+        throttled,
+        "s",
+    );
     table
         .add(
-            format!("new VM -> Running, {DEAF} deaf VMs deleting (median of {PROBES})"),
+            format!(
+                "new VM -> Running, {DEAF} deaf VMs deleting at {DEAF_CPU_PERCENT}% CPU (median of {PROBES})"
+            ),
             busy,
             "s",
         )
@@ -124,6 +144,43 @@ pub async fn run(cluster: &'static Cluster, admin: &kube::Client, table: &mut Ta
         "--wait=true",
         "--timeout=120s",
     ]);
+}
+
+/// The CPU the deaf guests' QEMUs may use together, in percent of one CPU.
+const DEAF_CPU_PERCENT: u64 = 10;
+const THROTTLE_CGROUP: &str = "/sys/fs/cgroup/cpu/nodevirt-bench-deaf";
+
+/// The deaf guests' QEMUs in one CPU-capped cgroup (cgroup v1, as on this machine) while it
+/// lives. They still run and still ignore ACPI; they only stop taking the CPU the new VMs need.
+struct Throttle;
+
+impl Throttle {
+    fn deaf_guests(domains: &[String]) -> Throttle {
+        let dir = std::path::Path::new(THROTTLE_CGROUP);
+        std::fs::create_dir_all(dir).expect("create the bench's CPU cgroup");
+        let period = 100_000;
+        std::fs::write(dir.join("cpu.cfs_period_us"), period.to_string()).unwrap();
+        std::fs::write(
+            dir.join("cpu.cfs_quota_us"),
+            (period * DEAF_CPU_PERCENT / 100).to_string(),
+        )
+        .unwrap();
+        for domain in domains {
+            // libvirt's pid file of the domain's QEMU; cgroup.procs moves all its threads.
+            let pid = std::fs::read_to_string(format!("/run/libvirt/qemu/{domain}.pid"))
+                .unwrap_or_else(|e| panic!("QEMU pid of {domain}: {e}"));
+            std::fs::write(dir.join("cgroup.procs"), pid.trim())
+                .unwrap_or_else(|e| panic!("moving {domain}'s QEMU into {THROTTLE_CGROUP}: {e}"));
+        }
+        Throttle
+    }
+}
+
+impl Drop for Throttle {
+    fn drop(&mut self) {
+        // The QEMUs are gone by now (every VM is deleted first); an empty cgroup can go.
+        let _ = std::fs::remove_dir(THROTTLE_CGROUP);
+    }
 }
 
 /// Creates diskless VMs (grace period 0) and times them to Running.
