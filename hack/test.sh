@@ -45,4 +45,4 @@ trap '"$REPO_ROOT/hack/cluster-down.sh" nodes' EXIT
 "$REPO_ROOT/hack/deploy.sh" nodes "$REPO_ROOT/target/debug/nodevirt" >/dev/null
 source "$NODEVIRT_CLUSTER_DIR/env"
 # --nocapture: the tests print what they measure (rollout duration, node-loss times).
-cargo test --locked --test nodes_e2e --test nodes_recovery_e2e --test nodes_scheduling_e2e -- --ignored --test-threads=1 --nocapture
+cargo test --locked --test nodes_e2e --test nodes_recovery_e2e -- --ignored --test-threads=1 --nocapture

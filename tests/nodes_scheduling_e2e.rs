@@ -2,6 +2,11 @@
 //! hack/deploy.sh's cluster: cordon, taints, drain with a PodDisruptionBudget, node memory shared
 //! with plain pods, a namespace's ResourceQuota, and restarts that create no second pod.
 //! Each test puts back what it changed on the nodes (cordon, taints), also when it fails.
+//!
+//! These are issue 17's acceptance tests, written before the holder pods exist: the controller
+//! does not create holder pods yet (src/api/holder/ holds only their name and ownership), so
+//! hack/test.sh does not run this file. Add `--test nodes_scheduling_e2e` to its real-nodes
+//! line once the controller creates the pods and the agent requires them.
 
 mod support;
 
@@ -272,7 +277,11 @@ fn vms_and_pods_book_the_same_node_memory() {
     cluster.apply(&yaml.join("---\n"));
     for i in 0..3 {
         let name = format!("big{i}");
-        Vm { ns: &ns.name, name: &name }.wait_phase("Running", BOOT);
+        Vm {
+            ns: &ns.name,
+            name: &name,
+        }
+        .wait_phase("Running", BOOT);
     }
     // A plain pod asking as much does not fit beside them.
     cluster.apply(&format!(
@@ -309,13 +318,27 @@ spec:
     );
 
     // The reverse: with the VMs gone, the pod runs, and a VM asking as much waits.
-    cluster.kubectl_ok(&["-n", &ns.name, "delete", "vms", "-l", "app=big", "--wait=true"]);
+    cluster.kubectl_ok(&[
+        "-n",
+        &ns.name,
+        "delete",
+        "vms",
+        "-l",
+        "app=big",
+        "--wait=true",
+    ]);
     wait_for_explained(
         BOOT,
         "the plain pod Running once the VMs are gone",
         || {
             let phase = cluster.kubectl_ok(&[
-                "-n", &ns.name, "get", "pod", "plain", "-o", "jsonpath={.status.phase}",
+                "-n",
+                &ns.name,
+                "get",
+                "pod",
+                "plain",
+                "-o",
+                "jsonpath={.status.phase}",
             ]);
             (phase == "Running").then_some(())
         },
@@ -327,7 +350,11 @@ spec:
     cluster.apply(&filler.join("---\n"));
     for i in 0..2 {
         let name = format!("fill{i}");
-        Vm { ns: &ns.name, name: &name }.wait_phase("Running", BOOT);
+        Vm {
+            ns: &ns.name,
+            name: &name,
+        }
+        .wait_phase("Running", BOOT);
     }
     cluster.apply(&idle_vm(&ns.name, "no-room", "app: fill", &memory, ""));
     let vm = Vm {
@@ -337,7 +364,11 @@ spec:
     wait_for_explained(
         Duration::from_secs(60),
         "the VM left Pending for memory",
-        || conditions(&vm).contains("Insufficient memory").then_some(()),
+        || {
+            conditions(&vm)
+                .contains("Insufficient memory")
+                .then_some(())
+        },
         || vm.describe(),
     );
     assert_eq!(vm.phase(), "Pending", "{}", vm.describe());
@@ -358,7 +389,12 @@ fn a_namespace_s_memory_quota_limits_its_vms_and_a_waiting_vm_starts_when_room_i
         "the quota's status",
         || {
             let used = cluster.kubectl_ok(&[
-                "-n", &ns.name, "get", "resourcequota", "memory", "-o",
+                "-n",
+                &ns.name,
+                "get",
+                "resourcequota",
+                "memory",
+                "-o",
                 "jsonpath={.status.hard.requests\\.memory}",
             ]);
             (!used.is_empty()).then_some(())
@@ -366,10 +402,16 @@ fn a_namespace_s_memory_quota_limits_its_vms_and_a_waiting_vm_starts_when_room_i
         String::new,
     );
     cluster.apply(&idle_vm(&ns.name, "first", "app: quota", "400Mi", ""));
-    let first = Vm { ns: &ns.name, name: "first" };
+    let first = Vm {
+        ns: &ns.name,
+        name: "first",
+    };
     first.wait_phase("Running", BOOT);
     cluster.apply(&idle_vm(&ns.name, "second", "app: quota", "400Mi", ""));
-    let second = Vm { ns: &ns.name, name: "second" };
+    let second = Vm {
+        ns: &ns.name,
+        name: "second",
+    };
     wait_for_explained(
         Duration::from_secs(60),
         "the quota's refusal on the second VM",
@@ -421,14 +463,18 @@ fn agent_and_controller_restarts_create_no_second_pod_and_stop_no_vm() {
                 "-o",
                 "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
             ]);
-            (ready.lines().count() >= nodes.len() + 1 && ready.lines().all(|l| l == "True"))
+            (ready.lines().count() > nodes.len() && ready.lines().all(|l| l == "True"))
                 .then_some(())
         },
         || in_nodevirt(&["get", "pods", "-o", "wide"]),
     );
     // A while for a wrong decision to show: two heartbeats of the restarted agents' reconciles.
     std::thread::sleep(Duration::from_secs(20));
-    assert_eq!(holder_pods(&ns.name), pods_before, "the same pods, none added");
+    assert_eq!(
+        holder_pods(&ns.name),
+        pods_before,
+        "the same pods, none added"
+    );
     assert_eq!(domain_ids(&ns, &nodes, &vms), before, "no domain restarted");
     for name in &names {
         assert_eq!(Vm { ns: &ns.name, name }.phase(), "Running", "{name}");
