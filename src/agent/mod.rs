@@ -200,19 +200,21 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let (store, writer) = reflector::store();
     let (resync_tx, resync_rx) = tokio::sync::mpsc::unbounded_channel();
     let resync_all = {
-        let (store, resync) = (store.clone(), resync_tx.clone());
+        let (store, resync, ctx) = (store.clone(), resync_tx.clone(), Arc::clone(&ctx));
         move || {
+            ctx.forget_failures();
             for vm in store.state() {
                 resync.send(ObjectRef::from_obj(&*vm)).ok();
             }
         }
     };
     let watch_errors = Arc::clone(&metrics);
-    // After the API server was away, every VM is looked at again at once: reconciles that
-    // failed meanwhile sit in their error backoff (up to a minute), and the status of VMs
-    // whose domain changed must catch up within seconds.
-    let mut api_lost = false;
-    let resync_after_outage = resync_all.clone();
+    let api_lost = Arc::new(tokio::sync::Notify::new());
+    let catch_up = tokio::spawn(resync_when_api_answers(
+        client.clone(),
+        Arc::clone(&api_lost),
+        resync_all.clone(),
+    ));
     let vm_events = crate::watch::watch::<VirtualMachine>(
         client.clone(),
         watcher::Config::default().labels(&selector),
@@ -221,18 +223,13 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     .inspect(move |event| match event {
         Err(e) => {
             watch_errors.watch_errors.inc();
-            api_lost = true;
+            api_lost.notify_one();
             warn!(error = %e, "watching VMs failed; watching again with backoff");
         }
-        Ok(event) => {
-            if matches!(event, watcher::Event::InitDone) {
-                synced_tx.send_replace(true);
-            }
-            if std::mem::take(&mut api_lost) {
-                info!("the VM watch is back; looking at every VM again");
-                resync_after_outage();
-            }
+        Ok(watcher::Event::InitDone) => {
+            synced_tx.send_replace(true);
         }
+        Ok(_) => {}
     })
     .applied_objects();
     let controller = Controller::for_stream(vm_events, store.clone())
@@ -315,9 +312,39 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     link.abort();
     gc.abort();
     heartbeat.abort();
+    catch_up.abort();
     if let Err(e) = heartbeat::beat(&client, &args.node_name, false).await {
         warn!(error = %e, "cannot mark the node unschedulable on exit");
     }
     info!("agent stopped; running VMs keep running");
     Ok(())
+}
+
+/// After the API server was away, every VM is looked at again as soon as it is ready.
+/// Reconciles that failed meanwhile sit in their error backoff (up to a minute), and the
+/// watch, resumed from its last resourceVersion, brings no event when no VM changed: the
+/// status of VMs whose domain changed meanwhile would wait for either.
+async fn resync_when_api_answers(
+    client: kube::Client,
+    api_lost: Arc<tokio::sync::Notify>,
+    resync_all: impl Fn(),
+) {
+    const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+    loop {
+        api_lost.notified().await;
+        // Ready, not only answering: /version answers before the API server can serve writes.
+        while !is_ready(&client).await {
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+        info!("the API server is ready again; looking at every VM again");
+        resync_all();
+    }
+}
+
+async fn is_ready(client: &kube::Client) -> bool {
+    let request = ::http::Request::get("/readyz").body(Vec::new());
+    match request {
+        Ok(request) => client.request_text(request).await.is_ok(),
+        Err(_) => false,
+    }
 }

@@ -74,6 +74,12 @@ impl Context {
         }
     }
 
+    /// Starts every VM's error backoff afresh: for when what they were failing on (libvirtd,
+    /// the API server) is back, so that a VM looked at again too early does not wait a minute.
+    pub fn forget_failures(&self) {
+        self.failures.lock().map(|mut f| f.clear()).ok();
+    }
+
     pub(super) fn shutdown_sent(&self, uid: &str) -> bool {
         self.shutdowns_sent.lock().is_ok_and(|s| s.contains(uid))
     }
