@@ -184,9 +184,12 @@ fn an_api_outage_touches_no_vm_and_status_catches_up() {
         "timing: API back -> status caught up {:.2}s",
         caught_up.as_secs_f64()
     );
-    // The watch reconnects within 2-3 s and then looks at every VM again.
+    // Once /readyz answers the agent looks at every VM again with its backoff reset (a probe
+    // each second, then one reconcile). Without that, the VM waits for its error backoff,
+    // 32-60 s after a minute of failures: the bound tells the two apart with room for a slow
+    // machine (measured 0.55-7.8 s; the speed itself is not what this test checks).
     assert!(
-        caught_up < Duration::from_secs(5),
+        caught_up < Duration::from_secs(20),
         "status caught up {caught_up:?} after the API server answered again"
     );
     wait_for(
