@@ -210,7 +210,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     };
     let watch_errors = Arc::clone(&metrics);
     let api_lost = Arc::new(tokio::sync::Notify::new());
-    let catch_up = tokio::spawn(resync_when_api_answers(
+    let catch_up = tokio::spawn(resync_when_api_ready(
         client.clone(),
         Arc::clone(&api_lost),
         resync_all.clone(),
@@ -324,7 +324,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
 /// Reconciles that failed meanwhile sit in their error backoff (up to a minute), and the
 /// watch, resumed from its last resourceVersion, brings no event when no VM changed: the
 /// status of VMs whose domain changed meanwhile would wait for either.
-async fn resync_when_api_answers(
+async fn resync_when_api_ready(
     client: kube::Client,
     api_lost: Arc<tokio::sync::Notify>,
     resync_all: impl Fn(),
@@ -342,9 +342,8 @@ async fn resync_when_api_answers(
 }
 
 async fn is_ready(client: &kube::Client) -> bool {
-    let request = ::http::Request::get("/readyz").body(Vec::new());
-    match request {
-        Ok(request) => client.request_text(request).await.is_ok(),
-        Err(_) => false,
-    }
+    let Ok(request) = ::http::Request::get("/readyz").body(Vec::new()) else {
+        return false;
+    };
+    client.request_text(request).await.is_ok()
 }
