@@ -105,7 +105,13 @@ export KUBECONFIG=$dir/kubeconfig
 wait_component "$dir" kube-apiserver 60 kubectl get --raw /readyz
 
 # --- kube-controller-manager: garbage collection, PV binding, namespace deletion, SA tokens ---
+# Without real nodes, the tests' Node objects have no kubelet to renew them: the node
+# lifecycle controller would mark them NotReady and taint them, and kube-scheduler would bind
+# no holder pod there. Real nodes keep it.
+controllers='*'
+[ "$nodes" -gt 0 ] || controllers='*,-node-lifecycle-controller'
 start_component "$dir" kube-controller-manager kube-controller-manager --kubeconfig "$dir/kubeconfig" \
+  --controllers "$controllers" \
   --bind-address 127.0.0.1 --secure-port "$kcm_port" --leader-elect=false \
   --service-account-private-key-file pki/sa.key --root-ca-file pki/ca.crt \
   --use-service-account-credentials=false --profiling=false

@@ -47,6 +47,14 @@ resources:
 images:
 - name: nodevirt
   newTag: "$tag"
+# The local cluster's nodes share this machine's few cores: a holder pod asks 100m per guest
+# core (--cpu-ratio), not a whole CPU, or two VMs would fill a node.
+patches:
+- target: {kind: Deployment, name: nodevirt-controller}
+  patch: |-
+    - op: add
+      path: /spec/template/spec/containers/0/args/-
+      value: --cpu-ratio=0.1
 YAML
 log "kubectl apply -k (nodevirt:$tag)"
 started=$(date +%s.%N)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds nodevirt's OCI image without a container engine, reproducibly: one layer holding
-# the binary, qemu-img and genisoimage with the shared libraries they load (copied from this
-# host), CA certificates, /etc/passwd with root and nonroot (65532), an empty /tmp; no shell,
-# no package manager. Same binary, same commit and same host packages give the same digest.
+# the binary, /pause (the holder pods' process), qemu-img and genisoimage with the shared
+# libraries they load (copied from this host), CA certificates, /etc/passwd with root and
+# nonroot (65532), an empty /tmp; no shell, no package manager. Same binary, same commit and
+# same host packages give the same digest.
 #
 # Usage: hack/image.sh [BINARY] [--out DIR] [--push REGISTRY] [--no-check]
 #   BINARY      default target/release/nodevirt (built with cargo if missing)
@@ -42,7 +43,7 @@ fi
 [ -x "$binary" ] || die "$binary is not an executable file"
 binary=$(realpath "$binary") # run below as a path, never looked up in PATH
 [ -z "$check" ] || [ "$(id -u)" -eq 0 ] || die "the check chroots into the image: run as root, or pass --no-check"
-for tool in python3 ldd qemu-img genisoimage git ${registry:+skopeo}; do
+for tool in python3 ldd gcc qemu-img genisoimage git ${registry:+skopeo}; do
   command -v "$tool" >/dev/null || die "$tool is missing (hack/install-deps.sh installs it)"
 done
 
@@ -76,6 +77,8 @@ closure() {
 
 log "staging the root filesystem of nodevirt:$version ($binary)"
 install -D -m 0755 "$binary" "$rootfs/usr/local/bin/nodevirt"
+# What the VMs' holder pods run (src/api/holder/spec.rs): it waits until SIGTERM, nothing else.
+gcc -static -Os -s -o "$rootfs/pause" "$REPO_ROOT/hack/image/pause.c"
 # Where the agent runs them: by name through PATH (src/storage/files.rs).
 tools=(/usr/bin/qemu-img /usr/bin/genisoimage)
 # Into a variable first: a failing ldd inside <(...) would go unnoticed.
@@ -127,6 +130,10 @@ check_image() {
   got=$(chroot "$dir" /usr/local/bin/nodevirt render /tmp/vm.yaml --hypervisor qemu) ||
     die "nodevirt render failed in the image"
   [ "$got" = "$expected" ] || die "nodevirt render in the image differs from the same binary outside it"
+  # The holder pods' process waits until stopped (timeout's 124), as nonroot.
+  local rc=0
+  timeout 1 chroot --userspec=65532:65532 "$dir" /pause || rc=$?
+  [ "$rc" -eq 124 ] || die "/pause did not run as nonroot in the image (exit status $rc)"
   chroot "$dir" /usr/bin/qemu-img --version >/dev/null || die "qemu-img --version failed in the image"
   chroot "$dir" /usr/bin/genisoimage --version >/dev/null || die "genisoimage --version failed in the image"
   # And what the agent makes with them: an emptyDisk, an overlay on it, a cloud-init ISO.

@@ -9,6 +9,7 @@ pub mod domain;
 pub mod event_log;
 pub mod events;
 pub mod fuzzing;
+pub mod hash;
 pub mod hypervisor;
 pub mod k8s;
 pub mod metrics;

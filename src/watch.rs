@@ -119,6 +119,7 @@ impl Decode for OfflineVirtualMachine {}
 impl Decode for VirtualMachineReplicaSet {}
 impl Decode for VirtualMachinePreset {}
 impl Decode for k8s_openapi::api::core::v1::Node {}
+impl Decode for k8s_openapi::api::core::v1::Pod {}
 
 /// Reconnecting after an API outage: 250 ms doubling to 2 s, each with up to 50% more at
 /// random so a fleet of agents does not reconnect in step. kube-runtime's default goes up to

@@ -113,7 +113,7 @@ fn controller_places_presets_offline_vms_replica_sets_and_fails_over() {
         NodeOptions {
             libvirt_uri: "test:///default",
             labels: &[("e2e-group", &group), ("zone", "z2"), ("disk", "hdd")],
-            memory: "1Gi",
+            memory: "1536Mi",
             heartbeat_seconds: 2,
             ..Default::default()
         },
@@ -164,7 +164,7 @@ fn controller_places_presets_offline_vms_replica_sets_and_fails_over() {
     );
     s.wait("the oversized VM to say why it is Pending", || {
         s.get("vm", "too-big", "{.status.conditions[0].message}")
-            .contains("have too little memory")
+            .contains("Insufficient memory")
     });
     assert_eq!(s.get("vm", "too-big", "{.status.phase}"), "Pending");
     let message = s.get("vm", "too-big", "{.status.conditions[0].message}");
@@ -394,7 +394,8 @@ fn controller_places_presets_offline_vms_replica_sets_and_fails_over() {
     );
     let window = Duration::from_secs(45);
     std::thread::sleep(window.saturating_sub(watched.elapsed()));
-    let creates = |owner: &str| -> i64 {
+    // By kind too: the OVM's VM has its name, and its own SuccessfulCreate (its holder pod).
+    let creates = |kind: &str, owner: &str| -> i64 {
         let events: serde_json::Value =
             serde_json::from_str(&s.kubectl(&["get", "events.events.k8s.io", "-o", "json"]))
                 .unwrap();
@@ -402,11 +403,18 @@ fn controller_places_presets_offline_vms_replica_sets_and_fails_over() {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|e| e["regarding"]["name"] == owner && e["reason"] == "SuccessfulCreate")
+            .filter(|e| {
+                e["regarding"]["kind"] == kind
+                    && e["regarding"]["name"] == owner
+                    && e["reason"] == "SuccessfulCreate"
+            })
             .map(|e| e["series"]["count"].as_i64().unwrap_or(1))
             .sum()
     };
-    let (rs_creates, ovm_creates) = (creates("failing"), creates("failing-ovm"));
+    let (rs_creates, ovm_creates) = (
+        creates("VirtualMachineReplicaSet", "failing"),
+        creates("OfflineVirtualMachine", "failing-ovm"),
+    );
     eprintln!(
         "measure: failing templates in {}s: ReplicaSet (2 replicas) created {rs_creates} VMs, OfflineVirtualMachine {ovm_creates}",
         window.as_secs()

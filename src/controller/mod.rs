@@ -1,7 +1,8 @@
 //! `nodevirt controller`: the cluster-wide part.
 //!
 //! Only the holder of the Lease `nodevirt-controller` acts (`leader`). While leading it runs:
-//! - `scheduling`: presets and placement of new VMs; `Unknown` for VMs of silent nodes;
+//! - `scheduling`: presets, and new VMs' holder pods, placed by kube-scheduler;
+//! - `node_health`: silent nodes take no new VMs, and their VMs are `Unknown`;
 //! - `workloads`: OfflineVirtualMachines (spec.running) and VirtualMachineReplicaSets.
 //!
 //! When the Lease cannot be renewed in time (an API outage, a partition) the leader stops
@@ -15,7 +16,7 @@ pub mod backoff;
 pub mod health;
 pub mod leader;
 pub mod metrics;
-pub mod placement;
+pub mod node_health;
 pub mod scheduling;
 pub mod status;
 pub mod status_writer;
@@ -26,13 +27,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::SignedDuration;
-use kube::Resource;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
+use kube::{Api, Resource};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::api::holder::{self, spec::HolderConfig};
 use crate::api::{
     OfflineVirtualMachine, VirtualMachine, VirtualMachinePreset, VirtualMachineReplicaSet,
 };
@@ -59,15 +61,42 @@ pub struct ControllerArgs {
     /// gets no new VMs.
     #[arg(long, default_value_t = 300)]
     pub node_heartbeat_timeout: u64,
+    /// The image of the holder pods' `/pause`; by default the image of this controller's own
+    /// container (read from its Pod, POD_NAMESPACE/POD_NAME).
+    #[arg(long, env = "NODEVIRT_HOLDER_IMAGE")]
+    pub holder_image: Option<String>,
+    /// CPU a holder pod requests per guest core (1 = one CPU per core; 0.1 = 100m), unless the
+    /// VM requests CPU itself.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_cpu_ratio)]
+    pub cpu_ratio: f64,
     /// The metrics port: /metrics (nodevirt_controller_*), /healthz, /readyz; on every replica.
     #[command(flatten)]
     pub metrics: MetricsArgs,
+}
+
+fn parse_cpu_ratio(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(ratio) if ratio > 0.0 && ratio <= 64.0 => Ok(ratio),
+        _ => Err(format!(
+            "{value:?}: expected a number above 0 and at most 64, e.g. 0.25"
+        )),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
     #[error(transparent)]
     Client(#[from] crate::k8s::ClientError),
+    #[error(
+        "finding the holder pods' image: no --holder-image, and this controller's own Pod \
+         {pod:?} in namespace {namespace:?} could not be read"
+    )]
+    HolderImage {
+        namespace: String,
+        pod: String,
+        #[source]
+        source: Option<kube::Error>,
+    },
     #[error("starting the metrics port")]
     Metrics(#[source] PortError),
 }
@@ -88,13 +117,14 @@ fn counted<K: Resource<DynamicType = ()>, T>(
 /// A reflector's cache, kept current by a task of its own (whose end `/healthz` reports).
 fn cache<K>(
     client: &kube::Client,
+    config: watcher::Config,
     metrics: &Arc<ControllerMetrics>,
     tasks: &mut Vec<(String, JoinHandle<()>)>,
 ) -> reflector::Store<K>
 where
     K: crate::watch::Decode + Clone + std::fmt::Debug + Send + Sync + 'static,
 {
-    let (reader, stream) = crate::watch::reflected::<K>(client.clone(), watcher::Config::default());
+    let (reader, stream) = crate::watch::reflected::<K>(client.clone(), config);
     let task = tokio::spawn(counted::<K, _>(stream, metrics).for_each(|_| async {}));
     tasks.push((K::kind(&()).into_owned(), task));
     reader
@@ -109,6 +139,44 @@ where
     let (reader, stream) = crate::watch::reflected::<K>(client.clone(), watcher::Config::default());
     Controller::for_stream(counted::<K, _>(stream, metrics), reader)
         .with_config(crate::k8s::controller_config())
+}
+
+/// The holder pods, as triggers of the VMs that own them.
+fn holder_pods(
+    client: &kube::Client,
+    metrics: &Arc<ControllerMetrics>,
+) -> impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static {
+    let watch = crate::watch::watch::<Pod>(client.clone(), holders());
+    counted::<Pod, _>(watch, metrics).touched_objects()
+}
+
+fn holders() -> watcher::Config {
+    watcher::Config::default().labels(holder::SELECTOR)
+}
+
+/// `--holder-image`, else the image of this controller's own container.
+async fn holder_image(
+    client: &kube::Client,
+    args: &ControllerArgs,
+) -> Result<String, ControllerError> {
+    if let Some(image) = &args.holder_image {
+        return Ok(image.clone());
+    }
+    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| args.lease_namespace.clone());
+    let pod = args.identity.clone().unwrap_or_default();
+    let unknown = |source| ControllerError::HolderImage {
+        namespace: namespace.clone(),
+        pod: pod.clone(),
+        source,
+    };
+    let own: Pod = Api::namespaced(client.clone(), &namespace)
+        .get(&pod)
+        .await
+        .map_err(|e| unknown(Some(e)))?;
+    own.spec
+        .and_then(|spec| spec.containers.into_iter().find(|c| c.name == "controller"))
+        .and_then(|c| c.image)
+        .ok_or_else(|| unknown(None))
 }
 
 /// The owned VMs of a workload controller, as triggers.
@@ -147,12 +215,18 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     ));
     // The caches only read: they outlive a leadership term, so a new term starts warm.
     let mut cache_tasks = Vec::new();
+    let all = watcher::Config::default;
     let scheduling_ctx = Arc::new(scheduling::Context {
         client: client.clone(),
         recorder: recorder.clone(),
-        nodes: cache::<Node>(&client, &metrics, &mut cache_tasks),
-        vms: cache::<VirtualMachine>(&client, &metrics, &mut cache_tasks),
-        presets: cache::<VirtualMachinePreset>(&client, &metrics, &mut cache_tasks),
+        nodes: cache::<Node>(&client, all(), &metrics, &mut cache_tasks),
+        vms: cache::<VirtualMachine>(&client, all(), &metrics, &mut cache_tasks),
+        presets: cache::<VirtualMachinePreset>(&client, all(), &metrics, &mut cache_tasks),
+        pods: cache::<Pod>(&client, holders(), &metrics, &mut cache_tasks),
+        holder: HolderConfig {
+            image: holder_image(&client, &args).await?,
+            millicores_per_core: (args.cpu_ratio * 1000.0).round() as u64,
+        },
         heartbeat_timeout: SignedDuration::from_secs(args.node_heartbeat_timeout as i64),
         metrics: Arc::clone(&metrics),
     });
@@ -171,6 +245,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         let _ = caches.nodes.wait_until_ready().await;
         let _ = caches.presets.wait_until_ready().await;
         let _ = caches.vms.wait_until_ready().await;
+        let _ = caches.pods.wait_until_ready().await;
         synced_tx.send_replace(true);
     });
     let election = Pulse::default();
@@ -231,6 +306,7 @@ async fn lead(
     // Decide only on complete caches: a partial Node list would misplace VMs.
     let _ = synced.wait_for(|synced| *synced).await;
     let vms = controller::<VirtualMachine>(client, metrics)
+        .owns_stream(holder_pods(client, metrics))
         .run(
             metrics::instrumented(
                 Arc::clone(metrics),
@@ -270,6 +346,6 @@ async fn lead(
         _ = vms => {},
         _ = offline => {},
         _ = replica_sets => {},
-        _ = scheduling::watch_node_health(Arc::clone(scheduling_ctx)) => {},
+        _ = node_health::watch_node_health(Arc::clone(scheduling_ctx)) => {},
     }
 }

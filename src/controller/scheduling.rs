@@ -1,44 +1,47 @@
-//! The controller's work on VirtualMachines: presets and placement of new VMs, and `Unknown`
-//! for VMs whose node's agent stopped heart-beating.
+//! The controller's work on a new VirtualMachine: presets, then its place on a node, chosen by
+//! kube-scheduler through the VM's holder pod (`crate::api::holder`).
 //!
-//! Placement of one VM:
-//! 1. Presets of its namespace that match are merged into spec.domain (a conflict fails it).
-//! 2. A node is chosen (`placement::choose_node`) from the Node cache and the requests of the
-//!    VMs already placed.
-//! 3. Status phase Scheduled + nodeName is written first, then the label
-//!    `kubevirt.io/nodeName` (with the merged spec and preset annotations) in one replace with
-//!    the status write's resourceVersion. The agent sees the VM only once labelled, so its
-//!    Running is never overwritten by a late Scheduled, and a VM is placed at most once.
+//! Observe the VM, its holder pod (cache) and the presets; plan one step ([`plan`], pure);
+//! apply it:
+//! 1. No pod yet: create it (event `SuccessfulCreate`), phase Scheduling. A refusal of the
+//!    API server (a ResourceQuota, a LimitRange) leaves the VM Pending with its message.
+//! 2. The scheduler cannot bind it: Pending, with the scheduler's message in the condition
+//!    and a `FailedScheduling` event. It retries on its own; the pod's next change wakes us.
+//! 3. Bound: status Scheduled + nodeName first, then the label `kubevirt.io/nodeName` (with
+//!    the merged spec and preset annotations) in one replace with the status write's
+//!    resourceVersion (event `SuccessfulHandOver`). The agent sees the VM only once labelled,
+//!    so its Running is never overwritten by a late Scheduled, and a VM is placed once.
+//! 4. The VM ended: its pod is deleted, so the node's resources are free again.
+//!
+//! Deleting a VM deletes its pod (controller owner reference, garbage collector).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::PostParams;
+use kube::api::{DeleteParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
+use crate::api::holder::spec::{HolderConfig, holder_pod};
+use crate::api::holder::{self, Hold};
 use crate::api::preset;
-use crate::api::quantity::{parse_bytes, parse_millicores};
 use crate::api::virtual_machine::unreadable_message;
-use crate::api::{
-    HEARTBEAT_ANNOTATION, NODE_NAME_LABEL, Phase, SCHEDULABLE_LABEL, VirtualMachine,
-    VirtualMachinePreset,
-};
+use crate::api::{NODE_NAME_LABEL, Phase, VirtualMachine, VirtualMachinePreset};
 use crate::events::{EventRecorder, EventType};
 use crate::k8s::{error_chain, object_key as key};
 
-use super::metrics::{ControllerMetrics, ReasonLabel, Step};
-use super::placement::{self, NodeInfo, PlacementError, Usage};
+use super::metrics::{ControllerMetrics, Step as ErrorStep};
 use super::status;
 use super::status_writer::{self, StatusWriteError};
 
 pub mod reasons {
-    pub const SCHEDULED: &str = "Scheduled";
+    pub const SUCCESSFUL_CREATE: &str = "SuccessfulCreate";
+    pub const FAILED_CREATE: &str = "FailedCreate";
+    pub const SUCCESSFUL_HAND_OVER: &str = "SuccessfulHandOver";
     pub const UNSCHEDULABLE: &str = "Unschedulable";
     pub const FAILED_SCHEDULING: &str = "FailedScheduling";
     pub const PRESET_CONFLICT: &str = "PresetConflict";
@@ -47,7 +50,9 @@ pub mod reasons {
     pub const INVALID_SPEC: &str = "InvalidSpec";
 }
 
-const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(5);
+/// How soon a pod the API server refused (quota) is tried again: nothing wakes us when the
+/// quota frees up.
+const REFUSED_RETRY: Duration = Duration::from_secs(10);
 
 pub struct Context {
     pub client: Client,
@@ -55,6 +60,8 @@ pub struct Context {
     pub nodes: Store<Node>,
     pub vms: Store<VirtualMachine>,
     pub presets: Store<VirtualMachinePreset>,
+    pub pods: Store<Pod>,
+    pub holder: HolderConfig,
     pub heartbeat_timeout: SignedDuration,
     pub metrics: Arc<ControllerMetrics>,
 }
@@ -65,6 +72,20 @@ pub enum Error {
     // The writer's error names the step and the VM already.
     #[error(transparent)]
     WriteStatus(#[from] StatusWriteError),
+    #[error("creating the holder pod {pod} of VirtualMachine {vm}")]
+    CreatePod {
+        vm: String,
+        pod: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("deleting the holder pod {pod} of the ended VirtualMachine {vm}")]
+    DeletePod {
+        vm: String,
+        pod: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("labelling VirtualMachine {vm} with its node and merged presets")]
     Place {
         vm: String,
@@ -73,72 +94,105 @@ pub enum Error {
     },
 }
 
-impl Step for Error {
+impl ErrorStep for Error {
     fn step(&self) -> &'static str {
         match self {
             Error::WriteStatus(_) => "write_status",
+            Error::CreatePod { .. } => "create_pod",
+            Error::DeletePod { .. } => "delete_pod",
             Error::Place { .. } => "place",
         }
     }
 }
 
-pub fn node_info(node: &Node) -> NodeInfo {
-    let labels = node.labels().clone();
-    let allocatable = node
-        .status
-        .as_ref()
-        .and_then(|s| s.allocatable.clone().or(s.capacity.clone()))
-        .unwrap_or_default();
-    NodeInfo {
-        name: node.name_any(),
-        schedulable: labels.get(SCHEDULABLE_LABEL).map(String::as_str) == Some("true"),
-        labels,
-        heartbeat: node
-            .annotations()
-            .get(HEARTBEAT_ANNOTATION)
-            .and_then(|t| t.parse::<Timestamp>().ok()),
-        allocatable_memory: allocatable
-            .get("memory")
-            .and_then(|q| parse_bytes(&q.0, "allocatable.memory").ok())
-            .unwrap_or(0),
-        allocatable_millicores: allocatable
-            .get("cpu")
-            .and_then(|q| parse_millicores(&q.0, "allocatable.cpu").ok())
-            .unwrap_or(0),
+/// The one thing to do for a VM now.
+#[derive(Debug)]
+pub enum Step {
+    Nothing,
+    Fail {
+        reason: &'static str,
+        message: String,
+    },
+    CreatePod(Box<Pod>),
+    /// The pod waits for the scheduler: phase Scheduling.
+    Scheduling,
+    /// No node fits: Pending with the scheduler's message.
+    Unschedulable(String),
+    /// Bound to `node`: label the VM (with its merged spec) and hand it over.
+    HandOver {
+        node: String,
+        merged: Box<VirtualMachine>,
+    },
+    /// The VM ended or is gone from its pod's view: free its node's resources.
+    DeletePod(String),
+}
+
+/// What to do for `vm`, held by `pod` (if any), with its namespace's `presets`. Pure.
+pub fn plan(
+    vm: &VirtualMachine,
+    pod: Option<&Pod>,
+    presets: &[VirtualMachinePreset],
+    config: &HolderConfig,
+) -> Step {
+    use Step::*;
+    let hold = pod.map(holder::hold);
+    if vm.phase().is_final() {
+        return match (pod, hold) {
+            (Some(pod), Some(hold)) if hold != Hold::Released => DeletePod(pod.name_any()),
+            _ => Nothing,
+        };
+    }
+    if vm.labels().contains_key(NODE_NAME_LABEL) || vm.metadata.deletion_timestamp.is_some() {
+        return Nothing;
+    }
+    // Placing it would write back a spec nodevirt could not read: it fails here instead.
+    if let Some(message) = unreadable_message(vm) {
+        return Fail {
+            reason: reasons::INVALID_SPEC,
+            message,
+        };
+    }
+    let merged = match preset::apply(vm, presets) {
+        Ok(merged) => merged,
+        Err(e) => {
+            return Fail {
+                reason: reasons::PRESET_CONFLICT,
+                message: error_chain(&e),
+            };
+        }
+    };
+    match hold {
+        None => match holder_pod(&merged, config) {
+            Ok(pod) => CreatePod(Box::new(pod)),
+            Err(e) => Fail {
+                reason: reasons::INVALID_SPEC,
+                message: e.to_string(),
+            },
+        },
+        // A pod deleted before it was bound: a new one once it is gone.
+        Some(Hold::Released) => Nothing,
+        Some(Hold::Waiting) => Scheduling,
+        Some(Hold::Unschedulable(message)) => Unschedulable(message.to_string()),
+        Some(Hold::Bound(node)) => HandOver {
+            node: node.to_string(),
+            merged: Box::new(merged),
+        },
     }
 }
 
-/// Requests of the VMs placed on each node that still hold their resources.
-fn usage_by_node(vms: &[Arc<VirtualMachine>]) -> BTreeMap<String, Usage> {
-    let mut usage: BTreeMap<String, Usage> = BTreeMap::new();
-    for vm in vms {
-        let Some(node) = vm.labels().get(NODE_NAME_LABEL) else {
-            continue;
-        };
-        if vm.phase().is_final() {
-            continue;
-        }
-        let Ok(requests) = placement::requests(&vm.spec) else {
-            continue;
-        };
-        let entry = usage.entry(node.clone()).or_default();
-        entry.memory = entry.memory.saturating_add(requests.memory);
-        entry.millicores = entry.millicores.saturating_add(requests.millicores);
-    }
-    usage
+/// The holder pod of `vm` in the cache, if any.
+fn cached_pod(vm: &VirtualMachine, pods: &Store<Pod>) -> Option<Arc<Pod>> {
+    let namespace = vm.namespace();
+    let name = vm.name_any();
+    pods.state().into_iter().find(|pod| {
+        pod.namespace() == namespace
+            && pod.labels().get(holder::VM_LABEL) == Some(&name)
+            && holder::holds(pod, vm)
+    })
 }
 
 pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let placed = vm.labels().contains_key(NODE_NAME_LABEL);
-    if placed || vm.metadata.deletion_timestamp.is_some() || vm.phase().is_final() {
-        return Ok(Action::await_change());
-    }
     let namespace = vm.namespace().unwrap_or_default();
-    let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
-    // Placing it would write back a spec nodevirt could not read: it fails here instead.
-    if let Some(message) = unreadable_message(&vm) {
-        return fail(&vm, &ctx, reasons::INVALID_SPEC, &message).await;
-    }
     let presets: Vec<VirtualMachinePreset> = ctx
         .presets
         .state()
@@ -146,58 +200,147 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
         .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
         .map(|p| (**p).clone())
         .collect();
-    let merged = match preset::apply(&vm, &presets) {
-        Ok(merged) => merged,
-        Err(e) => return fail(&vm, &ctx, reasons::PRESET_CONFLICT, &error_chain(&e)).await,
-    };
-    let nodes: Vec<NodeInfo> = ctx.nodes.state().iter().map(|n| node_info(n)).collect();
-    let usage = usage_by_node(&ctx.vms.state());
-    let node = match placement::choose_node(
-        &merged.spec,
-        &nodes,
-        &usage,
-        Timestamp::now(),
-        ctx.heartbeat_timeout,
-    ) {
-        Ok(node) => node,
-        Err(PlacementError::InvalidSpec(message)) => {
-            return fail(&vm, &ctx, reasons::UNSCHEDULABLE, &message).await;
+    let pod = cached_pod(&vm, &ctx.pods);
+    match plan(&vm, pod.as_deref(), &presets, &ctx.holder) {
+        Step::Nothing => Ok(Action::await_change()),
+        Step::Fail { reason, message } => fail(&vm, &ctx, reason, &message).await,
+        Step::CreatePod(pod) => create_pod(&vm, &ctx, &pod).await,
+        Step::Scheduling => {
+            write_if_changed(&ctx, &vm, status::scheduling(vm.status.as_ref())).await?;
+            Ok(Action::await_change())
         }
-        Err(e @ PlacementError::NoNode { .. }) => {
-            let message = e.to_string();
-            let wanted = status::not_ready(
-                vm.status.as_ref(),
-                Phase::Pending,
+        Step::Unschedulable(message) => {
+            pending(
+                &vm,
+                &ctx,
                 reasons::UNSCHEDULABLE,
+                reasons::FAILED_SCHEDULING,
                 &message,
-                Timestamp::now(),
-            );
-            if vm.status.as_ref() != Some(&wanted) {
-                status_writer::write(&ctx.client, &*vm, &wanted).await?;
-                ctx.recorder
-                    .publish(
-                        &*vm,
-                        EventType::Warning,
-                        reasons::FAILED_SCHEDULING,
-                        &message,
-                    )
-                    .await;
-            }
-            return Ok(Action::requeue(UNSCHEDULABLE_RETRY));
+            )
+            .await?;
+            Ok(Action::await_change())
         }
-    };
-    let wanted = status::scheduled(vm.status.as_ref(), &node);
-    let written = status_writer::write(&ctx.client, &*vm, &wanted).await?;
+        Step::HandOver { node, merged } => {
+            let pod = pod.map(|p| p.name_any()).unwrap_or_default();
+            hand_over(&vm, &ctx, &node, *merged, &pod).await
+        }
+        Step::DeletePod(pod) => {
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+            match api.delete(&pod, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(source) => {
+                    return Err(Error::DeletePod {
+                        vm: key(&*vm),
+                        pod,
+                        source,
+                    });
+                }
+            }
+            info!(vm = %key(&*vm), pod, "deleted the ended VM's holder pod");
+            Ok(Action::await_change())
+        }
+    }
+}
+
+async fn write_if_changed(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    wanted: crate::api::VirtualMachineStatus,
+) -> Result<bool, Error> {
+    if vm.status.as_ref() == Some(&wanted) {
+        return Ok(false);
+    }
+    status_writer::write(&ctx.client, vm, &wanted).await?;
+    Ok(true)
+}
+
+/// Pending for `reason`; a Warning event when the message is new.
+async fn pending(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    reason: &str,
+    event_reason: &str,
+    message: &str,
+) -> Result<(), Error> {
+    let wanted = status::not_ready(
+        vm.status.as_ref(),
+        Phase::Pending,
+        reason,
+        message,
+        Timestamp::now(),
+    );
+    if write_if_changed(ctx, vm, wanted).await? {
+        ctx.recorder
+            .publish(vm, EventType::Warning, event_reason, message)
+            .await;
+    }
+    Ok(())
+}
+
+async fn create_pod(vm: &VirtualMachine, ctx: &Context, pod: &Pod) -> Result<Action, Error> {
+    let name = pod.name_any();
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &vm.namespace().unwrap_or_default());
+    match api.create(&PostParams::default(), pod).await {
+        Ok(_) => {
+            info!(vm = %key(vm), pod = name, "created the holder pod");
+            ctx.recorder
+                .publish(
+                    vm,
+                    EventType::Normal,
+                    reasons::SUCCESSFUL_CREATE,
+                    &format!("Created virtual machine pod {name}"),
+                )
+                .await;
+        }
+        // The cache had not seen it yet: the pod's own event brings us back.
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        // A ResourceQuota or LimitRange refused it: the VM waits with the API's own words.
+        Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => {
+            let message = format!("creating pod {name}: {}", s.message);
+            pending(
+                vm,
+                ctx,
+                reasons::FAILED_CREATE,
+                reasons::FAILED_CREATE,
+                &message,
+            )
+            .await?;
+            return Ok(Action::requeue(REFUSED_RETRY));
+        }
+        Err(source) => {
+            return Err(Error::CreatePod {
+                vm: key(vm),
+                pod: name,
+                source,
+            });
+        }
+    }
+    write_if_changed(ctx, vm, status::scheduling(vm.status.as_ref())).await?;
+    Ok(Action::await_change())
+}
+
+async fn hand_over(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    node: &str,
+    merged: VirtualMachine,
+    pod: &str,
+) -> Result<Action, Error> {
+    let wanted = status::scheduled(vm.status.as_ref(), node);
+    let written = status_writer::write(&ctx.client, vm, &wanted).await?;
     // The replace carries the status write's resourceVersion: it fails if anyone changed the
     // VM in between.
-    let mut labelled = (*vm).clone();
+    let mut labelled = vm.clone();
     labelled.metadata.resource_version = written;
     labelled.status = Some(wanted);
     labelled.spec = merged.spec;
     labelled.metadata.annotations = merged.metadata.annotations;
     labelled
         .labels_mut()
-        .insert(NODE_NAME_LABEL.into(), node.clone());
+        .insert(NODE_NAME_LABEL.into(), node.to_string());
+    let api: Api<VirtualMachine> =
+        Api::namespaced(ctx.client.clone(), &vm.namespace().unwrap_or_default());
     match api
         .replace(&vm.name_any(), &PostParams::default(), &labelled)
         .await
@@ -207,20 +350,20 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
         Err(kube::Error::Api(s)) if s.code == 409 => return Ok(Action::requeue(Duration::ZERO)),
         Err(source) => {
             return Err(Error::Place {
-                vm: key(&*vm),
+                vm: key(vm),
                 source,
             });
         }
     }
-    info!(vm = %key(&*vm), node, "placed");
-    let note = format!("Placed on node {node}.");
+    info!(vm = %key(vm), node, pod, "handed over");
+    let note = format!("Pod owner ship transfered to the node {node}: pod {pod}");
     ctx.recorder
-        .publish(&*vm, EventType::Normal, reasons::SCHEDULED, &note)
+        .publish(vm, EventType::Normal, reasons::SUCCESSFUL_HAND_OVER, &note)
         .await;
     Ok(Action::await_change())
 }
 
-async fn fail(
+pub(super) async fn fail(
     vm: &VirtualMachine,
     ctx: &Context,
     reason: &str,
@@ -245,150 +388,104 @@ pub fn error_policy(_vm: Arc<VirtualMachine>, err: &Error, _ctx: Arc<Context>) -
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Why a VM assigned to a node is in an unknown state: the node's agent went silent, or the
-/// node does not exist (a label written by hand, a node deleted). Pure.
-fn lost_assignment(
-    vm: &VirtualMachine,
-    nodes: &[NodeInfo],
-    now: Timestamp,
-    timeout: SignedDuration,
-) -> Option<(&'static str, String)> {
-    let node = vm.labels().get(NODE_NAME_LABEL)?;
-    if vm.metadata.deletion_timestamp.is_some() {
-        return None;
-    }
-    let stale = |since: Timestamp| now.duration_since(since) > timeout;
-    match nodes.iter().find(|n| &n.name == node) {
-        Some(n) if matches!(vm.phase(), Phase::Scheduled | Phase::Running) => {
-            n.heartbeat.is_none_or(stale).then(|| {
-                (
-                    reasons::NODE_UNRESPONSIVE,
-                    "The node's nodevirt agent stopped reporting; the VM's state is unknown."
-                        .to_string(),
-                )
-            })
-        }
-        Some(_) => None,
-        // As silent as a node can be: the same timeout, counted from the VM's creation.
-        None if !vm.phase().is_final() && vm.phase() != Phase::Unknown => {
-            let created = vm.metadata.creation_timestamp.as_ref().map(|t| t.0)?;
-            stale(created).then(|| {
-                (
-                    reasons::NODE_NOT_FOUND,
-                    format!(
-                        "The VM is assigned to node {}, which does not exist; its state is unknown.",
-                        crate::api::quoted(node)
-                    ),
-                )
-            })
-        }
-        None => None,
-    }
-}
-
-/// Marks `Unknown` the VMs of nodes whose heartbeat is older than the timeout, and of nodes
-/// that do not exist; the node's agent sets them right again when it is back.
-pub async fn watch_node_health(ctx: Arc<Context>) {
-    let period = Duration::from_secs((ctx.heartbeat_timeout.as_secs() / 4).clamp(1, 30) as u64);
-    loop {
-        tokio::time::sleep(period).await;
-        let now = Timestamp::now();
-        let nodes: Vec<NodeInfo> = ctx.nodes.state().iter().map(|n| node_info(n)).collect();
-        for vm in ctx.vms.state() {
-            let Some((reason, message)) = lost_assignment(&vm, &nodes, now, ctx.heartbeat_timeout)
-            else {
-                continue;
-            };
-            let wanted =
-                status::not_ready(vm.status.as_ref(), Phase::Unknown, reason, &message, now);
-            match status_writer::write(&ctx.client, &*vm, &wanted).await {
-                Ok(_) => {
-                    ctx.metrics
-                        .vms_unknown
-                        .get_or_create(&ReasonLabel { reason })
-                        .inc();
-                    warn!(vm = %key(&*vm), reason, "VM Unknown");
-                    ctx.recorder
-                        .publish(&*vm, EventType::Warning, reason, &message)
-                        .await;
-                }
-                Err(e) => warn!(error = %error_chain(&e), "cannot mark VM Unknown"),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::holder::spec::test_config as config;
+    use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
 
-    fn node(name: &str, heartbeat: Option<Timestamp>) -> NodeInfo {
-        NodeInfo {
-            name: name.into(),
-            schedulable: true,
-            labels: Default::default(),
-            heartbeat,
-            allocatable_memory: 0,
-            allocatable_millicores: 0,
-        }
-    }
-
-    fn vm(node: &str, phase: Option<Phase>, created: Timestamp) -> VirtualMachine {
-        let mut vm = VirtualMachine::new("vm", Default::default());
-        vm.labels_mut().insert(NODE_NAME_LABEL.into(), node.into());
-        vm.metadata.creation_timestamp = Some(
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(created),
-        );
-        vm.status = Some(crate::api::VirtualMachineStatus {
-            phase,
+    fn vm(phase: Option<Phase>) -> VirtualMachine {
+        let mut vm: VirtualMachine = serde_yaml::from_str(
+            "apiVersion: kubevirt.io/v1alpha1\nkind: VirtualMachine\nmetadata: {name: testvm, namespace: ns, uid: u1, labels: {size: small}}\n\
+             spec: {domain: {resources: {requests: {memory: 64Mi}}}}\n",
+        )
+        .unwrap();
+        vm.status = phase.map(|phase| crate::api::VirtualMachineStatus {
+            phase: Some(phase),
             ..Default::default()
         });
         vm
     }
 
+    fn pod_of(vm: &VirtualMachine) -> Pod {
+        holder_pod(vm, &config()).unwrap()
+    }
+
     #[test]
-    fn vms_of_silent_or_missing_nodes_are_unknown_after_the_timeout() {
-        let now = Timestamp::from_second(1_800_000_000).unwrap();
-        let timeout = SignedDuration::from_secs(300);
-        let long_ago = now - SignedDuration::from_secs(301);
-        let nodes = [node("live", Some(now)), node("silent", Some(long_ago))];
-        let reason = |vm: &VirtualMachine| lost_assignment(vm, &nodes, now, timeout).map(|r| r.0);
-        assert_eq!(reason(&vm("live", Some(Phase::Running), long_ago)), None);
-        assert_eq!(
-            reason(&vm("silent", Some(Phase::Running), long_ago)),
-            Some(reasons::NODE_UNRESPONSIVE)
-        );
-        assert_eq!(
-            reason(&vm("silent", Some(Phase::Succeeded), long_ago)),
-            None
-        );
-        for phase in [
-            None,
-            Some(Phase::Pending),
-            Some(Phase::Scheduled),
-            Some(Phase::Running),
-        ] {
-            assert_eq!(
-                reason(&vm("ghost", phase, long_ago)),
-                Some(reasons::NODE_NOT_FOUND),
-                "{phase:?}"
-            );
-        }
-        assert_eq!(
-            reason(&vm("ghost", None, now)),
-            None,
-            "the node may be joining"
-        );
-        assert_eq!(
-            reason(&vm("ghost", Some(Phase::Unknown), long_ago)),
-            None,
-            "once"
-        );
-        let (_, message) =
-            lost_assignment(&vm("ghost", None, long_ago), &nodes, now, timeout).unwrap();
+    fn a_new_vm_gets_its_pod_then_waits_for_the_scheduler() {
+        let vm = vm(None);
+        let Step::CreatePod(pod) = plan(&vm, None, &[], &config()) else {
+            panic!("a pod first");
+        };
+        assert!(holder::holds(&pod, &vm));
+        let mut pod = *pod;
+        assert!(matches!(
+            plan(&vm, Some(&pod), &[], &config()),
+            Step::Scheduling
+        ));
+        pod.status = Some(PodStatus {
+            conditions: Some(vec![PodCondition {
+                type_: "PodScheduled".into(),
+                status: "False".into(),
+                reason: Some("Unschedulable".into()),
+                message: Some("0/2 nodes are available: 2 node(s) were unschedulable.".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        assert!(matches!(
+            plan(&vm, Some(&pod), &[], &config()),
+            Step::Unschedulable(m) if m == "0/2 nodes are available: 2 node(s) were unschedulable."
+        ));
+    }
+
+    #[test]
+    fn a_bound_pod_hands_the_vm_over_with_its_presets_merged() {
+        let vm = vm(None);
+        let mut pod = pod_of(&vm);
+        pod.spec = Some(PodSpec {
+            node_name: Some("node2".into()),
+            ..pod.spec.unwrap()
+        });
+        let preset: VirtualMachinePreset = serde_yaml::from_str(
+            "apiVersion: kubevirt.io/v1alpha1\nkind: VirtualMachinePreset\nmetadata: {name: small, namespace: ns}\n\
+             spec: {selector: {matchLabels: {size: small}}, domain: {cpu: {cores: 2}}}\n",
+        )
+        .unwrap();
+        let Step::HandOver { node, merged } = plan(&vm, Some(&pod), &[preset], &config()) else {
+            panic!("bound: hand over");
+        };
+        assert_eq!(node, "node2");
+        assert_eq!(merged.spec.domain.cpu.and_then(|c| c.cores), Some(2));
+    }
+
+    #[test]
+    fn placed_deleted_and_ended_vms() {
+        let mut placed = vm(Some(Phase::Running));
+        placed
+            .labels_mut()
+            .insert(NODE_NAME_LABEL.into(), "node1".into());
+        let pod = pod_of(&placed);
+        assert!(matches!(
+            plan(&placed, Some(&pod), &[], &config()),
+            Step::Nothing
+        ));
+        let ended = vm(Some(Phase::Succeeded));
         assert!(
-            message.contains("\"ghost\", which does not exist"),
-            "{message}"
+            matches!(plan(&ended, Some(&pod), &[], &config()), Step::DeletePod(p) if p == pod.name_any()),
+            "an ended VM frees its node"
+        );
+        let mut going = pod.clone();
+        going.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
+        );
+        assert!(matches!(
+            plan(&ended, Some(&going), &[], &config()),
+            Step::Nothing
+        ));
+        assert!(
+            matches!(plan(&vm(None), Some(&going), &[], &config()), Step::Nothing),
+            "a new pod only once the old one is gone"
         );
     }
 }

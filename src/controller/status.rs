@@ -79,6 +79,14 @@ pub fn not_ready(
     status
 }
 
+/// A VM's while its holder pod waits for kube-scheduler.
+pub fn scheduling(current: Option<&VirtualMachineStatus>) -> VirtualMachineStatus {
+    let mut status = current.cloned().unwrap_or_default();
+    status.phase = Some(Phase::Scheduling);
+    status.conditions.clear();
+    status
+}
+
 /// A VM's once placed on `node`: Scheduled, and the conditions of its pending days gone.
 pub fn scheduled(current: Option<&VirtualMachineStatus>, node: &str) -> VirtualMachineStatus {
     let mut status = current.cloned().unwrap_or_default();

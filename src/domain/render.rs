@@ -205,11 +205,7 @@ fn memory_bytes(domain: &DomainSpec) -> Result<u64, FieldError> {
 /// A stable, locally administered MAC in QEMU's 52:54:00 range, derived from the VM's UID, so
 /// a re-defined domain keeps its address and DHCP lease.
 fn mac_address(uid: &str) -> String {
-    // FNV-1a: tiny, stable across releases and platforms, good enough to spread UIDs.
-    let hash = uid.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    let [a, b, c, ..] = hash.to_be_bytes();
+    let [a, b, c, ..] = crate::hash::fnv1a(uid.as_bytes()).to_be_bytes();
     format!("52:54:00:{a:02x}:{b:02x}:{c:02x}")
 }
 

@@ -370,6 +370,8 @@ pub fn controller(cluster: &'static Cluster, identity: &str, heartbeat_timeout: 
         "--lease-duration=6".into(),
         format!("--node-heartbeat-timeout={heartbeat_timeout}"),
         format!("--metrics-addr={http}"),
+        // Holder pods bound to the test cluster's Node objects never start: no kubelet.
+        "--holder-image=nodevirt:test".into(),
     ];
     let log = cluster.dir.join(format!("controller-{identity}.log"));
     Controller {

@@ -22,7 +22,7 @@ impl Cluster {
     /// The running test cluster; panics with what to do when there is none.
     pub fn get() -> &'static Cluster {
         static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-        CLUSTER.get_or_init(|| {
+        let cluster = CLUSTER.get_or_init(|| {
             let dir = std::env::var_os("NODEVIRT_CLUSTER_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/tmp/nodevirt-cluster/default"));
@@ -45,7 +45,48 @@ impl Cluster {
                 ]);
             }
             cluster
-        })
+        });
+        if !cluster.has_nodes() {
+            static KUBELET: OnceLock<()> = OnceLock::new();
+            KUBELET.get_or_init(|| {
+                std::thread::spawn(|| cluster.finish_pod_deletions());
+            });
+        }
+        cluster
+    }
+
+    /// What a kubelet does for the pods of its node once they are deleted, for the test
+    /// cluster's Node objects, which have none: removes them (force, grace 0) so their
+    /// requests stop counting. The holder pods' process is nothing to stop; QEMU is the
+    /// agent's.
+    fn finish_pod_deletions(&self) {
+        let terminating = "{range .items[?(@.metadata.deletionTimestamp)]}{.metadata.namespace} {.metadata.name}{\"\\n\"}{end}";
+        loop {
+            let out = self.kubectl(&[
+                "get",
+                "pods",
+                "-A",
+                "-l",
+                "kubevirt.io=virt-launcher",
+                "-o",
+                &format!("jsonpath={terminating}"),
+            ]);
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some((namespace, pod)) = line.split_once(' ') {
+                    let _ = self.kubectl(&[
+                        "-n",
+                        namespace,
+                        "delete",
+                        "pod",
+                        pod,
+                        "--grace-period=0",
+                        "--force",
+                        "--wait=false",
+                    ]);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     /// Whether hack/cluster-up.sh started real nodes for this cluster (`--nodes N`).
@@ -243,7 +284,8 @@ impl Cluster {
         root
     }
 
-    /// A Node object with `labels` and `memory` allocatable, as a kubelet would register it.
+    /// A Node object with `labels` and `memory` allocatable, as a kubelet would register it,
+    /// and Ready, as its kubelet would report it: kube-scheduler binds holder pods there.
     pub fn node_with(&self, name: &str, labels: &[(&str, &str)], memory: &str) {
         let labels: String = labels
             .iter()
@@ -251,8 +293,34 @@ impl Cluster {
             .collect();
         self.apply(&format!(
             "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/hostname: {name}{labels}}}\n\
-             status:\n  capacity: {{cpu: \"2\", memory: {memory}, pods: \"110\"}}\n  allocatable: {{cpu: \"2\", memory: {memory}, pods: \"110\"}}\n"
+             status:\n  capacity: {{cpu: \"64\", memory: {memory}, pods: \"250\"}}\n  allocatable: {{cpu: \"64\", memory: {memory}, pods: \"250\"}}\n"
         ));
+        // The API server taints a new Node not-ready; the node lifecycle controller, off in the
+        // test cluster, would lift it once Ready.
+        self.kubectl_ok(&[
+            "patch",
+            "node",
+            name,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"taints":null}}"#,
+        ]);
+        let ready = format!(
+            "{{\"status\":{{\"conditions\":[{{\"type\":\"Ready\",\"status\":\"True\",\"reason\":\"KubeletReady\",\
+             \"message\":\"a test node\",\"lastHeartbeatTime\":\"{now}\",\"lastTransitionTime\":\"{now}\"}}]}}}}",
+            now = k8s_openapi::jiff::Timestamp::now()
+                .round(k8s_openapi::jiff::Unit::Second)
+                .unwrap()
+        );
+        self.kubectl_ok(&[
+            "patch",
+            "node",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &ready,
+        ]);
     }
 }
 

@@ -8,7 +8,7 @@
 //! owner reference names the VM's UID: a VM deleted and created again under the same name has
 //! a new UID and is never held by its predecessor's pod.
 
-use std::hash::Hasher;
+pub mod spec;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -30,10 +30,7 @@ const SUFFIX_LEN: usize = 5;
 
 /// `virt-launcher-<vm>-<5 characters of the VM's UID>`: the same for a VM every time.
 pub fn pod_name(vm_name: &str, vm_uid: &str) -> String {
-    // FNV-1a: stable across builds and versions, unlike std's DefaultHasher.
-    let mut hasher = Fnv1a::default();
-    hasher.write(vm_uid.as_bytes());
-    let mut bits = hasher.finish();
+    let mut bits = crate::hash::fnv1a(vm_uid.as_bytes());
     let base = SUFFIX_ALPHABET.len() as u64;
     let suffix: String = (0..SUFFIX_LEN)
         .map(|_| {
@@ -68,22 +65,42 @@ pub fn bound_node(pod: &Pod) -> Option<&str> {
     pod.spec.as_ref()?.node_name.as_deref()
 }
 
-#[derive(Default)]
-struct Fnv1a(u64);
+/// What a holder pod says of its VM's place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold<'a> {
+    /// Not bound yet, and the scheduler has not said it cannot bind it.
+    Waiting,
+    /// The scheduler's own words on why no node fits ("0/2 nodes are available: ...").
+    Unschedulable(&'a str),
+    /// Bound to this node, holding the VM's place there.
+    Bound(&'a str),
+    /// Being deleted (evicted, drained, preempted, deleted by a user) or ended: it holds
+    /// nothing any more.
+    Released,
+}
 
-impl Hasher for Fnv1a {
-    fn finish(&self) -> u64 {
-        self.0
+pub fn hold(pod: &Pod) -> Hold<'_> {
+    let ended = matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    if pod.metadata.deletion_timestamp.is_some() || ended {
+        return Hold::Released;
     }
-    fn write(&mut self, bytes: &[u8]) {
-        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-        const PRIME: u64 = 0x0100_0000_01b3;
-        if self.0 == 0 {
-            self.0 = OFFSET;
-        }
-        for byte in bytes {
-            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(PRIME);
-        }
+    if let Some(node) = bound_node(pod) {
+        return Hold::Bound(node);
+    }
+    let unschedulable = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        .filter(|c| c.reason.as_deref() == Some("Unschedulable"));
+    match unschedulable {
+        Some(condition) => Hold::Unschedulable(condition.message.as_deref().unwrap_or_default()),
+        None => Hold::Waiting,
     }
 }
 
@@ -123,6 +140,38 @@ mod tests {
             .map(|i| pod_name("testvm", &format!("uid-{i}")))
             .collect();
         assert!(names.len() > 195, "suffixes repeat too often");
+    }
+
+    #[test]
+    fn a_pod_holds_its_node_once_bound_and_nothing_once_going() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "status": {"conditions": [{"type": "PodScheduled", "status": "False",
+                "reason": "Unschedulable", "message": "0/2 nodes are available: 2 Insufficient memory."}]}
+        }))
+        .unwrap();
+        assert_eq!(
+            hold(&pod),
+            Hold::Unschedulable("0/2 nodes are available: 2 Insufficient memory.")
+        );
+        pod.status = None;
+        assert_eq!(hold(&pod), Hold::Waiting);
+        pod.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+            node_name: Some("node1".into()),
+            ..Default::default()
+        });
+        assert_eq!(hold(&pod), Hold::Bound("node1"));
+        pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            phase: Some("Failed".into()),
+            ..Default::default()
+        });
+        assert_eq!(hold(&pod), Hold::Released, "evicted by kubelet");
+        pod.status = None;
+        pod.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        assert_eq!(hold(&pod), Hold::Released, "drained");
     }
 
     #[test]
