@@ -65,7 +65,7 @@ enum Command {
     Crds,
     /// Run the node agent: watch this node's VMs and run them on libvirt.
     Agent(AgentArgs),
-    /// Run the cluster-wide controller: placement, presets, OfflineVirtualMachines, ReplicaSets.
+    /// Run the cluster-wide controller: holder pods for kube-scheduler, presets, OfflineVirtualMachines, ReplicaSets.
     Controller(ControllerArgs),
     /// Print the domain type the agent would use with these flags (kvm or qemu), decided as
     /// the agent decides it.

@@ -65,7 +65,7 @@ pub struct ResourceRequirements {
 }
 
 /// `requests` and `limits`: memory is the guest's size, within the renderer's range; cpu is
-/// what placement counts, a quantity of zero or more.
+/// what the holder pod requests, a quantity of zero or more.
 fn resource_rules() -> Vec<kube::core::Rule> {
     let (min, max) = (
         binary_quantity(MIN_MEMORY_BYTES),
@@ -89,7 +89,7 @@ fn resource_rules() -> Vec<kube::core::Rule> {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Cpu {
-    /// Cores of the guest's single socket; not used for placement (use requests.cpu).
+    /// Cores of the guest's single socket; its holder pod requests this many times the controller's --cpu-ratio CPUs, unless requests.cpu is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = MAX_CORES))]
     pub cores: Option<u32>,

@@ -24,7 +24,7 @@ use crate::server::HttpMetrics;
 
 /// The `controller` label of each reconciler.
 pub mod controllers {
-    /// Presets and placement of new VirtualMachines.
+    /// Presets and holder pods (placement by kube-scheduler) of new VirtualMachines.
     pub const SCHEDULING: &str = "scheduling";
     pub const OFFLINE_VIRTUAL_MACHINE: &str = "ovm";
     pub const REPLICA_SET: &str = "replicaset";
