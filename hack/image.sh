@@ -77,7 +77,7 @@ closure() {
 
 log "staging the root filesystem of nodevirt:$version ($binary)"
 install -D -m 0755 "$binary" "$rootfs/usr/local/bin/nodevirt"
-# What the VMs' holder pods run (src/api/holder/spec.rs): it waits until SIGTERM, nothing else.
+# What the VMs' holder pods run (src/api/holder/spec.rs: /pause --until-killed): it waits.
 gcc -static -Os -s -o "$rootfs/pause" "$REPO_ROOT/hack/image/pause.c"
 # Where the agent runs them: by name through PATH (src/storage/files.rs).
 tools=(/usr/bin/qemu-img /usr/bin/genisoimage)
@@ -130,10 +130,10 @@ check_image() {
   got=$(chroot "$dir" /usr/local/bin/nodevirt render /tmp/vm.yaml --hypervisor qemu) ||
     die "nodevirt render failed in the image"
   [ "$got" = "$expected" ] || die "nodevirt render in the image differs from the same binary outside it"
-  # The holder pods' process waits until stopped (timeout's 124), as nonroot.
+  # The holder pods' process waits until killed (137), as nonroot.
   local rc=0
-  timeout 1 chroot --userspec=65532:65532 "$dir" /pause || rc=$?
-  [ "$rc" -eq 124 ] || die "/pause did not run as nonroot in the image (exit status $rc)"
+  timeout -s KILL 1 chroot --userspec=65532:65532 "$dir" /pause --until-killed || rc=$?
+  [ "$rc" -eq 137 ] || die "/pause did not run as nonroot in the image (exit status $rc)"
   chroot "$dir" /usr/bin/qemu-img --version >/dev/null || die "qemu-img --version failed in the image"
   chroot "$dir" /usr/bin/genisoimage --version >/dev/null || die "genisoimage --version failed in the image"
   # And what the agent makes with them: an emptyDisk, an overlay on it, a cloud-init ISO.

@@ -104,6 +104,7 @@ fn controller_places_presets_offline_vms_replica_sets_and_fails_over() {
             labels: &[("e2e-group", &group), ("zone", "z1"), ("disk", "ssd")],
             memory: "8Gi",
             heartbeat_seconds: 2,
+            holder_pods: true,
             ..Default::default()
         },
     );
@@ -115,6 +116,7 @@ fn controller_places_presets_offline_vms_replica_sets_and_fails_over() {
             labels: &[("e2e-group", &group), ("zone", "z2"), ("disk", "hdd")],
             memory: "1536Mi",
             heartbeat_seconds: 2,
+            holder_pods: true,
             ..Default::default()
         },
     );

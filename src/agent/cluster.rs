@@ -2,6 +2,8 @@
 //! the API server, and the unit tests drive the same plan and executor with a fake.
 
 use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 
 use crate::api::{VirtualMachine, VirtualMachineStatus};
@@ -39,12 +41,32 @@ pub trait Cluster: Send + Sync {
     ) -> BoxFuture<'a, ()>;
     /// What the VM's volumes need: claims' images, user-data, registry images.
     fn gather<'a>(&'a self, vm: &'a VirtualMachine) -> BoxFuture<'a, Result<Inputs, InputError>>;
+    /// The VM's holder pod on this node, from the agent's cache of them.
+    fn holder_pod<'a>(&'a self, vm: &'a VirtualMachine) -> BoxFuture<'a, HolderLookup>;
+}
+
+/// What the agent knows of a VM's holder pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HolderLookup {
+    /// The agent runs VMs without holder pods (`--require-holder-pod=false`).
+    NotRequired,
+    /// The cache of this node's holder pods has this one, or none.
+    Cached(Option<std::sync::Arc<Pod>>),
+}
+
+/// This node's holder pods (label `kubevirt.io=virt-launcher`, field `spec.nodeName`), cached.
+pub struct HolderPods {
+    pub store: Store<Pod>,
+    /// True once the cache was listed: before, a missing pod means nothing.
+    pub synced: tokio::sync::watch::Receiver<bool>,
 }
 
 pub struct Kube {
     pub client: Client,
     pub recorder: EventRecorder,
     pub puller: Puller,
+    /// `None` when holder pods are not required.
+    pub holders: Option<HolderPods>,
 }
 
 impl Cluster for Kube {
@@ -88,6 +110,22 @@ impl Cluster for Kube {
         note: &'a str,
     ) -> BoxFuture<'a, ()> {
         Box::pin(self.recorder.publish(vm, type_, reason, note))
+    }
+
+    fn holder_pod<'a>(&'a self, vm: &'a VirtualMachine) -> BoxFuture<'a, HolderLookup> {
+        Box::pin(async move {
+            let Some(holders) = &self.holders else {
+                return HolderLookup::NotRequired;
+            };
+            let _ = holders.synced.clone().wait_for(|synced| *synced).await;
+            let (namespace, name) = (vm.namespace(), vm.name_any());
+            let pod = holders.store.state().into_iter().find(|pod| {
+                pod.namespace() == namespace
+                    && pod.labels().get(crate::api::holder::VM_LABEL) == Some(&name)
+                    && crate::api::holder::holds(pod, vm)
+            });
+            HolderLookup::Cached(pod)
+        })
     }
 
     fn gather<'a>(&'a self, vm: &'a VirtualMachine) -> BoxFuture<'a, Result<Inputs, InputError>> {

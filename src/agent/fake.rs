@@ -10,6 +10,7 @@ use futures::future::BoxFuture;
 use kube::ResourceExt;
 use kube::core::Status;
 
+use super::cluster::HolderLookup;
 use crate::api::{VirtualMachine, VirtualMachineStatus};
 use crate::domain::ResolvedVolume;
 use crate::events::EventType;
@@ -184,6 +185,8 @@ pub struct FakeCluster {
     gathered: Mutex<Option<Gathering>>,
     pub status_writes: Mutex<usize>,
     pub gathers: Mutex<usize>,
+    /// What the holder pod lookup gives; not required when unset.
+    holder: Mutex<Option<HolderLookup>>,
 }
 
 impl FakeCluster {
@@ -199,6 +202,10 @@ impl FakeCluster {
     /// Makes every later request `op` ("latest", "finalizer", "status") fail as `fault`.
     pub fn fail(&self, op: &'static str, fault: Fault) {
         self.faults.lock().unwrap().insert(op, fault);
+    }
+
+    pub fn holder_is(&self, lookup: HolderLookup) {
+        *self.holder.lock().unwrap() = Some(lookup);
     }
 
     pub fn gather_gives(&self, result: Gathering) {
@@ -228,6 +235,11 @@ fn unreachable_api() -> kube::Error {
 }
 
 impl super::cluster::Cluster for FakeCluster {
+    fn holder_pod<'a>(&'a self, _vm: &'a VirtualMachine) -> BoxFuture<'a, HolderLookup> {
+        let lookup = self.holder.lock().unwrap().clone();
+        Box::pin(async move { lookup.unwrap_or(HolderLookup::NotRequired) })
+    }
+
     fn latest<'a>(
         &'a self,
         vm: &'a VirtualMachine,

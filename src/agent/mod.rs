@@ -43,7 +43,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{info, warn};
 
 use crate::admin::server::AdminState;
-use crate::api::{NODE_NAME_LABEL, VirtualMachine};
+use crate::api::{NODE_NAME_LABEL, VirtualMachine, holder};
 use crate::domain::names::vm_of_domain;
 use crate::event_log::EventLog;
 use crate::events::EventRecorder;
@@ -53,6 +53,8 @@ use crate::metrics::AgentMetrics;
 use crate::storage::files;
 use crate::storage::layout::DEFAULT_STATE_DIR;
 use crate::storage::registry::Puller;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 
 use reconcile::{Context, Settings};
 
@@ -100,6 +102,12 @@ pub struct AgentArgs {
     /// Seconds between heartbeats on the Node (jittered by up to 10%).
     #[arg(long, default_value_t = 60)]
     pub heartbeat_interval: u64,
+    /// Run a VM only while its holder pod is bound to this node (the controller creates it;
+    /// kube-scheduler, kubelet, drain and quotas act on it), and stop it when the pod goes.
+    /// false: run every VM labelled for this node, as on a host outside Kubernetes'
+    /// scheduling (the systemd unit).
+    #[arg(long, env = "NODEVIRT_REQUIRE_HOLDER_POD", default_value_t = true, action = clap::ArgAction::Set)]
+    pub require_holder_pod: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,11 +188,18 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         &args.allowed_registries,
     );
     let events = Arc::new(EventLog::default());
+    let (holders, holder_events) = if args.require_holder_pod {
+        let (holders, events) = holder_pods(&client, &args.node_name);
+        (Some(holders), Some(events))
+    } else {
+        (None, None)
+    };
     let ctx = Arc::new(Context::new(
         Arc::new(cluster::Kube {
             client: client.clone(),
             recorder,
             puller,
+            holders,
         }),
         Arc::clone(&libvirt) as Arc<dyn crate::hypervisor::seam::Hypervisor>,
         settings,
@@ -303,6 +318,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     controller
         .reconcile_on(domain_events)
         .reconcile_on(UnboundedReceiverStream::new(resync_rx))
+        .reconcile_on(futures::stream::iter(holder_events).flatten())
         .graceful_shutdown_on(crate::k8s::shutdown_signal())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|_| async {})
@@ -318,6 +334,38 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     }
     info!("agent stopped; running VMs keep running");
     Ok(())
+}
+
+/// This node's holder pods, cached, and a stream of the VMs whose pod changed (the stream
+/// also keeps the cache current, so it must be polled: the Controller does).
+fn holder_pods(
+    client: &kube::Client,
+    node: &str,
+) -> (
+    cluster::HolderPods,
+    impl futures::Stream<Item = ObjectRef<VirtualMachine>> + Send + 'static,
+) {
+    let config = watcher::Config::default()
+        .labels(holder::SELECTOR)
+        .fields(&format!("spec.nodeName={node}"));
+    let (store, changes) = crate::watch::reflected::<Pod>(client.clone(), config);
+    let (synced_tx, synced) = tokio::sync::watch::channel(false);
+    // The one waiter on the store's readiness; every reconcile waits on `synced` instead.
+    let ready = store.clone();
+    tokio::spawn(async move {
+        let _ = ready.wait_until_ready().await;
+        synced_tx.send_replace(true);
+    });
+    let vms = changes.filter_map(|pod| async move {
+        let pod = pod
+            .inspect_err(
+                |e| warn!(error = %e, "watching holder pods failed; watching again with backoff"),
+            )
+            .ok()?;
+        let name = pod.labels().get(holder::VM_LABEL)?.clone();
+        Some(ObjectRef::<VirtualMachine>::new(&name).within(&pod.namespace()?))
+    });
+    (cluster::HolderPods { store, synced }, vms)
 }
 
 /// After the API server was away, every VM is looked at again as soon as it is ready.

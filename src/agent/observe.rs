@@ -8,11 +8,13 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::api::VirtualMachine;
+use crate::api::holder::reservation::{Reservation, reservation};
 use crate::domain::names::domain_name;
 use crate::hypervisor::{DomainState, seam};
 use crate::metrics::ResultLabel;
 use crate::storage::registry::Fetch;
 
+use super::cluster::HolderLookup;
 use super::execute::Error;
 use super::finalizer::{self, Stage};
 use super::inputs::InputError;
@@ -58,6 +60,18 @@ pub async fn observe<'a>(vm: &'a VirtualMachine, ctx: &'a Context) -> Result<Obs
     } else {
         Vec::new()
     };
+    // Started here: a pod missing now was removed, not yet created.
+    let started = vm.phase() == crate::api::Phase::Running
+        || domain
+            .as_ref()
+            .is_some_and(|d| d.uuid.eq_ignore_ascii_case(&uid));
+    let now = Timestamp::now();
+    let reservation = match ctx.cluster.holder_pod(vm).await {
+        HolderLookup::NotRequired => Reservation::NotRequired,
+        HolderLookup::Cached(pod) => {
+            reservation(pod.as_deref(), &ctx.settings.node.name, started, now)
+        }
+    };
     Ok(Observed {
         vm,
         node: &ctx.settings.node,
@@ -67,7 +81,8 @@ pub async fn observe<'a>(vm: &'a VirtualMachine, ctx: &'a Context) -> Result<Obs
         addresses,
         qemu_log: ctx.hypervisor.qemu_log(&name),
         shutdown_sent: ctx.shutdown_sent(&uid),
-        now: Timestamp::now(),
+        reservation,
+        now,
         inputs: None,
         latest: None,
         failure: None,

@@ -11,6 +11,8 @@ pub const SHUT_DOWN: &str = "ShutDown";
 pub const CRASHED: &str = "Crashed";
 pub const DESTROYED: &str = "DestroyedOutsideAgent";
 pub const DOMAIN_LOST: &str = "DomainLost";
+/// Not a failure: the VM waits for its holder pod on this node.
+pub const WAITING_FOR_POD: &str = "WaitingForHolderPod";
 
 // Event reasons, as in the API text's `kubectl describe` (component nodevirt-agent).
 pub const EVENT_CREATED: &str = "Created";

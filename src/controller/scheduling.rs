@@ -12,6 +12,8 @@
 //!    resourceVersion (event `SuccessfulHandOver`). The agent sees the VM only once labelled,
 //!    so its Running is never overwritten by a late Scheduled, and a VM is placed once.
 //! 4. The VM ended: its pod is deleted, so the node's resources are free again.
+//! 5. A VM a cluster admin pinned to a node at creation (the label, as a Pod's spec.nodeName)
+//!    gets a pod bound to that node at once: the agent runs no VM without one.
 //!
 //! Deleting a VM deletes its pod (controller owner reference, garbage collector).
 
@@ -142,8 +144,23 @@ pub fn plan(
             _ => Nothing,
         };
     }
-    if vm.labels().contains_key(NODE_NAME_LABEL) || vm.metadata.deletion_timestamp.is_some() {
+    if vm.metadata.deletion_timestamp.is_some() {
         return Nothing;
+    }
+    if let Some(node) = vm.labels().get(NODE_NAME_LABEL) {
+        // Handed over (Scheduled, Running): its pod is the scheduler's. Pinned by a cluster
+        // admin at creation (never handed over): its pod is bound to that node at once, as a
+        // Pod with spec.nodeName, and kubelet admits it or not.
+        let pinned = hold.is_none() && vm.phase() == Phase::Pending;
+        return match holder_pod(vm, config) {
+            Ok(mut pod) if pinned => {
+                if let Some(spec) = pod.spec.as_mut() {
+                    spec.node_name = Some(node.clone());
+                }
+                CreatePod(Box::new(pod))
+            }
+            _ => Nothing,
+        };
     }
     // Placing it would write back a spec nodevirt could not read: it fails here instead.
     if let Some(message) = unreadable_message(vm) {
@@ -226,7 +243,13 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
         }
         Step::DeletePod(pod) => {
             let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-            match api.delete(&pod, &DeleteParams::default()).await {
+            // At once: its holder would otherwise wait out the VM's grace period, booking a
+            // node for a guest that is already down.
+            let now = DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            };
+            match api.delete(&pod, &now).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(source) => {
@@ -316,7 +339,10 @@ async fn create_pod(vm: &VirtualMachine, ctx: &Context, pod: &Pod) -> Result<Act
             });
         }
     }
-    write_if_changed(ctx, vm, status::scheduling(vm.status.as_ref())).await?;
+    // A pinned VM's status is its agent's from the start.
+    if holder::bound_node(pod).is_none() {
+        write_if_changed(ctx, vm, status::scheduling(vm.status.as_ref())).await?;
+    }
     Ok(Action::await_change())
 }
 
@@ -457,6 +483,24 @@ mod tests {
         };
         assert_eq!(node, "node2");
         assert_eq!(merged.spec.domain.cpu.and_then(|c| c.cores), Some(2));
+    }
+
+    #[test]
+    fn a_pinned_vm_gets_a_pod_bound_to_its_node_and_a_handed_over_one_none() {
+        let mut pinned = vm(None);
+        pinned
+            .labels_mut()
+            .insert(NODE_NAME_LABEL.into(), "node1".into());
+        let Step::CreatePod(pod) = plan(&pinned, None, &[], &config()) else {
+            panic!("a pinned VM's pod");
+        };
+        assert_eq!(holder::bound_node(&pod), Some("node1"));
+        let mut handed_over = pinned.clone();
+        handed_over.status = vm(Some(Phase::Scheduled)).status;
+        assert!(
+            matches!(plan(&handed_over, None, &[], &config()), Step::Nothing),
+            "its pod went: the agent fails it, nothing books the node again"
+        );
     }
 
     #[test]

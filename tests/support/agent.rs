@@ -112,6 +112,9 @@ pub struct NodeOptions<'a> {
     pub state_dir: Option<&'a std::path::Path>,
     /// More flags for `nodevirt agent`.
     pub extra_args: &'a [&'a str],
+    /// Whether the agent runs VMs only with their holder pod, as deployed. Off by default:
+    /// most tests label VMs for their node directly and run no controller to book them.
+    pub holder_pods: bool,
 }
 
 impl Default for NodeOptions<'_> {
@@ -124,6 +127,7 @@ impl Default for NodeOptions<'_> {
             insecure_registries: &[],
             state_dir: None,
             extra_args: &[],
+            holder_pods: false,
         }
     }
 }
@@ -167,6 +171,7 @@ impl Agent {
             "--network=nodevirt".into(),
             format!("--state-dir={}", state_dir.display()),
             format!("--heartbeat-interval={}", options.heartbeat_seconds),
+            format!("--require-holder-pod={}", options.holder_pods),
         ];
         args.extend(
             options

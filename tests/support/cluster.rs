@@ -55,12 +55,11 @@ impl Cluster {
         cluster
     }
 
-    /// What a kubelet does for the pods of its node once they are deleted, for the test
-    /// cluster's Node objects, which have none: removes them (force, grace 0) so their
-    /// requests stop counting. The holder pods' process is nothing to stop; QEMU is the
-    /// agent's.
+    /// What a kubelet does for the holder pods of its node once they are deleted, for the test
+    /// cluster's Node objects, which have none: removes each (force, grace 0) when its grace
+    /// period ends, as kubelet does when it kills the holder, so its requests stop counting.
     fn finish_pod_deletions(&self) {
-        let terminating = "{range .items[?(@.metadata.deletionTimestamp)]}{.metadata.namespace} {.metadata.name}{\"\\n\"}{end}";
+        let terminating = "{range .items[?(@.metadata.deletionTimestamp)]}{.metadata.namespace} {.metadata.name} {.metadata.deletionTimestamp}{\"\\n\"}{end}";
         loop {
             let out = self.kubectl(&[
                 "get",
@@ -71,8 +70,18 @@ impl Cluster {
                 "-o",
                 &format!("jsonpath={terminating}"),
             ]);
+            let now = k8s_openapi::jiff::Timestamp::now();
             for line in String::from_utf8_lossy(&out.stdout).lines() {
-                if let Some((namespace, pod)) = line.split_once(' ') {
+                let mut fields = line.split(' ');
+                let (Some(namespace), Some(pod), Some(end)) =
+                    (fields.next(), fields.next(), fields.next())
+                else {
+                    continue;
+                };
+                if end
+                    .parse::<k8s_openapi::jiff::Timestamp>()
+                    .is_ok_and(|end| end <= now)
+                {
                     let _ = self.kubectl(&[
                         "-n",
                         namespace,

@@ -15,6 +15,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
+use crate::api::holder::reservation::Reservation;
 use crate::api::virtual_machine::{
     DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS, force_stop_requested, set_ready, unreadable_message,
 };
@@ -68,6 +69,8 @@ pub struct Observed<'a> {
     pub qemu_log: Option<PathBuf>,
     /// Whether the guest of this VM being deleted was already sent the ACPI shutdown.
     pub shutdown_sent: bool,
+    /// What the VM's holder pod says: whether it may run here, and until when.
+    pub reservation: Reservation,
     pub now: Timestamp,
     /// Asked for by [`Need::Inputs`].
     pub inputs: Option<InputsSeen>,
@@ -227,6 +230,15 @@ fn live(o: &Observed) -> Plan {
     if phase.is_final() {
         return Plan::wait();
     }
+    match &o.reservation {
+        Reservation::Lost {
+            reason,
+            message,
+            stop_by,
+        } => return reservation_lost(o, reason, message, *stop_by),
+        Reservation::Absent => return waiting_for_pod(o),
+        Reservation::NotRequired | Reservation::Held => {}
+    }
     let Some(domain) = &o.domain else {
         return if phase == Phase::Running {
             end(
@@ -284,6 +296,60 @@ fn live(o: &Observed) -> Plan {
             ),
         },
     }
+}
+
+/// No holder pod of the VM on this node yet: it may not start (kube-scheduler has not given
+/// it this node's resources, or a cluster admin pinned it and the controller has yet to book
+/// them). The pod's events bring it back.
+fn waiting_for_pod(o: &Observed) -> Plan {
+    let vm = o.vm;
+    let mut new = current_status(vm);
+    let message = format!(
+        "Waiting for its holder pod on node {} (kubectl get pods -l {}={}).",
+        o.node.name,
+        crate::api::holder::VM_LABEL,
+        vm.name_any()
+    );
+    set_ready(&mut new, false, reasons::WAITING_FOR_POD, &message, o.now);
+    Plan::new(write_if_changed(vm, new), Next::RequeueAfter(WAITING_RETRY))
+}
+
+/// The holder pod went (drain, eviction, preemption, a deletion): the guest gets the ACPI
+/// shutdown at once and is destroyed at `stop_by`, before kubelet frees its resources; once
+/// it is down the VM ends Failed with the pod's reason.
+fn reservation_lost(o: &Observed, reason: &str, message: &str, stop_by: Timestamp) -> Plan {
+    let domain = owned(o).filter(|d| {
+        matches!(
+            d.state,
+            DomainState::Running | DomainState::Paused | DomainState::Transient
+        )
+    });
+    let Some(domain) = domain else {
+        return end(o, failed(reason, message));
+    };
+    // A paused guest cannot answer the ACPI button: it is stopped at once.
+    if domain.state == DomainState::Paused || o.now >= stop_by {
+        let note = format!("VM stopping now: {message}");
+        return Plan::new(
+            vec![
+                event(EventType::Normal, reasons::EVENT_STOPPED, &note),
+                Action::Destroy,
+            ],
+            Next::RequeueAfter(Duration::ZERO),
+        );
+    }
+    let mut actions = Vec::new();
+    if !o.shutdown_sent {
+        actions.push(Action::Shutdown);
+        let note = format!("Signaled Graceful Shutdown: {message}");
+        actions.push(event(
+            EventType::Normal,
+            reasons::EVENT_SHUTTING_DOWN,
+            &note,
+        ));
+    }
+    let left = o.now.duration_until(stop_by).unsigned_abs();
+    Plan::new(actions, Next::RequeueAfter(left.max(MIN_SHUTDOWN_POLL)))
 }
 
 fn render_options(o: &Observed, domain_type: DomainType, layout: &VmLayout) -> RenderOptions {

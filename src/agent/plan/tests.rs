@@ -4,6 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::*;
+use crate::api::holder::reservation::Reservation;
 use crate::api::virtual_machine::FORCE_STOP_ANNOTATION;
 use crate::storage::layout::DEFAULT_STATE_DIR;
 
@@ -36,6 +37,7 @@ fn observed<'a>(
         addresses: Vec::new(),
         qemu_log: None,
         shutdown_sent: false,
+        reservation: Reservation::NotRequired,
         now: Timestamp::from_second(1_800_000_000).unwrap(),
         inputs: None,
         latest: Some(Some(vm.clone())),
@@ -167,4 +169,50 @@ fn the_stop_deadline_is_the_request_plus_a_bounded_grace_period_or_now_when_forc
     assert_eq!(stop_deadline(&forced, now), now);
     let not_forced = deleted_vm(Some(150), &[(FORCE_STOP_ANNOTATION, "no")]);
     assert_eq!(after(&not_forced), 150);
+}
+
+#[test]
+fn without_its_holder_pod_a_vm_waits_and_once_the_pod_goes_it_stops_and_fails() {
+    let node = node();
+    let vm = vm_in(Phase::Scheduled);
+    let mut o = observed(&vm, &node, None);
+    o.reservation = Reservation::Absent;
+    let waiting = plan(&o);
+    assert!(
+        matches!(&waiting.actions[..], [Action::WriteStatus(s)]
+            if s.conditions[0].reason.as_deref() == Some(reasons::WAITING_FOR_POD)),
+        "{waiting:?}"
+    );
+    let now = o.now;
+    let lost = |stop_by| Reservation::Lost {
+        reason: crate::api::holder::reservation::EVICTED,
+        message: "The VM's holder pod p was evicted.".into(),
+        stop_by,
+    };
+    let running = vm_in(Phase::Running);
+    let mut o = observed(&running, &node, Some(DomainState::Running));
+    o.reservation = lost(now + SignedDuration::from_secs(28));
+    let first = plan(&o);
+    assert_eq!(first.actions[0], Action::Shutdown);
+    assert_eq!(first.next, Next::RequeueAfter(Duration::from_secs(28)));
+    o.shutdown_sent = true;
+    assert!(plan(&o).actions.is_empty(), "the ACPI request is sent once");
+    o.reservation = lost(now);
+    assert!(
+        plan(&o).actions.contains(&Action::Destroy),
+        "destroyed at stop_by"
+    );
+    let mut o = observed(
+        &running,
+        &node,
+        Some(DomainState::ShutOff(ShutoffReason::Shutdown)),
+    );
+    o.reservation = lost(now);
+    let ended = plan(&o);
+    assert!(
+        matches!(&ended.actions[0], Action::WriteStatus(s)
+            if s.phase == Some(Phase::Failed)
+                && s.conditions[0].reason.as_deref() == Some("Evicted")),
+        "the pod's reason, not a plain shutdown: {ended:?}"
+    );
 }

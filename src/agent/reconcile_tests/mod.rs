@@ -529,3 +529,23 @@ async fn a_failed_reconcile_is_counted_published_and_backed_off_until_one_succee
         Requeue::requeue(Duration::from_secs(2))
     );
 }
+
+#[tokio::test]
+async fn a_vm_starts_only_once_its_holder_pod_is_bound_here() {
+    use super::cluster::HolderLookup;
+    let h = harness();
+    let vm = new_vm(&h, DOMAIN, "[]");
+    h.cluster.holder_is(HolderLookup::Cached(None));
+    reconcile(&h).await.unwrap();
+    assert!(!called(&h, "define"), "no pod, no domain");
+    assert_eq!(ready(&h).0, reasons::WAITING_FOR_POD);
+    let mut pod =
+        crate::api::holder::spec::holder_pod(&vm, &crate::api::holder::spec::test_config())
+            .unwrap();
+    pod.spec.as_mut().unwrap().node_name = Some("node1".into());
+    h.cluster
+        .holder_is(HolderLookup::Cached(Some(Arc::new(pod))));
+    reconcile(&h).await.unwrap();
+    assert!(called(&h, "define"));
+    assert_eq!(phase(&h), Phase::Running);
+}

@@ -8,6 +8,7 @@
 //! owner reference names the VM's UID: a VM deleted and created again under the same name has
 //! a new UID and is never held by its predecessor's pod.
 
+pub mod reservation;
 pub mod spec;
 
 use k8s_openapi::api::core::v1::Pod;

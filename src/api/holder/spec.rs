@@ -4,8 +4,8 @@
 //! memory plus QEMU's overhead, and CPU per core), the VM's nodeSelector and node affinity
 //! plus `kubevirt.io/schedulable=true` (nodes with a live agent), and the VM's grace period.
 //! Requests equal limits, so the pod is of the Guaranteed QoS class: kubelet evicts it last
-//! under node pressure. The container only waits (`/pause` of the nodevirt image); it has no
-//! token, no service links, no privileges.
+//! under node pressure. The container only waits (`/pause --until-killed` of the nodevirt
+//! image); it has no token, no service links, no privileges.
 
 use std::collections::BTreeMap;
 
@@ -132,7 +132,9 @@ pub fn holder_pod(vm: &VirtualMachine, config: &HolderConfig) -> Result<Pod, Qua
                 name: CONTAINER.into(),
                 image: Some(config.image.clone()),
                 image_pull_policy: Some("IfNotPresent".into()),
-                command: Some(vec!["/pause".into()]),
+                // Ignores SIGTERM: the pod, and the VM's booking, last while the agent
+                // shuts the guest down, until kubelet's SIGKILL at the grace period's end.
+                command: Some(vec!["/pause".into(), "--until-killed".into()]),
                 resources: Some(ResourceRequirements {
                     requests: Some(quantities.clone()),
                     limits: Some(quantities),
