@@ -180,6 +180,67 @@ fn controller_places_presets_offline_vms_replica_sets_and_fails_over() {
     s.wait("by-required to run on the test driver", || {
         s.get("vm", "by-required", "{.status.phase}") == "Running"
     });
+    assert_eq!(
+        s.kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            "kubevirt.io/vm=by-required",
+            "-o",
+            "jsonpath={.items[0].spec.nodeName}"
+        ]),
+        fake.node,
+        "the VM runs where kube-scheduler bound its holder pod"
+    );
+
+    // Its holder pod evicted, as kubectl drain does: the guest is shut down and the VM fails,
+    // saying why.
+    cluster.apply(&format!(
+        "apiVersion: kubevirt.io/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: evicted, namespace: {ns}}}\n\
+         spec:\n  terminationGracePeriodSeconds: 20\n  nodeSelector: {{e2e-group: {group}, zone: z2}}\n  domain: {SMALL}\n",
+        ns = s.ns
+    ));
+    s.wait("the VM to be evicted to run", || {
+        s.get("vm", "evicted", "{.status.phase}") == "Running"
+    });
+    let pod = s.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "kubevirt.io/vm=evicted",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    let eviction = cluster.dir.join(format!("eviction-{}.json", s.ns));
+    std::fs::write(
+        &eviction,
+        format!(r#"{{"apiVersion":"policy/v1","kind":"Eviction","metadata":{{"name":"{pod}","namespace":"{}"}}}}"#, s.ns),
+    )
+    .unwrap();
+    s.kubectl(&[
+        "create",
+        "--raw",
+        &format!("/api/v1/namespaces/{}/pods/{pod}/eviction", s.ns),
+        "-f",
+        eviction.to_str().unwrap(),
+    ]);
+    let evicted_at = Instant::now();
+    s.wait("the VM whose pod was evicted to fail", || {
+        s.get("vm", "evicted", "{.status.phase}") == "Failed"
+    });
+    eprintln!(
+        "timing: holder pod evicted -> guest down, VM Failed {:.1}s",
+        evicted_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        s.get("vm", "evicted", "{.status.conditions[0].reason}"),
+        "Evicted"
+    );
+    let message = s.get("vm", "evicted", "{.status.conditions[0].message}");
+    assert!(
+        message.contains(&format!("holder pod {pod} was evicted")),
+        "{message}"
+    );
 
     // Presets: m1.small applies to matching VMs only, once, recorded in an annotation.
     s.kubectl(&["apply", "-f", "examples/preset.yaml"]);
