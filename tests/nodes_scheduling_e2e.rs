@@ -3,10 +3,6 @@
 //! with plain pods, a namespace's ResourceQuota, and restarts that create no second pod.
 //! Each test puts back what it changed on the nodes (cordon, taints), also when it fails.
 //!
-//! These are issue 17's acceptance tests, written before the holder pods exist: the controller
-//! does not create holder pods yet (src/api/holder/ holds only their name and ownership), so
-//! hack/test.sh does not run this file. Add `--test nodes_scheduling_e2e` to its real-nodes
-//! line once the controller creates the pods and the agent requires them.
 
 mod support;
 
@@ -88,6 +84,18 @@ fn holder_pods(ns: &str) -> Vec<(String, String, String, String)> {
         .collect()
 }
 
+/// Waits until `vm`'s conditions say `words` (the scheduler's or the API server's), and checks
+/// it is Pending.
+fn stays_pending_saying(vm: &Vm, words: &str) {
+    wait_for_explained(
+        Duration::from_secs(60),
+        &format!("{words:?} in the conditions of VM {}", vm.name),
+        || conditions(vm).contains(words).then_some(()),
+        || vm.describe(),
+    );
+    assert_eq!(vm.phase(), "Pending", "{}", vm.describe());
+}
+
 fn conditions(vm: &Vm) -> String {
     vm.get("{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{\"\\n\"}{end}")
 }
@@ -147,13 +155,7 @@ fn cordon_and_a_no_schedule_taint_keep_new_vms_off_a_node() {
         ns: &ns.name,
         name: "only-tainted",
     };
-    wait_for_explained(
-        Duration::from_secs(60),
-        "the scheduler's taint message on the VM",
-        || conditions(&vm).contains("untolerated taint").then_some(()),
-        || vm.describe(),
-    );
-    assert_eq!(vm.phase(), "Pending", "{}", vm.describe());
+    stays_pending_saying(&vm, "untolerated taint");
 }
 
 #[test]
@@ -361,17 +363,7 @@ spec:
         ns: &ns.name,
         name: "no-room",
     };
-    wait_for_explained(
-        Duration::from_secs(60),
-        "the VM left Pending for memory",
-        || {
-            conditions(&vm)
-                .contains("Insufficient memory")
-                .then_some(())
-        },
-        || vm.describe(),
-    );
-    assert_eq!(vm.phase(), "Pending", "{}", vm.describe());
+    stays_pending_saying(&vm, "Insufficient memory");
 }
 
 #[test]
@@ -401,24 +393,19 @@ fn a_namespace_s_memory_quota_limits_its_vms_and_a_waiting_vm_starts_when_room_i
         },
         String::new,
     );
-    cluster.apply(&idle_vm(&ns.name, "first", "app: quota", "400Mi", ""));
+    // Each asks 500Mi + QEMU's overhead (~97Mi): one fits in 1Gi, two do not.
+    cluster.apply(&idle_vm(&ns.name, "first", "app: quota", "500Mi", ""));
     let first = Vm {
         ns: &ns.name,
         name: "first",
     };
     first.wait_phase("Running", BOOT);
-    cluster.apply(&idle_vm(&ns.name, "second", "app: quota", "400Mi", ""));
+    cluster.apply(&idle_vm(&ns.name, "second", "app: quota", "500Mi", ""));
     let second = Vm {
         ns: &ns.name,
         name: "second",
     };
-    wait_for_explained(
-        Duration::from_secs(60),
-        "the quota's refusal on the second VM",
-        || conditions(&second).contains("exceeded quota").then_some(()),
-        || second.describe(),
-    );
-    assert_eq!(second.phase(), "Pending", "{}", second.describe());
+    stays_pending_saying(&second, "exceeded quota");
     assert!(
         holder_pods(&ns.name).iter().all(|p| p.1 == "first"),
         "no pod for the second VM: {:?}",

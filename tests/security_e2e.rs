@@ -85,6 +85,28 @@ async fn the_node_agent_may_touch_only_its_own_node_and_what_its_vms_name() {
         "cannot get",
     );
 
+    // Pods: its node's holder pods are read (list/watch), never written: a stolen token
+    // cannot book a node for a VM nor free one.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(agent.clone(), &ns.name);
+    pods.list(&ListParams::default().fields(&format!("spec.nodeName={mine}")))
+        .await
+        .expect("the agent may list its node's pods");
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "booked"},
+        "spec": {"nodeName": mine, "containers": [{"name": "c", "image": "nodevirt:test"}]}
+    }))
+    .unwrap();
+    refused(
+        pods.create(&Default::default(), &pod).await,
+        "creating a pod",
+        "cannot create",
+    );
+    refused(
+        pods.delete("any", &DeleteParams::default()).await.map(drop),
+        "deleting a pod",
+        "cannot delete",
+    );
+
     // VMs: no create or delete (RBAC); its own VMs' status and finalizer only (policy).
     let vms: Api<VirtualMachine> = Api::namespaced(agent.clone(), &ns.name);
     refused(

@@ -191,6 +191,19 @@ async fn delete_vm<K: Owner>(
     Ok(())
 }
 
+/// Failed, and not because its holder pod was evicted, preempted or deleted: such a VM says
+/// nothing about its template, and is replaced at once, as a ReplicaSet's pod would be.
+fn failed_of_itself(vm: &VirtualMachine) -> bool {
+    use crate::api::holder::reservation::{EVICTED, POD_DELETED, PREEMPTED};
+    let disrupted = vm.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == "Ready"
+                && [EVICTED, PREEMPTED, POD_DELETED].contains(&c.reason.as_deref().unwrap_or(""))
+        })
+    });
+    vm.phase() == Phase::Failed && !disrupted
+}
+
 /// Counts the failed VMs among `deleted` for `owner`; while it must wait before creating
 /// another, returns the wait and the `ReplicaFailure` condition saying why (kept from
 /// `previous` conditions when nothing changed, so an unchanged status is not written again).
@@ -201,10 +214,7 @@ fn backing_off(
     previous: &[Condition],
 ) -> Option<(Duration, Condition)> {
     let now = std::time::Instant::now();
-    let failed: Vec<&&VirtualMachine> = deleted
-        .iter()
-        .filter(|vm| vm.phase() == Phase::Failed)
-        .collect();
+    let failed: Vec<&&VirtualMachine> = deleted.iter().filter(|vm| failed_of_itself(vm)).collect();
     let count = ctx.backoff.record(owner, failed.len(), now);
     let wait = ctx.backoff.remaining(owner, now)?;
     let until = Timestamp::now()
@@ -472,6 +482,30 @@ mod tests {
         );
         let names: std::collections::BTreeSet<_> = (0..50).map(|_| generated_name("r")).collect();
         assert!(names.len() > 45, "names repeat too often: {names:?}");
+    }
+
+    #[test]
+    fn a_vm_whose_pod_was_taken_does_not_back_its_owner_off() {
+        let ended = |reason: &str| {
+            let mut vm = VirtualMachine::new("vm", Default::default());
+            let mut status = crate::api::VirtualMachineStatus {
+                phase: Some(Phase::Failed),
+                ..Default::default()
+            };
+            crate::api::virtual_machine::set_ready(
+                &mut status,
+                false,
+                reason,
+                "m",
+                Timestamp::UNIX_EPOCH,
+            );
+            vm.status = Some(status);
+            vm
+        };
+        assert!(failed_of_itself(&ended("StartFailed")));
+        for taken in ["Evicted", "Preempted", "PodDeleted"] {
+            assert!(!failed_of_itself(&ended(taken)), "{taken}");
+        }
     }
 
     #[test]

@@ -317,7 +317,7 @@ fn waiting_for_pod(o: &Observed) -> Plan {
 /// The holder pod went (drain, eviction, preemption, a deletion): the guest gets the ACPI
 /// shutdown at once and is destroyed at `stop_by`, before kubelet frees its resources; once
 /// it is down the VM ends Failed with the pod's reason.
-fn reservation_lost(o: &Observed, reason: &str, message: &str, stop_by: Timestamp) -> Plan {
+fn reservation_lost(o: &Observed, reason: &'static str, message: &str, stop_by: Timestamp) -> Plan {
     let domain = owned(o).filter(|d| {
         matches!(
             d.state,
@@ -325,7 +325,12 @@ fn reservation_lost(o: &Observed, reason: &str, message: &str, stop_by: Timestam
         )
     });
     let Some(domain) = domain else {
-        return end(o, failed(reason, message));
+        // The event says why, as a Pod's `Evicted` or `Preempted` does.
+        let why = End {
+            event_reason: reason,
+            ..failed(reason, message)
+        };
+        return end(o, why);
     };
     // A paused guest cannot answer the ACPI button: it is stopped at once.
     if domain.state == DomainState::Paused || o.now >= stop_by {
