@@ -13,13 +13,17 @@
 //! 6. render throughput, from the criterion bench `render` run just before;
 //! 7. deletions that wait: a new VM's creation -> Running while 32 VMs whose guests ignore
 //!    ACPI are being deleted (150 s grace period), beside the same on the idle node
-//!    (`node/deaf_deletions.rs`).
+//!    (`node/deaf_deletions.rs`);
+//! 8. placement by kube-scheduler: 100 VMs that name no node, 100 ms apart, on two test-driver
+//!    agents and a controller, through their holder pods (`node/placed.rs`).
 //!
-//! NODEVIRT_BENCH_STEPS=tcg,agent,deletions runs only some of them: tcg is step 3 and the
-//! TCG limit, agent steps 1, 2, 4 and 5, deletions step 7.
+//! NODEVIRT_BENCH_STEPS=tcg,agent,deletions,placed runs only some of them: tcg is step 3 and
+//! the TCG limit, agent steps 1, 2, 4 and 5, deletions step 7, placed step 8.
 
 #[path = "node/deaf_deletions.rs"]
 mod deaf_deletions;
+#[path = "node/placed.rs"]
+mod placed;
 #[path = "../tests/support/mod.rs"]
 mod support;
 #[path = "node/table.rs"]
@@ -525,7 +529,9 @@ async fn main() {
     if selected("deletions") {
         deaf_deletions::run(cluster, &admin, &mut table).await;
     }
-
+    if selected("placed") {
+        placed::run(cluster, &admin, &mut table).await;
+    }
     if let Some(rate) = render_rate() {
         table.add("render: seed-like VM -> XML (criterion)", rate, "VMs/s");
     }
