@@ -4,7 +4,8 @@
 # own), nodevirt deployed from its image with the real manifests (hack/deploy.sh: the agent
 # DaemonSet and the controller Deployment, `kubectl apply -k`), the tiny guest on a
 # PersistentVolumeClaim, and examples/ applied: the preset m1.small, testvm booted to Running
-# with its IP, the OfflineVirtualMachine mongodb (stopped), the ReplicaSet replica of 2 VMs.
+# with its IP, the OfflineVirtualMachine mongodb (stopped), the ReplicaSet replica of 2 VMs;
+# each VM placed by kube-scheduler through its holder pod, which it shows.
 # Stop it all with: hack/cluster-down.sh demo
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -69,6 +70,13 @@ echo
 kubectl get vms -o wide
 echo
 kubectl get ovms,vmrs,vmpreset
+echo
+echo "Each VM's holder pod, placed by kube-scheduler (kubectl get pods -l kubevirt.io=virt-launcher -o wide):"
+kubectl get pods -l kubevirt.io=virt-launcher -o wide
+echo
+echo "testvm's placement, as its events tell it:"
+kubectl get events --field-selector involvedObject.name=testvm,involvedObject.kind=VirtualMachine \
+  -o custom-columns=REASON:.reason,MESSAGE:.message | grep -E 'REASON|SuccessfulCreate|SuccessfulHandOver|Started' | sed 's/^/  /' || true
 echo
 echo "nodevirt itself, one agent per node and the controller (kubectl get pods -n nodevirt -o wide):"
 kubectl get pods -n nodevirt -o wide
