@@ -107,6 +107,31 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientErr
     client_observed(kubeconfig, |_| {}).await
 }
 
+/// A client for a user's command, as kubectl makes one: `kubeconfig` (else $KUBECONFIG or
+/// ~/.kube/config, else in-cluster) and its `context` (else the current one).
+pub async fn user_client(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> Result<kube::Client, ClientError> {
+    let Some(context) = context else {
+        return client(kubeconfig).await;
+    };
+    let boxed = |e: &dyn std::fmt::Display| ClientError::Config(e.to_string().into());
+    let options = kube::config::KubeConfigOptions {
+        context: Some(context.to_string()),
+        ..Default::default()
+    };
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| boxed(&e))?;
+            kube::Config::from_custom_kubeconfig(file, &options).await
+        }
+        None => kube::Config::from_kubeconfig(&options).await,
+    }
+    .map_err(|e| boxed(&e))?;
+    kube::Client::try_from(config).map_err(ClientError::Client)
+}
+
 /// The same, counting every request it sends in `requests` by HTTP method.
 pub async fn client_counted(
     kubeconfig: Option<&Path>,

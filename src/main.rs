@@ -105,8 +105,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Admin(args) => run_async(admin_cli::run(args)),
-        Command::Start(args) => run_async(set_running(args, true)),
-        Command::Stop(args) => run_async(set_running(args, false)),
+        // virtctl's words: "Error: VirtualMachine 'x' is already running".
+        Command::Start(args) => run_async_saying("Error", set_running(args, true)),
+        Command::Stop(args) => run_async_saying("Error", set_running(args, false)),
         Command::Render(args) => match render::run(&args) {
             Ok(xml) => {
                 print!("{xml}");
@@ -133,6 +134,14 @@ fn main() -> ExitCode {
 fn run_async<E: std::error::Error>(
     future: impl std::future::Future<Output = Result<(), E>>,
 ) -> ExitCode {
+    run_async_saying("error", future)
+}
+
+/// Runs `future`; an error is printed as "<prefix>: <what failed, and why>", exit status 1.
+fn run_async_saying<E: std::error::Error>(
+    prefix: &str,
+    future: impl std::future::Future<Output = Result<(), E>>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -147,7 +156,7 @@ fn run_async<E: std::error::Error>(
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{}", error_chain(&err));
-            eprintln!("error: {}", error_chain(&err));
+            eprintln!("{prefix}: {}", error_chain(&err));
             ExitCode::FAILURE
         }
     }

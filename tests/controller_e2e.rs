@@ -332,6 +332,18 @@ fn controller_places_presets_offline_vms_replica_sets_and_fails_over() {
     s.wait("nodevirt start to create the VM", || {
         s.get("vm", "mongodb", "{.status.phase}") == "Running"
     });
+    // As virtctl: starting it again is an error, exit 1; the kubeconfig given as kubectl's flag.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_nodevirt"))
+        .args(["start", "mongodb", "-n", &s.ns, "--kubeconfig"])
+        .arg(&cluster.kubeconfig)
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&again.stderr).trim(),
+        "Error: VirtualMachine 'mongodb' is already running"
+    );
     // Deleted by accident: created again while running is true.
     s.kubectl(&["delete", "vm", "mongodb", "--wait=true"]);
     s.wait("the OVM to re-create its VM", || {

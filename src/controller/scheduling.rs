@@ -318,8 +318,14 @@ async fn create_pod(vm: &VirtualMachine, ctx: &Context, pod: &Pod) -> Result<Act
         }
         // The cache had not seen it yet: the pod's own event brings us back.
         Err(kube::Error::Api(s)) if s.code == 409 => {}
+        // The VM's own scheduling fields make an invalid pod (an affinity operator Kubernetes
+        // does not know, a bad label value): it can never be placed.
+        Err(kube::Error::Api(s)) if s.code == 422 => {
+            let message = format!("its holder pod {name} is invalid: {}", s.message);
+            return fail(vm, ctx, reasons::INVALID_SPEC, &message).await;
+        }
         // A ResourceQuota or LimitRange refused it: the VM waits with the API's own words.
-        Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => {
+        Err(kube::Error::Api(s)) if s.code == 403 => {
             let message = format!("creating pod {name}: {}", s.message);
             pending(
                 vm,
