@@ -29,8 +29,10 @@ use std::time::Duration;
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::SignedDuration;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Api, Resource};
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -124,10 +126,70 @@ fn cache<K>(
 where
     K: crate::watch::Decode + Clone + std::fmt::Debug + Send + Sync + 'static,
 {
+    cache_calling(client, config, metrics, tasks, |_: &K| {})
+}
+
+/// The same, calling `changed` with each object once the cache holds its new version.
+fn cache_calling<K>(
+    client: &kube::Client,
+    config: watcher::Config,
+    metrics: &Arc<ControllerMetrics>,
+    tasks: &mut Vec<(String, JoinHandle<()>)>,
+    mut changed: impl FnMut(&K) + Send + 'static,
+) -> reflector::Store<K>
+where
+    K: crate::watch::Decode + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
     let (reader, stream) = crate::watch::reflected::<K>(client.clone(), config);
-    let task = tokio::spawn(counted::<K, _>(stream, metrics).for_each(|_| async {}));
+    let task = tokio::spawn(counted::<K, _>(stream, metrics).for_each(move |object| {
+        if let Ok(object) = object {
+            changed(&object);
+        }
+        async {}
+    }));
     tasks.push((K::kind(&()).into_owned(), task));
     reader
+}
+
+/// The holder pods' cache, and the VMs whose pod changed, sent only once the cache has the
+/// change: a trigger from a watch of its own could come first, and the reconcile would read
+/// the pod as it was (seen: a VM never handed over, its pod's binding read as not yet made).
+fn holder_pod_cache(
+    client: &kube::Client,
+    metrics: &Arc<ControllerMetrics>,
+    tasks: &mut Vec<(String, JoinHandle<()>)>,
+) -> (
+    reflector::Store<Pod>,
+    broadcast::Sender<ObjectRef<VirtualMachine>>,
+) {
+    let (changes, _) = broadcast::channel(1024);
+    let sender = changes.clone();
+    let store = cache_calling(client, holders(), metrics, tasks, move |pod: &Pod| {
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        for owner in pod.metadata.owner_references.iter().flatten() {
+            if owner.controller == Some(true) && owner.kind == "VirtualMachine" {
+                let _ = sender.send(ObjectRef::new(&owner.name).within(&namespace));
+            }
+        }
+    });
+    (store, changes)
+}
+
+/// The VMs whose holder pod changed, for one leadership term; a term that falls behind by
+/// more than the channel holds skips what it missed (each VM is looked at again on its next
+/// change, and the term's start looks at every VM).
+fn pod_changes(
+    changes: &broadcast::Sender<ObjectRef<VirtualMachine>>,
+) -> impl Stream<Item = ObjectRef<VirtualMachine>> + Send + 'static {
+    futures::stream::unfold(changes.subscribe(), |mut receiver| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(vm) => return Some((vm, receiver)),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
 }
 
 /// A Controller for `K` whose watch is [`crate::watch::watch`], so one object that does not
@@ -139,15 +201,6 @@ where
     let (reader, stream) = crate::watch::reflected::<K>(client.clone(), watcher::Config::default());
     Controller::for_stream(counted::<K, _>(stream, metrics), reader)
         .with_config(crate::k8s::controller_config())
-}
-
-/// The holder pods, as triggers of the VMs that own them.
-fn holder_pods(
-    client: &kube::Client,
-    metrics: &Arc<ControllerMetrics>,
-) -> impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static {
-    let watch = crate::watch::watch::<Pod>(client.clone(), holders());
-    counted::<Pod, _>(watch, metrics).touched_objects()
 }
 
 fn holders() -> watcher::Config {
@@ -216,13 +269,14 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     // The caches only read: they outlive a leadership term, so a new term starts warm.
     let mut cache_tasks = Vec::new();
     let all = watcher::Config::default;
+    let (pods, pod_changed) = holder_pod_cache(&client, &metrics, &mut cache_tasks);
     let scheduling_ctx = Arc::new(scheduling::Context {
         client: client.clone(),
         recorder: recorder.clone(),
         nodes: cache::<Node>(&client, all(), &metrics, &mut cache_tasks),
         vms: cache::<VirtualMachine>(&client, all(), &metrics, &mut cache_tasks),
         presets: cache::<VirtualMachinePreset>(&client, all(), &metrics, &mut cache_tasks),
-        pods: cache::<Pod>(&client, holders(), &metrics, &mut cache_tasks),
+        pods: pods.clone(),
         holder: HolderConfig {
             image: holder_image(&client, &args).await?,
             millicores_per_core: (args.cpu_ratio * 1000.0).round() as u64,
@@ -279,6 +333,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         let leading = lead(
             &client,
             &metrics,
+            &pod_changed,
             synced.clone(),
             &scheduling_ctx,
             &workloads_ctx,
@@ -299,6 +354,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
 async fn lead(
     client: &kube::Client,
     metrics: &Arc<ControllerMetrics>,
+    pod_changed: &broadcast::Sender<ObjectRef<VirtualMachine>>,
     mut synced: tokio::sync::watch::Receiver<bool>,
     scheduling_ctx: &Arc<scheduling::Context>,
     workloads_ctx: &Arc<workloads::Context>,
@@ -306,7 +362,7 @@ async fn lead(
     // Decide only on complete caches: a partial Node list would misplace VMs.
     let _ = synced.wait_for(|synced| *synced).await;
     let vms = controller::<VirtualMachine>(client, metrics)
-        .owns_stream(holder_pods(client, metrics))
+        .reconcile_on(pod_changes(pod_changed))
         .run(
             metrics::instrumented(
                 Arc::clone(metrics),
