@@ -214,6 +214,19 @@ spec:
         || cluster.kubectl_ok(&["-n", &ns.name, "get", "vms,pods", "-o", "wide"]),
     );
     drop(cordoned);
+    // A budget protects healthy pods only: an eviction API call lets a pod that is not yet
+    // Running go whatever the budget says. The VMs run as soon as their pods are bound; the
+    // holders' containers start a moment later.
+    cluster.kubectl_ok(&[
+        "-n",
+        &ns.name,
+        "wait",
+        "pods",
+        "-l",
+        "app=drained",
+        "--for=condition=Ready",
+        "--timeout=120s",
+    ]);
 
     let _uncordon = Undo(vec!["uncordon".into(), one.clone()]);
     let started = Instant::now();
