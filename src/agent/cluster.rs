@@ -118,13 +118,7 @@ impl Cluster for Kube {
                 return HolderLookup::NotRequired;
             };
             let _ = holders.synced.clone().wait_for(|synced| *synced).await;
-            let (namespace, name) = (vm.namespace(), vm.name_any());
-            let pod = holders.store.state().into_iter().find(|pod| {
-                pod.namespace() == namespace
-                    && pod.labels().get(crate::api::holder::VM_LABEL) == Some(&name)
-                    && crate::api::holder::holds(pod, vm)
-            });
-            HolderLookup::Cached(pod)
+            HolderLookup::Cached(crate::api::holder::holder_of(vm, holders.store.state()))
         })
     }
 

@@ -197,17 +197,6 @@ pub fn plan(
     }
 }
 
-/// The holder pod of `vm` in the cache, if any.
-fn cached_pod(vm: &VirtualMachine, pods: &Store<Pod>) -> Option<Arc<Pod>> {
-    let namespace = vm.namespace();
-    let name = vm.name_any();
-    pods.state().into_iter().find(|pod| {
-        pod.namespace() == namespace
-            && pod.labels().get(holder::VM_LABEL) == Some(&name)
-            && holder::holds(pod, vm)
-    })
-}
-
 pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = vm.namespace().unwrap_or_default();
     let presets: Vec<VirtualMachinePreset> = ctx
@@ -217,7 +206,7 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
         .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
         .map(|p| (**p).clone())
         .collect();
-    let pod = cached_pod(&vm, &ctx.pods);
+    let pod = holder::holder_of(&vm, ctx.pods.state());
     match plan(&vm, pod.as_deref(), &presets, &ctx.holder) {
         Step::Nothing => Ok(Action::await_change()),
         Step::Fail { reason, message } => fail(&vm, &ctx, reason, &message).await,

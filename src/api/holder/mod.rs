@@ -53,12 +53,16 @@ pub fn holds(pod: &Pod, vm: &VirtualMachine) -> bool {
         .any(|owner| owner.controller == Some(true) && owner.uid == uid)
 }
 
-/// The pod among `pods` that holds `vm`, if any.
-pub fn holder_of<'a>(
+/// The pod among `pods` (a cache's) that holds `vm`: in its namespace, labelled with its
+/// name, and owned by it.
+pub fn holder_of(
     vm: &VirtualMachine,
-    pods: impl IntoIterator<Item = &'a Pod>,
-) -> Option<&'a Pod> {
-    pods.into_iter().find(|pod| holds(pod, vm))
+    pods: impl IntoIterator<Item = std::sync::Arc<Pod>>,
+) -> Option<std::sync::Arc<Pod>> {
+    let (namespace, name) = (vm.namespace(), vm.name_any());
+    pods.into_iter().find(|pod| {
+        pod.namespace() == namespace && pod.labels().get(VM_LABEL) == Some(&name) && holds(pod, vm)
+    })
 }
 
 /// The node a holder pod is bound to, once kube-scheduler bound it.
@@ -118,6 +122,7 @@ mod tests {
 
     fn pod_owned_by(uid: &str, controller: bool) -> Pod {
         let mut pod = Pod::default();
+        pod.metadata.labels = Some([(VM_LABEL.to_string(), "testvm".to_string())].into());
         pod.metadata.owner_references = Some(vec![OwnerReference {
             api_version: "kubevirt.io/v1alpha1".into(),
             kind: "VirtualMachine".into(),
@@ -180,8 +185,9 @@ mod tests {
         let pods = [pod_owned_by("old", true), pod_owned_by("new", false)];
         assert!(holds(&pods[0], &vm("old")));
         assert!(!holds(&pods[1], &vm("new")), "not the controller reference");
-        assert!(holder_of(&vm("new"), &pods).is_none());
-        assert!(holder_of(&vm("old"), &pods).is_some());
+        let cached = || pods.iter().cloned().map(std::sync::Arc::new);
+        assert!(holder_of(&vm("new"), cached()).is_none());
+        assert!(holder_of(&vm("old"), cached()).is_some());
         assert!(
             !holds(&pods[0], &VirtualMachine::new("testvm", Default::default())),
             "a VM without a UID is held by nothing"
