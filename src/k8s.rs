@@ -11,20 +11,23 @@ use serde::de::DeserializeOwned;
 
 use crate::metrics::MethodLabel;
 
-/// Merge-patches `status` of `object` through the status subresource. The object's UID rides
-/// along as a precondition: if the object was deleted and re-created under the same name, the
-/// API server refuses the patch (409) instead of giving the new object the old one's status.
+/// Replaces the whole status of `object` through the status subresource (a JSON patch, so a
+/// condition or an interface no longer wanted goes; a merge patch would keep every list the
+/// new status leaves out). The object's UID rides along as a `test`: if the object was deleted
+/// and re-created under the same name, the API server refuses the patch (422) instead of
+/// giving the new object the old one's status.
 pub async fn patch_status<K, S>(api: &Api<K>, object: &K, status: &S) -> Result<K, kube::Error>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize,
 {
-    let patch = serde_json::json!({
-        "metadata": { "uid": object.meta().uid },
-        "status": status,
-    });
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        { "op": "test", "path": "/metadata/uid", "value": object.meta().uid },
+        { "op": "add", "path": "/status", "value": status },
+    ]))
+    .map_err(kube::Error::SerdeError)?;
     let name = object.meta().name.as_deref().unwrap_or_default();
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+    api.patch_status(name, &PatchParams::default(), &Patch::<()>::Json(patch))
         .await
 }
 

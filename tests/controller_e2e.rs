@@ -64,6 +64,24 @@ impl Scenario {
         node
     }
 
+    /// The messages of the events with `reason` about the object `kind`/`name`.
+    fn event_messages(&self, kind: &str, name: &str, reason: &str) -> Vec<String> {
+        let events: serde_json::Value =
+            serde_json::from_str(&self.kubectl(&["get", "events.events.k8s.io", "-o", "json"]))
+                .unwrap();
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["regarding"]["kind"] == kind
+                    && e["regarding"]["name"] == name
+                    && e["reason"] == reason
+            })
+            .map(|e| e["note"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
     fn vm_names(&self) -> Vec<String> {
         self.kubectl(&["get", "vms", "-o", "jsonpath={.items[*].metadata.name}"])
             .split_whitespace()
@@ -272,9 +290,76 @@ fn controller_places_presets_offline_vms_replica_sets_and_fails_over() {
     );
     let annotations = s.get("vm", "plain", "{.metadata.annotations}");
     assert!(
-        !annotations.contains("virtualmachinepreset"),
+        !annotations.contains("virtualmachinepreset.kubevirt.io/"),
         "{annotations}"
     );
+    assert_eq!(
+        s.get(
+            "vm",
+            "plain",
+            "{.metadata.annotations.presets\\.virtualmachines\\.kubevirt\\.io/presets-applied}"
+        ),
+        "kubevirt.io/v1alpha1",
+        "every VM looked at is marked, so presets apply once"
+    );
+    s.wait("the Override event of VM small", || {
+        s.event_messages("VirtualMachine", "small", "Override")
+            == [
+                "Some settings were not applied for VirtualMachinePreset 'm1.small': \
+                 spec.domain.cpu.cores: 1 != 2",
+            ]
+    });
+    // Excluded from presets by its annotation: it keeps its own spec only.
+    s.cluster.apply(&format!(
+        "apiVersion: kubevirt.io/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: excluded\n  namespace: {ns}\n\
+         \x20 labels: {{kubevirt.io/size: small}}\n\
+         \x20 annotations: {{virtualmachinepresets.admission.kubevirt.io/exclude: \"true\"}}\n\
+         spec:\n  terminationGracePeriodSeconds: 0\n  nodeSelector: {{e2e-group: {group}}}\n  domain: {SMALL}\n",
+        ns = s.ns,
+        group = s.group
+    ));
+    s.node_of("excluded");
+    assert_eq!(
+        s.get("vm", "excluded", "{.spec.domain.resources.requests.memory}"),
+        "64Mi"
+    );
+    assert_eq!(s.get("vm", "excluded", "{.spec.domain.cpu}"), "");
+    // A second preset setting another value for the same field: a VM both match fails,
+    // even though it sets that field itself; the VMs placed before are left as they are.
+    s.cluster.apply(&format!(
+        "apiVersion: kubevirt.io/v1alpha1\nkind: VirtualMachinePreset\nmetadata: {{name: m1.tiny, namespace: {}}}\n\
+         spec:\n  selector: {{matchLabels: {{kubevirt.io/size: small}}}}\n  domain: {{resources: {{requests: {{memory: 64Mi}}}}}}\n",
+        s.ns
+    ));
+    s.vm(
+        "clash",
+        "kubevirt.io/size: small",
+        "{resources: {requests: {memory: 96Mi}}}",
+        "",
+    );
+    s.wait("VM clash to fail on its presets", || {
+        s.get("vm", "clash", "{.status.phase}") == "Failed"
+    });
+    assert_eq!(
+        s.get("vm", "clash", "{.status.conditions[0].reason}"),
+        "PresetFailed"
+    );
+    let conflict = "VirtualMachinePresets cannot be applied due to conflicts: presets 'm1.tiny' \
+                    and 'm1.small' conflict: spec.domain.resources.requests.memory: 64Mi != 128Mi";
+    s.wait("the PresetFailed event of VM clash", || {
+        s.event_messages("VirtualMachine", "clash", "PresetFailed") == [conflict]
+    });
+    let annotations = s.get("vm", "clash", "{.metadata.annotations}");
+    assert!(
+        !annotations.contains("virtualmachinepreset.kubevirt.io/"),
+        "no preset applied: {annotations}"
+    );
+    assert_eq!(
+        s.get("vm", "small", "{.spec.domain.resources.requests.memory}"),
+        "128Mi"
+    );
+    s.kubectl(&["delete", "vmpreset", "m1.tiny"]);
+    s.kubectl(&["delete", "vm", "clash", "excluded"]);
 
     // OfflineVirtualMachine: the API text's kubectl patch, and nodevirt start/stop.
     let ovm = format!(
@@ -405,8 +490,23 @@ fn controller_places_presets_offline_vms_replica_sets_and_fails_over() {
         "-p",
         r#"{"spec":{"paused":true,"replicas":1}}"#,
     ]);
+    let condition = |type_: &str, field: &str| {
+        s.get(
+            "vmrs",
+            "replica",
+            &format!("{{.status.conditions[?(@.type==\"{type_}\")].{field}}}"),
+        )
+    };
+    s.wait("the ReplicaPaused condition", || {
+        condition("ReplicaPaused", "status") == "True"
+    });
+    assert_eq!(condition("ReplicaPaused", "reason"), "SuccessfulPaused");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(replicas(&s).len(), 5, "a paused ReplicaSet must not delete");
+    assert_eq!(
+        s.event_messages("VirtualMachineReplicaSet", "replica", "SuccessfulPaused"),
+        ["Paused"]
+    );
     s.kubectl(&[
         "patch",
         "vmrs",
@@ -418,6 +518,46 @@ fn controller_places_presets_offline_vms_replica_sets_and_fails_over() {
     ]);
     s.wait("1 replica left", || {
         ready(&s, "1") && replicas(&s).len() == 1
+    });
+    assert_eq!(
+        condition("ReplicaPaused", "status"),
+        "",
+        "removed on resume"
+    );
+    s.wait("the SuccessfulResumed event", || {
+        s.event_messages("VirtualMachineReplicaSet", "replica", "SuccessfulResumed") == ["Resumed"]
+    });
+    // A quota that allows no more VMs: ReplicaFailure (FailedCreate) with the API's words,
+    // gone once the replicas can be created again.
+    let vms_now = s.vm_names().len();
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: vms, namespace: {}}}\n\
+         spec: {{hard: {{count/virtualmachines.kubevirt.io: \"{vms_now}\"}}}}\n",
+        s.ns
+    ));
+    s.wait("the quota to count the VMs", || {
+        s.get(
+            "resourcequota",
+            "vms",
+            "{.status.used.count/virtualmachines\\.kubevirt\\.io}",
+        ) == vms_now.to_string()
+    });
+    s.kubectl(&["scale", "vmrs", "replica", "--replicas=2"]);
+    s.wait("the ReplicaFailure condition", || {
+        condition("ReplicaFailure", "reason") == "FailedCreate"
+    });
+    let message = condition("ReplicaFailure", "message");
+    assert!(message.contains("exceeded quota: vms"), "{message}");
+    assert!(
+        s.event_messages("VirtualMachineReplicaSet", "replica", "FailedCreate")
+            .iter()
+            .any(|m| m.contains("exceeded quota: vms")),
+        "a Warning event says it too"
+    );
+    s.kubectl(&["delete", "resourcequota", "vms"]);
+    s.wait("2 replicas once the quota is gone", || ready(&s, "2"));
+    s.wait("the ReplicaFailure condition to go", || {
+        condition("ReplicaFailure", "status").is_empty()
     });
     let bad = vmrs.replace("name: replica,", "name: mismatch,").replace(
         "matchLabels: {guest: replica}",

@@ -75,7 +75,7 @@ const RENDER_SEEDS: &[(&str, Render)] = &[
     ("ovm-with-preset.yaml", Render::Rendered),
     (
         "presets-conflict.yaml",
-        Render::Refused("presets \"a\" and \"b\" both set spec.domain.cpu.cores"),
+        Render::Refused("presets 'b' and 'a' conflict: spec.domain.cpu.cores: 3 != 2"),
     ),
     (
         "quantities.yaml",

@@ -98,10 +98,14 @@ pub fn render_manifest(
             preset_objects.push(preset);
         }
     }
-    vm = preset::apply(&vm, &preset_objects).map_err(|source| RenderError::Preset {
+    let merged = preset::apply(&vm, &preset_objects).map_err(|source| RenderError::Preset {
         path: path.clone(),
         source,
     })?;
+    for notice in &merged.notices {
+        eprintln!("warning: {}: {notice}", path.display());
+    }
+    vm = merged.vm;
     let invalid = |source| RenderError::Invalid {
         path: path.clone(),
         source,

@@ -17,10 +17,13 @@ const MAX_DELAY: Duration = Duration::from_secs(300);
 /// A failure this long after the previous one starts the count again.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Failures {
     count: u32,
     last: Instant,
+    /// What the last failed VM said, kept so that every reconcile can tell it (one that
+    /// deleted nothing, or read its owner before the last status write, too).
+    why: String,
 }
 
 /// The delay after `count` consecutive failures (count >= 1).
@@ -36,24 +39,29 @@ pub struct RecreateBackoff {
 }
 
 impl RecreateBackoff {
-    /// Counts `failed` more failed VMs of `owner` at `now`; returns the consecutive count.
-    pub fn record(&self, owner: &str, failed: usize, now: Instant) -> u32 {
+    /// Counts the `failed` VMs of `owner` (what each said, in order) at `now`; returns the
+    /// consecutive count and what the last failed one said.
+    pub fn record(&self, owner: &str, failed: &[String], now: Instant) -> (u32, String) {
         let Ok(mut owners) = self.owners.lock() else {
-            return 0;
+            return (0, String::new());
         };
         owners.retain(|_, f| now.duration_since(f.last) < FORGET_AFTER);
-        if failed == 0 {
-            return owners.get(owner).map_or(0, |f| f.count);
-        }
+        let Some(why) = failed.last() else {
+            return owners
+                .get(owner)
+                .map_or((0, String::new()), |f| (f.count, f.why.clone()));
+        };
         let entry = owners.entry(owner.to_string()).or_insert(Failures {
             count: 0,
             last: now,
+            why: String::new(),
         });
         entry.count = entry
             .count
-            .saturating_add(u32::try_from(failed).unwrap_or(u32::MAX));
+            .saturating_add(u32::try_from(failed.len()).unwrap_or(u32::MAX));
         entry.last = now;
-        entry.count
+        entry.why = why.clone();
+        (entry.count, entry.why.clone())
     }
 
     /// How long `owner` must still wait before it creates a VM, if at all.
@@ -88,7 +96,8 @@ mod tests {
         let backoff = RecreateBackoff::default();
         let start = Instant::now();
         assert_eq!(backoff.remaining("rs", start), None, "no failure, no wait");
-        assert_eq!(backoff.record("rs", 1, start), 1);
+        let failed = |n: usize| -> Vec<String> { (0..n).map(|i| format!("vm{i}")).collect() };
+        assert_eq!(backoff.record("rs", &failed(1), start), (1, "vm0".into()));
         assert_eq!(
             backoff.remaining("rs", start),
             Some(Duration::from_secs(10))
@@ -96,18 +105,26 @@ mod tests {
         let later = start + Duration::from_secs(4);
         assert_eq!(backoff.remaining("rs", later), Some(Duration::from_secs(6)));
         assert_eq!(backoff.remaining("other", later), None);
-        assert_eq!(backoff.record("rs", 2, later), 3);
+        assert_eq!(backoff.record("rs", &failed(2), later), (3, "vm1".into()));
         assert_eq!(
             backoff.remaining("rs", later),
             Some(Duration::from_secs(40))
         );
-        assert_eq!(backoff.record("rs", 0, later), 3, "no new failure");
+        assert_eq!(
+            backoff.record("rs", &[], later),
+            (3, "vm1".into()),
+            "no new failure: the last one is still told"
+        );
         assert_eq!(
             backoff.remaining("rs", later + Duration::from_secs(40)),
             None
         );
         let quiet = later + FORGET_AFTER;
-        assert_eq!(backoff.record("rs", 1, quiet), 1, "counted again from one");
+        assert_eq!(
+            backoff.record("rs", &failed(1), quiet).0,
+            1,
+            "counted again from one"
+        );
         backoff.forget("rs");
         assert_eq!(backoff.remaining("rs", quiet), None);
     }

@@ -46,7 +46,7 @@ pub mod reasons {
     pub const SUCCESSFUL_HAND_OVER: &str = "SuccessfulHandOver";
     pub const UNSCHEDULABLE: &str = "Unschedulable";
     pub const FAILED_SCHEDULING: &str = "FailedScheduling";
-    pub const PRESET_CONFLICT: &str = "PresetConflict";
+    pub const PRESET_FAILED: &str = crate::api::preset::Notice::PRESET_FAILED;
     pub const NODE_UNRESPONSIVE: &str = "NodeUnresponsive";
     pub const NODE_NOT_FOUND: &str = "NodeNotFound";
     pub const INVALID_SPEC: &str = "InvalidSpec";
@@ -120,10 +120,11 @@ pub enum Step {
     Scheduling,
     /// No node fits: Pending with the scheduler's message.
     Unschedulable(String),
-    /// Bound to `node`: label the VM (with its merged spec) and hand it over.
+    /// Bound to `node`: label the VM (with its merged spec) and hand it over, then tell
+    /// what the merge of its presets left out.
     HandOver {
         node: String,
-        merged: Box<VirtualMachine>,
+        merged: Box<preset::Merged>,
     },
     /// The VM ended or is gone from its pod's view: free its node's resources.
     DeletePod(String),
@@ -173,13 +174,13 @@ pub fn plan(
         Ok(merged) => merged,
         Err(e) => {
             return Fail {
-                reason: reasons::PRESET_CONFLICT,
+                reason: reasons::PRESET_FAILED,
                 message: error_chain(&e),
             };
         }
     };
     match hold {
-        None => match holder_pod(&merged, config) {
+        None => match holder_pod(&merged.vm, config) {
             Ok(pod) => CreatePod(Box::new(pod)),
             Err(e) => Fail {
                 reason: reasons::INVALID_SPEC,
@@ -345,7 +346,10 @@ async fn hand_over(
     vm: &VirtualMachine,
     ctx: &Context,
     node: &str,
-    merged: VirtualMachine,
+    preset::Merged {
+        vm: merged,
+        notices,
+    }: preset::Merged,
     pod: &str,
 ) -> Result<Action, Error> {
     let wanted = status::scheduled(vm.status.as_ref(), node);
@@ -381,6 +385,17 @@ async fn hand_over(
     ctx.recorder
         .publish(vm, EventType::Normal, reasons::SUCCESSFUL_HAND_OVER, &note)
         .await;
+    for notice in notices {
+        let kind = if notice.is_warning() {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        let message = notice.to_string();
+        ctx.recorder
+            .publish(vm, kind, notice.reason(), &message)
+            .await;
+    }
     Ok(Action::await_change())
 }
 
@@ -477,7 +492,7 @@ mod tests {
             panic!("bound: hand over");
         };
         assert_eq!(node, "node2");
-        assert_eq!(merged.spec.domain.cpu.and_then(|c| c.cores), Some(2));
+        assert_eq!(merged.vm.spec.domain.cpu.and_then(|c| c.cores), Some(2));
     }
 
     #[test]

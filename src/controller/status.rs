@@ -2,6 +2,7 @@
 //! and the clock; no I/O. Every one is written by [`super::status_writer::write`], and only
 //! when it differs from the object's current status.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::offline_virtual_machine::OfflineVirtualMachineStatus;
@@ -52,6 +53,29 @@ pub fn replica_set(
     }
 }
 
+/// A condition of `type_` with status True, keeping the transition time of the same condition
+/// in `previous`, so an unchanged one is not written again.
+pub fn true_condition(
+    previous: &[Condition],
+    type_: &str,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) -> Condition {
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+        .and_then(|c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.into(),
+        status: "True".into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_transition_time: since.or(Some(Time(now))),
+        last_probe_time: None,
+    }
+}
+
 /// A ReplicaSet's whose selector is unusable: its counts kept, one condition saying why.
 pub fn invalid_replica_set(
     current: Option<&VirtualMachineReplicaSetStatus>,
@@ -99,7 +123,6 @@ pub fn scheduled(current: Option<&VirtualMachineStatus>, node: &str) -> VirtualM
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn now() -> Timestamp {
         Timestamp::from_second(1_800_000_000).unwrap()
@@ -154,6 +177,23 @@ mod tests {
             invalid_replica_set(None, "InvalidSelector", "bad", now()).replicas,
             0
         );
+    }
+
+    #[test]
+    fn a_true_condition_keeps_its_transition_time_while_it_holds() {
+        let first = true_condition(&[], "ReplicaPaused", "SuccessfulPaused", "paused", now());
+        assert_eq!(first.last_transition_time, Some(Time(now())));
+        let later = now() + k8s_openapi::jiff::SignedDuration::from_secs(60);
+        let again = true_condition(
+            std::slice::from_ref(&first),
+            "ReplicaPaused",
+            "SuccessfulPaused",
+            "paused",
+            later,
+        );
+        assert_eq!(again, first);
+        let other = true_condition(&[first], "ReplicaFailure", "FailedCreate", "quota", later);
+        assert_eq!(other.last_transition_time, Some(Time(later)));
     }
 
     #[test]

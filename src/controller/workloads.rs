@@ -32,6 +32,10 @@ pub mod reasons {
     pub const SUCCESSFUL_DELETE: &str = "SuccessfulDelete";
     pub const NAME_TAKEN: &str = "VirtualMachineExists";
     pub const INVALID_SELECTOR: &str = "InvalidSelector";
+    pub const FAILED_CREATE: &str = "FailedCreate";
+    pub const FAILED_DELETE: &str = "FailedDelete";
+    pub const SUCCESSFUL_PAUSED: &str = "SuccessfulPaused";
+    pub const SUCCESSFUL_RESUMED: &str = "SuccessfulResumed";
 }
 
 pub struct Context {
@@ -54,9 +58,11 @@ impl Owner for VirtualMachineReplicaSet {
     const CONTROLLER: &'static str = controllers::REPLICA_SET;
 }
 
-/// The condition type saying that an owner's VMs keep failing (KubeVirt's ReplicaSet
-/// condition of the same name).
+/// The condition type saying that an owner's VMs keep failing or cannot be created or deleted
+/// (KubeVirt's ReplicaSet condition of the same name).
 pub const REPLICA_FAILURE: &str = "ReplicaFailure";
+/// The condition type of a ReplicaSet whose spec.paused is true.
+pub const REPLICA_PAUSED: &str = "ReplicaPaused";
 
 /// One variant per failing step of a reconcile; `owner` is `<namespace>/<name>`.
 #[derive(Debug, thiserror::Error)]
@@ -214,26 +220,28 @@ fn backing_off(
     previous: &[Condition],
 ) -> Option<(Duration, Condition)> {
     let now = std::time::Instant::now();
-    let failed: Vec<&&VirtualMachine> = deleted.iter().filter(|vm| failed_of_itself(vm)).collect();
-    let count = ctx.backoff.record(owner, failed.len(), now);
+    let failed: Vec<String> = deleted
+        .iter()
+        .filter(|vm| failed_of_itself(vm))
+        .map(|vm| {
+            let why = vm
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find_map(|c| c.message.clone()))
+                .unwrap_or_else(|| "no reason recorded".into());
+            // The agent's own message, already bounded; cut again so the condition stays short.
+            let why: String = why.chars().take(300).collect();
+            format!("{}: {why}", vm.name_any())
+        })
+        .collect();
+    let (count, last) = ctx.backoff.record(owner, &failed, now);
     let wait = ctx.backoff.remaining(owner, now)?;
     let until = Timestamp::now()
         .checked_add(wait)
         .map(|t| t.round(k8s_openapi::jiff::Unit::Second).unwrap_or(t))
         .unwrap_or_else(|_| Timestamp::now());
-    let last = failed.last().map(|vm| {
-        let why = vm
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find_map(|c| c.message.clone()))
-            .unwrap_or_else(|| "no reason recorded".into());
-        // The agent's own message, already bounded; cut again so the condition stays short.
-        let why: String = why.chars().take(300).collect();
-        format!(" (the last, {}: {why})", vm.name_any())
-    });
     let message = format!(
-        "{count} VirtualMachine(s) failed in a row{}; the next is created after {until}",
-        last.unwrap_or_default()
+        "{count} VirtualMachine(s) failed in a row (the last, {last}); the next is created after {until}"
     );
     let kept = previous.iter().find(|c| {
         c.type_ == REPLICA_FAILURE
@@ -246,16 +254,13 @@ fn backing_off(
             ..c.clone()
         },
         Some(c) => c.clone(),
-        None => Condition {
-            type_: REPLICA_FAILURE.into(),
-            status: "True".into(),
-            reason: Some(reasons::BACK_OFF.into()),
-            message: Some(message),
-            last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                Timestamp::now(),
-            )),
-            last_probe_time: None,
-        },
+        None => status::true_condition(
+            previous,
+            REPLICA_FAILURE,
+            reasons::BACK_OFF,
+            &message,
+            Timestamp::now(),
+        ),
     };
     Some((wait, condition))
 }
@@ -368,7 +373,6 @@ pub async fn reconcile_replica_set(
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     let namespace = rs.namespace().unwrap_or_default();
-    let name = rs.name_any();
     let uid = rs.uid().unwrap_or_default();
     let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
     let template_labels = rs
@@ -420,8 +424,6 @@ pub async fn reconcile_replica_set(
         .into_iter()
         .filter(|vm| vm.metadata.deletion_timestamp.is_none())
         .partition(|vm| !vm.phase().is_final() && vm.phase() != Phase::Unknown);
-    let wanted = rs.spec.replicas.unwrap_or(1).max(0) as usize;
-    let replicas = live.len();
     let previous = rs
         .status
         .as_ref()
@@ -429,31 +431,45 @@ pub async fn reconcile_replica_set(
         .unwrap_or_default();
     let mut conditions = Vec::new();
     let mut requeue = Duration::from_secs(60);
+    let mut scale_error = None;
     if rs.metadata.deletion_timestamp.is_some() {
         ctx.backoff.forget(&uid);
-    } else if !rs.spec.paused {
-        for vm in &ended {
-            delete_vm(&ctx, &vms, &*rs, vm).await?;
-        }
-        let ended: Vec<&VirtualMachine> = ended.iter().collect();
-        match backing_off(&ctx, &uid, &ended, &previous) {
-            Some((wait, condition)) if replicas < wanted => {
-                announce_back_off(&ctx, &*rs, &previous, &condition).await;
+    } else if rs.spec.paused {
+        conditions.push(status::true_condition(
+            &previous,
+            REPLICA_PAUSED,
+            reasons::SUCCESSFUL_PAUSED,
+            "the ReplicaSet is paused: it neither creates nor deletes VirtualMachines",
+            Timestamp::now(),
+        ));
+    } else {
+        match scale(&ctx, &vms, &rs, &live, &ended, &previous).await {
+            Ok(Some((wait, condition))) => {
                 conditions.push(condition);
                 requeue = wait;
             }
-            _ => {
-                for _ in replicas..wanted {
-                    let vm = rs
-                        .spec
-                        .template
-                        .instantiate(&generated_name(&name), Some(namespace.clone()));
-                    create_vm(&ctx, &vms, &*rs, vm).await?;
+            Ok(None) => {}
+            Err(e) => {
+                let reason = match e {
+                    Error::DeleteVm { .. } => reasons::FAILED_DELETE,
+                    _ => reasons::FAILED_CREATE,
+                };
+                let condition = status::true_condition(
+                    &previous,
+                    REPLICA_FAILURE,
+                    reason,
+                    &error_chain(&e),
+                    Timestamp::now(),
+                );
+                if !previous.contains(&condition) {
+                    let message = condition.message.as_deref().unwrap_or_default();
+                    ctx.recorder
+                        .publish(&*rs, EventType::Warning, reason, message)
+                        .await;
                 }
+                conditions.push(condition);
+                scale_error = Some(e);
             }
-        }
-        for vm in pick_excess(&live, replicas.saturating_sub(wanted)) {
-            delete_vm(&ctx, &vms, &*rs, vm).await?;
         }
     }
     let selector = kube::core::Selector::try_from(rs.spec.selector.clone())
@@ -464,8 +480,63 @@ pub async fn reconcile_replica_set(
     let wanted = status::replica_set(&live, selector, conditions);
     if rs.status.as_ref() != Some(&wanted) {
         status_writer::write(&ctx.client, &*rs, &wanted).await?;
+        let was_paused = previous.iter().any(|c| c.type_ == REPLICA_PAUSED);
+        let (reason, note) = match (was_paused, rs.spec.paused) {
+            (false, true) => (reasons::SUCCESSFUL_PAUSED, "Paused"),
+            (true, false) => (reasons::SUCCESSFUL_RESUMED, "Resumed"),
+            _ => ("", ""),
+        };
+        if !reason.is_empty() {
+            ctx.recorder
+                .publish(&*rs, EventType::Normal, reason, note)
+                .await;
+        }
     }
-    Ok(Action::requeue(requeue))
+    // The error is reported in the condition and counted by the controller's metrics.
+    match scale_error {
+        Some(e) => Err(e),
+        None => Ok(Action::requeue(requeue)),
+    }
+}
+
+/// Deletes the `ended` replicas and creates or deletes live ones until there are as many as
+/// wanted, unless failed ones make it back off: then the wait and its condition.
+async fn scale(
+    ctx: &Context,
+    vms: &Api<VirtualMachine>,
+    rs: &VirtualMachineReplicaSet,
+    live: &[VirtualMachine],
+    ended: &[VirtualMachine],
+    previous: &[Condition],
+) -> Result<Option<(Duration, Condition)>, Error> {
+    let uid = rs.uid().unwrap_or_default();
+    let wanted = rs.spec.replicas.unwrap_or(1).max(0) as usize;
+    let replicas = live.len();
+    for vm in ended {
+        delete_vm(ctx, vms, rs, vm).await?;
+    }
+    let ended: Vec<&VirtualMachine> = ended.iter().collect();
+    let mut backing_off_now = None;
+    match backing_off(ctx, &uid, &ended, previous) {
+        Some((wait, condition)) if replicas < wanted => {
+            announce_back_off(ctx, rs, previous, &condition).await;
+            backing_off_now = Some((wait, condition));
+        }
+        _ => {
+            let namespace = rs.namespace().unwrap_or_default();
+            for _ in replicas..wanted {
+                let vm = rs
+                    .spec
+                    .template
+                    .instantiate(&generated_name(&rs.name_any()), Some(namespace.clone()));
+                create_vm(ctx, vms, rs, vm).await?;
+            }
+        }
+    }
+    for vm in pick_excess(live, replicas.saturating_sub(wanted)) {
+        delete_vm(ctx, vms, rs, vm).await?;
+    }
+    Ok(backing_off_now)
 }
 
 #[cfg(test)]
