@@ -116,9 +116,23 @@ fn the_admin_socket_answers_every_question_and_only_root() {
         out.contains("debugged") && out.contains("Running") && out.contains("running"),
         "{out}"
     );
-    let (ok, out, _) = agent.admin(&["--output", "json", "vms"]);
-    let vms: serde_json::Value = serde_json::from_str(&out).expect("json");
-    assert!(ok && vms[0]["name"] == "debugged", "{out}");
+    // Flags before or after the subcommand, as kubectl takes them.
+    for args in [["--output", "json", "vms"], ["vms", "-o", "json"]] {
+        let (ok, out, _) = agent.admin(&args);
+        let vms: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert!(ok && vms[0]["name"] == "debugged", "{args:?}: {out}");
+    }
+    // --socket, the old name, still works, after the subcommand too.
+    let old_name = std::process::Command::new(env!("CARGO_BIN_EXE_nodevirt"))
+        .args(["admin", "health"])
+        .arg(format!("--socket={}", agent.admin_socket.display()))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&old_name.stdout);
+    assert!(
+        old_name.status.success() && out.contains("libvirt connected: true"),
+        "{out}"
+    );
     let (ok, out, _) = agent.admin(&["show", &target]);
     assert!(
         ok && out.contains("VM started.") && out.contains(&uid),

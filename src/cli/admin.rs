@@ -12,11 +12,18 @@ use crate::admin::api::{
 use crate::admin::client::{ClientError, call};
 use crate::admin::route::{Route, RouteError, VmRef};
 
+/// Flags go before or after the subcommand; the socket's carries the agent's own name.
 #[derive(Debug, clap::Args)]
 pub struct AdminArgs {
-    #[arg(long, env = "NODEVIRT_ADMIN_SOCKET", default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
-    #[arg(long, short, value_enum, default_value_t = Output::Table)]
+    #[arg(
+        long = "admin-socket",
+        visible_alias = "socket",
+        global = true,
+        env = "NODEVIRT_ADMIN_SOCKET",
+        default_value = DEFAULT_SOCKET
+    )]
+    pub admin_socket: PathBuf,
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
     #[command(subcommand)]
     pub command: AdminCommand,
@@ -101,7 +108,7 @@ fn vms_table(vms: &Vec<VmSummary>) -> String {
 }
 
 pub async fn run(args: AdminArgs) -> Result<(), AdminCliError> {
-    let socket = &args.socket;
+    let socket = &args.admin_socket;
     let route = route(&args.command)?;
     match &args.command {
         AdminCommand::Vms => {

@@ -287,7 +287,7 @@ impl Agent {
     ) -> (bool, String, String) {
         let out = command
             .arg("admin")
-            .arg(format!("--socket={}", self.admin_socket.display()))
+            .arg(format!("--admin-socket={}", self.admin_socket.display()))
             .args(args)
             .output()
             .expect("run nodevirt admin");
