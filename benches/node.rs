@@ -70,6 +70,7 @@ fn light_xml(index: usize) -> String {
     let volumes = resolve_volumes(&vm.spec, &layout, |_| None);
     let options = RenderOptions {
         domain_type: DomainType::Qemu,
+        cpu_model: Default::default(),
         network: None,
         console_log: layout.console_log().display().to_string(),
         node: Some("n".into()),

@@ -17,6 +17,7 @@ fn render_seed_like_vm(c: &mut Criterion) {
     );
     let options = RenderOptions {
         domain_type: DomainType::Kvm,
+        cpu_model: Default::default(),
         network: Some("default".into()),
         console_log: layout.console_log().display().to_string(),
         node: Some("node1".into()),

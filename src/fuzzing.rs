@@ -66,6 +66,7 @@ pub fn render_manifest_bytes(data: &[u8]) -> Result<RenderOutcome, Bug> {
         file: path.to_path_buf(),
         presets: Vec::new(),
         hypervisor: DomainTypeArg::Kvm,
+        cpu_model: Default::default(),
         state_dir: PathBuf::from(DEFAULT_STATE_DIR),
         network: "default".into(),
         claims: vec![(BLOCK_CLAIM.into(), PathBuf::from("/dev/nodevirt-fuzz"))],

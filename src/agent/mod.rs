@@ -44,6 +44,7 @@ use tracing::{info, warn};
 
 use crate::admin::server::AdminState;
 use crate::api::{NODE_NAME_LABEL, VirtualMachine, holder};
+use crate::domain::CpuModel;
 use crate::domain::names::vm_of_domain;
 use crate::event_log::EventLog;
 use crate::events::EventRecorder;
@@ -90,6 +91,11 @@ pub struct AgentArgs {
         value_delimiter = ','
     )]
     pub allowed_registries: Vec<String>,
+    /// The CPU guests see under KVM: host-model (KubeVirt's default), host-passthrough, or a
+    /// libvirt CPU model name (e.g. Skylake-Server) that every node of the cluster has.
+    /// Under TCG guests get QEMU's default CPU whatever this says.
+    #[arg(long, env = "NODEVIRT_CPU_MODEL", default_value = "host-model")]
+    pub cpu_model: CpuModel,
     /// The admin socket (HTTP/JSON, mode 0600) that `nodevirt admin` talks to.
     #[arg(long, env = "NODEVIRT_ADMIN_SOCKET", default_value = crate::admin::api::DEFAULT_SOCKET)]
     pub admin_socket: PathBuf,
@@ -172,6 +178,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
             // libvirt's test driver has no network.
             addresses_possible: args.network != "none"
                 && !args.libvirt.libvirt_uri.starts_with("test"),
+            cpu_model: args.cpu_model.clone(),
         },
         hypervisor: Arc::clone(&hypervisor),
     };

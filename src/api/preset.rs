@@ -501,7 +501,7 @@ mod tests {
     #[test]
     fn two_presets_agreeing_is_fine() {
         let a = preset("a", None, "{cpu: {cores: 2}, machine: {type: pc}}");
-        let b = preset("b", None, "{cpu: {cores: 2, model: host-model}}");
+        let b = preset("b", None, "{cpu: {cores: 2}, clock: {utc: {}}}");
         let out = apply(&vm(&[], "{}"), &[a, b]).unwrap().vm;
         assert_eq!(out.spec.domain.machine.clone().unwrap().machine_type, "pc");
         assert_eq!(preset_names(&out), ["a", "b"]);

@@ -9,7 +9,7 @@ use crate::api::{
     OfflineVirtualMachine, VirtualMachine, VirtualMachinePreset, VirtualMachineReplicaSet,
 };
 use crate::domain::names::check_uid;
-use crate::domain::{FieldError, ImageFormat, RenderOptions, ResolvedVolume, render};
+use crate::domain::{CpuModel, FieldError, ImageFormat, RenderOptions, ResolvedVolume, render};
 use crate::storage::layout::{DEFAULT_STATE_DIR, VmLayout, offline_claim_image, resolve_volumes};
 
 use super::DomainTypeArg;
@@ -25,6 +25,9 @@ pub struct RenderArgs {
     pub presets: Vec<PathBuf>,
     #[arg(long, value_enum, default_value_t = DomainTypeArg::Kvm)]
     pub hypervisor: DomainTypeArg,
+    /// The guest CPU under kvm, as the agent's --cpu-model.
+    #[arg(long, default_value = "host-model")]
+    pub cpu_model: CpuModel,
     /// Where the agent keeps generated disks; their paths in the XML start here.
     #[arg(long, default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
@@ -120,6 +123,7 @@ pub fn render_manifest(
     let volumes = resolve_volumes(&vm.spec, &layout, |claim| Some(claim_source(args, claim)));
     let options = RenderOptions {
         domain_type: args.hypervisor.into(),
+        cpu_model: args.cpu_model.clone(),
         network: Some(args.network.clone()),
         console_log: layout.console_log().display().to_string(),
         node: None,

@@ -57,6 +57,7 @@ pub fn render_vm(vm: &VirtualMachine) -> Result<Domain, FieldError> {
         .collect();
     let options = RenderOptions {
         domain_type: DomainType::Qemu,
+        cpu_model: Default::default(),
         network: None,
         console_log: "/state/console.log".into(),
         node: None,

@@ -75,10 +75,46 @@ impl fmt::Display for DomainType {
     }
 }
 
+/// The CPU a guest sees under KVM (TCG always emulates QEMU's default model): as KubeVirt
+/// does, `host-model` unless the agent is told otherwise; `host-passthrough` gives the
+/// host's exact CPU (no live migration between unlike hosts), a name one of libvirt's models.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum CpuModel {
+    #[default]
+    HostModel,
+    HostPassthrough,
+    Named(String),
+}
+
+impl std::str::FromStr for CpuModel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "host-model" => Ok(CpuModel::HostModel),
+            "host-passthrough" => Ok(CpuModel::HostPassthrough),
+            name if !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+            {
+                Ok(CpuModel::Named(name.to_string()))
+            }
+            other => Err(format!(
+                "{other:?}: expected host-model, host-passthrough or a libvirt CPU model name \
+                 (letters, digits, '-', '_', '.'; at most 64)"
+            )),
+        }
+    }
+}
+
 /// Node-side choices that the VM spec does not carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderOptions {
     pub domain_type: DomainType,
+    /// Used under KVM only.
+    pub cpu_model: CpuModel,
     /// The libvirt network of the guest's NIC; `None` gives the guest no NIC.
     pub network: Option<String>,
     /// Where virtlogd writes everything the guest prints on its serial console.

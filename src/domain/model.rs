@@ -176,7 +176,24 @@ pub struct VendorId {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Cpu {
+    /// host-model, host-passthrough or custom; none under TCG.
+    #[serde(rename = "@mode", skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
+    #[serde(rename = "@match", skip_serializing_if = "Option::is_none")]
+    pub match_: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<CpuModelName>,
     pub topology: Topology,
+}
+
+/// A named model; `fallback='forbid'`: a host without it refuses the guest rather than
+/// silently giving it another CPU.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CpuModelName {
+    #[serde(rename = "@fallback")]
+    pub fallback: &'static str,
+    #[serde(rename = "$text")]
+    pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -7,12 +7,12 @@ use crate::api::quantity::parse_bytes;
 
 use super::limits::{MAX_CORES, MAX_MACHINE_TYPE_LEN, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES};
 use super::model::{
-    Console, ConsoleTarget, Controller, Cpu, Devices, Domain, Graphics, Interface, Log,
-    METADATA_NAMESPACE, Mac, MemBalloon, Memory, Metadata, Model, NetworkSource, OnOff, Os, OsType,
-    Serial, SerialTarget, Stats, Topology, VmMetadata, YesNo,
+    Console, ConsoleTarget, Controller, Cpu, CpuModelName, Devices, Domain, Graphics, Interface,
+    Log, METADATA_NAMESPACE, Mac, MemBalloon, Memory, Metadata, Model, NetworkSource, OnOff, Os,
+    OsType, Serial, SerialTarget, Stats, Topology, VmMetadata, YesNo,
 };
 use super::names::{check_dns_label, check_length, check_uid, domain_name};
-use super::{FieldError, RenderOptions, ResolvedVolumes, disks, hardware};
+use super::{CpuModel, DomainType, FieldError, RenderOptions, ResolvedVolumes, disks, hardware};
 
 const DEFAULT_MACHINE: &str = "q35";
 const DEFAULT_NAMESPACE: &str = "default";
@@ -70,13 +70,7 @@ pub fn render(
             },
         },
         features: hardware::features(domain.features.as_ref())?,
-        cpu: Cpu {
-            topology: Topology {
-                sockets: 1,
-                cores,
-                threads: 1,
-            },
-        },
+        cpu: cpu(options, cores),
         clock: hardware::clock(domain.clock.as_ref())?,
         on_poweroff: "destroy",
         on_reboot: "restart",
@@ -160,6 +154,33 @@ fn machine_type(domain: &DomainSpec) -> Result<String, FieldError> {
     }
 }
 
+/// The guest's CPU: the agent's model under KVM, QEMU's default under TCG; one socket.
+fn cpu(options: &RenderOptions, cores: u32) -> Cpu {
+    let (mode, match_, model) = match (&options.domain_type, &options.cpu_model) {
+        (DomainType::Qemu, _) => (None, None, None),
+        (DomainType::Kvm, CpuModel::HostModel) => (Some("host-model"), None, None),
+        (DomainType::Kvm, CpuModel::HostPassthrough) => (Some("host-passthrough"), None, None),
+        (DomainType::Kvm, CpuModel::Named(name)) => (
+            Some("custom"),
+            Some("exact"),
+            Some(CpuModelName {
+                fallback: "forbid",
+                name: name.clone(),
+            }),
+        ),
+    };
+    Cpu {
+        mode,
+        match_,
+        model,
+        topology: Topology {
+            sockets: 1,
+            cores,
+            threads: 1,
+        },
+    }
+}
+
 fn cores(domain: &DomainSpec) -> Result<u32, FieldError> {
     let cores = domain.cpu.as_ref().and_then(|c| c.cores).unwrap_or(1);
     if (1..=MAX_CORES).contains(&cores) {
@@ -216,6 +237,51 @@ mod tests {
 
     fn domain(extra: &str) -> String {
         format!("{{resources: {{requests: {{memory: 64Mi}}}}, {extra}}}")
+    }
+
+    #[test]
+    fn kvm_guests_get_the_agents_cpu_model_and_tcg_guests_qemus_default() {
+        let vm = vm(&domain("cpu: {cores: 2}"), "[]");
+        let xml = |domain_type, model: &str| {
+            let options = RenderOptions {
+                domain_type,
+                cpu_model: model.parse().unwrap(),
+                network: None,
+                console_log: "/state/console.log".into(),
+                node: None,
+            };
+            let xml = render(&vm, &Default::default(), &options)
+                .unwrap()
+                .to_xml()
+                .unwrap();
+            let start = xml.find("<cpu").unwrap();
+            let cpu = &xml[start..start + xml[start..].find("</cpu>").unwrap()];
+            cpu.split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .replace("> <", "><")
+        };
+        let topology = "<topology sockets=\"1\" cores=\"2\" threads=\"1\"/>";
+        assert_eq!(
+            xml(DomainType::Kvm, "host-model"),
+            format!("<cpu mode=\"host-model\">{topology}")
+        );
+        assert_eq!(
+            xml(DomainType::Kvm, "host-passthrough"),
+            format!("<cpu mode=\"host-passthrough\">{topology}")
+        );
+        assert_eq!(
+            xml(DomainType::Kvm, "Skylake-Server"),
+            format!(
+                "<cpu mode=\"custom\" match=\"exact\">\
+                 <model fallback=\"forbid\">Skylake-Server</model>{topology}"
+            )
+        );
+        for model in ["host-model", "host-passthrough", "Skylake-Server"] {
+            assert_eq!(xml(DomainType::Qemu, model), format!("<cpu>{topology}"));
+        }
+        assert!("<script>".parse::<CpuModel>().is_err());
+        assert!("".parse::<CpuModel>().is_err());
     }
 
     #[test]

@@ -53,6 +53,7 @@ impl DirectGuest {
         let volumes = resolve_volumes(&vm.spec, &layout, |_| Some(claim.clone()));
         let options = RenderOptions {
             domain_type: DomainType::Qemu,
+            cpu_model: Default::default(),
             network: Some("nodevirt".into()),
             console_log: layout.console_log().display().to_string(),
             node: None,

@@ -94,6 +94,7 @@ impl VmBuilder {
         });
         let options = RenderOptions {
             domain_type: DomainType::Qemu,
+            cpu_model: Default::default(),
             network: Some("default".into()),
             console_log: layout.console_log().display().to_string(),
             node: Some("node1".into()),

@@ -22,7 +22,7 @@ use crate::api::virtual_machine::{
 use crate::api::{Phase, VirtualMachine, VirtualMachineStatus};
 use crate::domain::limits::MAX_TERMINATION_GRACE_PERIOD_SECONDS;
 use crate::domain::names::check_uid;
-use crate::domain::{DomainType, RenderOptions, ResolvedVolume, render};
+use crate::domain::{CpuModel, DomainType, RenderOptions, ResolvedVolume, render};
 use crate::events::EventType;
 use crate::hypervisor::{DomainState, DomainStatus, GuestAddress, ShutoffReason};
 use crate::storage::layout::{VmLayout, resolve_volumes};
@@ -50,6 +50,8 @@ pub struct Node {
     /// False when guests cannot have addresses at all (libvirt's test driver has no network):
     /// polling for one would never end.
     pub addresses_possible: bool,
+    /// The guest CPU under KVM.
+    pub cpu_model: CpuModel,
 }
 
 /// Everything a plan is made from.
@@ -360,6 +362,7 @@ fn reservation_lost(o: &Observed, reason: &'static str, message: &str, stop_by: 
 fn render_options(o: &Observed, domain_type: DomainType, layout: &VmLayout) -> RenderOptions {
     RenderOptions {
         domain_type,
+        cpu_model: o.node.cpu_model.clone(),
         network: o.node.network.clone(),
         console_log: layout.console_log().display().to_string(),
         node: Some(o.node.name.clone()),

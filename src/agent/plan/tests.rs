@@ -16,6 +16,7 @@ fn node() -> Node {
         state_dir: DEFAULT_STATE_DIR.into(),
         network: None,
         addresses_possible: false,
+        cpu_model: Default::default(),
     }
 }
 

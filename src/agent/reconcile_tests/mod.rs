@@ -48,6 +48,7 @@ fn harness_with(choice: HypervisorChoice) -> Harness {
             state_dir: state_dir.path().to_path_buf(),
             network: Some("default".into()),
             addresses_possible: true,
+            cpu_model: Default::default(),
         },
         hypervisor: Arc::new(choice),
     };

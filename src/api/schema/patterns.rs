@@ -138,6 +138,7 @@ mod tests {
         change(&mut vm.spec);
         let options = crate::domain::RenderOptions {
             domain_type: crate::domain::DomainType::Qemu,
+            cpu_model: Default::default(),
             network: None,
             console_log: "/dev/null".into(),
             node: None,
