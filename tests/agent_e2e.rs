@@ -58,6 +58,32 @@ fn seed_like_vm_runs_reports_its_lease_and_is_cleaned_up() {
             "describe lacks {line:?}:\n{describe}"
         );
     }
+    // An operator's virsh suspend: still Running, with a Paused condition until resumed.
+    let paused_reason = || vm.get("{.status.conditions[?(@.type==\"Paused\")].reason}");
+    virsh(&["suspend", &vm.domain()]);
+    let suspended = Instant::now();
+    wait_for(Duration::from_secs(10), "the Paused condition", || {
+        (paused_reason() == "PausedByUser").then_some(())
+    });
+    eprintln!(
+        "timing: virsh suspend -> Paused condition {:.2}s",
+        suspended.elapsed().as_secs_f64()
+    );
+    assert_eq!(vm.get("{.status.phase}"), "Running");
+    let (_, metrics) = agent.get("/metrics");
+    assert!(
+        metrics.contains(&format!(
+            "nodevirt_vmi_paused{{namespace=\"{}\",name=\"testvm\",node=\"{}\",reason=\"PausedByUser\"}} 1",
+            vm.ns, agent.node
+        )),
+        "{metrics}"
+    );
+    virsh(&["resume", &vm.domain()]);
+    wait_for(
+        Duration::from_secs(10),
+        "the Paused condition to go",
+        || paused_reason().is_empty().then_some(()),
+    );
     let template = cluster.kubectl_ok(&[
         "-n",
         vm.ns,

@@ -175,7 +175,7 @@ fn describe(status: Option<&DomainStatus>) -> String {
     match status.map(|s| s.state) {
         None => "no domain".into(),
         Some(DomainState::Running) => "running".into(),
-        Some(DomainState::Paused) => "paused".into(),
+        Some(DomainState::Paused(reason)) => format!("paused ({reason:?})"),
         Some(DomainState::Crashed) => "crashed".into(),
         Some(DomainState::Transient) => "changing".into(),
         Some(DomainState::ShutOff(reason)) => format!("shut off ({reason:?})").to_lowercase(),

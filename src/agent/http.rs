@@ -24,7 +24,7 @@ pub struct Endpoint {
 
 impl Exposition for Endpoint {
     async fn metrics(&self) -> Result<String, std::fmt::Error> {
-        let counters = match self.libvirt.run(|lv| lv.running_counters()).await {
+        let counters = match self.libvirt.run(|lv| lv.running_stats()).await {
             Ok(counters) => counters,
             Err(e) => {
                 self.metrics.libvirt_errors.inc();
@@ -32,18 +32,18 @@ impl Exposition for Endpoint {
                 Default::default()
             }
         };
-        // The node's VMs come from the watch cache; libvirt only adds the counters of those
+        // The node's VMs come from the watch cache; libvirt only adds the stats of those
         // whose domain runs (its name is `<namespace>_<name>`).
         let vms = self.vms.state();
         let usage: Vec<VmUsage> = vms
             .iter()
             .filter_map(|vm| {
                 let (namespace, name) = (vm.namespace()?, vm.name_any());
-                let counters = counters.get(&domain_name(&namespace, &name))?.clone();
+                let stats = counters.get(&domain_name(&namespace, &name))?.clone();
                 Some(VmUsage {
                     namespace,
                     name,
-                    counters,
+                    stats,
                 })
             })
             .collect();

@@ -47,7 +47,7 @@ pub async fn observe<'a>(vm: &'a VirtualMachine, ctx: &'a Context) -> Result<Obs
         && !vm.phase().is_final()
         && domain.as_ref().is_some_and(|d| {
             d.uuid.eq_ignore_ascii_case(&uid)
-                && matches!(d.state, DomainState::Running | DomainState::Paused)
+                && matches!(d.state, DomainState::Running | DomainState::Paused(_))
         });
     let addresses = if reports {
         let lookup = name.clone();

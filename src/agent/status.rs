@@ -2,9 +2,14 @@
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::virtual_machine::{VirtualMachineNetworkInterface, set_ready};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::virtual_machine::{Condition, VirtualMachineNetworkInterface, set_ready};
 use crate::api::{Phase, VirtualMachineStatus};
-use crate::hypervisor::GuestAddress;
+use crate::hypervisor::{GuestAddress, PauseReason};
+
+/// The condition type of a VM whose domain libvirt paused (KubeVirt's name).
+pub const CONDITION_PAUSED: &str = "Paused";
 
 /// The status of a VM whose domain runs on `node` with `addresses`.
 pub fn running(
@@ -49,7 +54,43 @@ pub fn ended(
     status.phase = Some(phase);
     status.node_name = Some(node.into());
     set_ready(&mut status, false, reason, message, now);
+    set_paused(&mut status, None, now);
     status
+}
+
+/// Adds the `Paused` condition (reason and message from libvirt's pause reason), kept with its
+/// transition time while the pause lasts, or removes it (`None`).
+pub fn set_paused(status: &mut VirtualMachineStatus, paused: Option<PauseReason>, now: Timestamp) {
+    let Some(why) = paused else {
+        status.conditions.retain(|c| c.type_ != CONDITION_PAUSED);
+        return;
+    };
+    let message = match why {
+        PauseReason::User => {
+            "The domain was paused by a libvirt client (virsh suspend); virsh resume continues it."
+        }
+        PauseReason::IoError => {
+            "libvirt paused the domain after a disk I/O error (a full or failing disk); \
+             it continues once the disk has space and the domain is resumed."
+        }
+        PauseReason::Watchdog => "The guest's watchdog fired with action pause.",
+        PauseReason::Other => "libvirt paused the domain.",
+    };
+    let reason = why.name();
+    let since = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_PAUSED)
+        .and_then(|c| c.last_transition_time.clone());
+    status.conditions.retain(|c| c.type_ != CONDITION_PAUSED);
+    status.conditions.push(Condition {
+        type_: CONDITION_PAUSED.into(),
+        status: "True".into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_transition_time: since.or(Some(Time(now))),
+        last_probe_time: None,
+    });
 }
 
 /// Whether the two differ in anything but timestamps (so an unchanged status is not written).
@@ -67,9 +108,37 @@ pub fn differs(a: &VirtualMachineStatus, b: &VirtualMachineStatus) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
     use super::*;
+
+    #[test]
+    fn a_paused_domain_has_a_paused_condition_until_it_resumes_or_ends() {
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let later = Timestamp::from_second(1_700_000_060).unwrap();
+        let mut status = running(&Default::default(), "n1", &[], now);
+        set_paused(&mut status, Some(PauseReason::IoError), now);
+        let paused = |s: &VirtualMachineStatus| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == CONDITION_PAUSED)
+                .cloned()
+        };
+        let first = paused(&status).unwrap();
+        assert_eq!(first.reason.as_deref(), Some("PausedIOError"));
+        assert_eq!(status.phase, Some(Phase::Running), "still Running");
+        let mut again = running(&status, "n1", &[], later);
+        set_paused(&mut again, Some(PauseReason::IoError), later);
+        assert!(!differs(&status, &again));
+        assert_eq!(paused(&again), Some(first), "kept while the pause lasts");
+        set_paused(&mut again, Some(PauseReason::User), later);
+        assert_eq!(
+            paused(&again).unwrap().reason.as_deref(),
+            Some("PausedByUser")
+        );
+        set_paused(&mut again, None, later);
+        assert_eq!(paused(&again), None, "cleared on resume");
+        status = ended(&status, "n1", Phase::Failed, "Crashed", "crashed", later);
+        assert_eq!(paused(&status), None, "an ended VM is not paused");
+    }
 
     #[test]
     fn running_sets_phase_node_addresses_and_ready() {

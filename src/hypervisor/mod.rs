@@ -20,8 +20,8 @@ use std::sync::{Arc, RwLock};
 
 use virt::connect::Connect;
 use virt::domain::{
-    Domain, DomainShutoffReason, DomainState as VirtState, DomainStateEnum, DomainStateReason,
-    DomainStateReasonEnum,
+    Domain, DomainPausedReason, DomainShutoffReason, DomainState as VirtState, DomainStateEnum,
+    DomainStateReason, DomainStateReasonEnum,
 };
 use virt::enumutil::Enum;
 use virt::error::ErrorNumber;
@@ -105,11 +105,49 @@ pub struct DomainStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DomainState {
     Running,
-    Paused,
+    Paused(PauseReason),
     ShutOff(ShutoffReason),
     Crashed,
     /// Starting, stopping, suspended to disk: transient, look again later.
     Transient,
+}
+
+/// Why libvirt holds a domain's vCPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseReason {
+    /// `virsh suspend`, or another client's request.
+    User,
+    /// A disk returned an error (often: full) and the disk's error policy stops the guest.
+    IoError,
+    /// The watchdog device fired with action `pause`.
+    Watchdog,
+    /// Anything else libvirt reports (saving, dumping, starting up, ...).
+    Other,
+}
+
+impl PauseReason {
+    /// libvirt's `state.state` of a paused domain (VIR_DOMAIN_PAUSED).
+    pub const LIBVIRT_STATE: u64 = sys::VIR_DOMAIN_PAUSED as u64;
+
+    /// From libvirt's virDomainPausedReason number, as bulk stats give it.
+    pub fn from_libvirt(reason: u64) -> Self {
+        match reason {
+            r if r == u64::from(sys::VIR_DOMAIN_PAUSED_USER) => PauseReason::User,
+            r if r == u64::from(sys::VIR_DOMAIN_PAUSED_IOERROR) => PauseReason::IoError,
+            r if r == u64::from(sys::VIR_DOMAIN_PAUSED_WATCHDOG) => PauseReason::Watchdog,
+            _ => PauseReason::Other,
+        }
+    }
+
+    /// The name the VM's `Paused` condition and the metrics carry (KubeVirt's for a user).
+    pub fn name(self) -> &'static str {
+        match self {
+            PauseReason::User => "PausedByUser",
+            PauseReason::IoError => "PausedIOError",
+            PauseReason::Watchdog => "PausedByWatchdog",
+            PauseReason::Other => "Paused",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -399,7 +437,15 @@ impl Libvirt {
 fn decode_state(state: DomainStateEnum, reason: DomainStateReasonEnum) -> DomainState {
     match state {
         Enum::Known(VirtState::Running | VirtState::Blocked) => DomainState::Running,
-        Enum::Known(VirtState::Paused) => DomainState::Paused,
+        Enum::Known(VirtState::Paused) => DomainState::Paused(match reason {
+            Enum::Known(DomainStateReason::Paused(Enum::Known(r))) => match r {
+                DomainPausedReason::User => PauseReason::User,
+                DomainPausedReason::IOError => PauseReason::IoError,
+                DomainPausedReason::Watchdog => PauseReason::Watchdog,
+                _ => PauseReason::Other,
+            },
+            _ => PauseReason::Other,
+        }),
         Enum::Known(VirtState::Crashed) => DomainState::Crashed,
         Enum::Known(VirtState::Shutoff) => DomainState::ShutOff(match reason {
             Enum::Known(DomainStateReason::Shutoff(Enum::Known(r))) => match r {

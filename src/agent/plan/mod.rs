@@ -24,7 +24,7 @@ use crate::domain::limits::MAX_TERMINATION_GRACE_PERIOD_SECONDS;
 use crate::domain::names::check_uid;
 use crate::domain::{CpuModel, DomainType, RenderOptions, ResolvedVolume, render};
 use crate::events::EventType;
-use crate::hypervisor::{DomainState, DomainStatus, GuestAddress, ShutoffReason};
+use crate::hypervisor::{DomainState, DomainStatus, GuestAddress, PauseReason, ShutoffReason};
 use crate::storage::layout::{VmLayout, resolve_volumes};
 
 use super::finalizer::Stage;
@@ -267,7 +267,8 @@ fn live(o: &Observed) -> Plan {
     }
     let domain_stopped = |phase, reason, message| end(o, stopped(phase, reason, message));
     match domain.state {
-        DomainState::Running | DomainState::Paused => report(o),
+        DomainState::Running => report(o, None),
+        DomainState::Paused(reason) => report(o, Some(reason)),
         DomainState::Transient => Plan::requeue(ADDRESS_POLL),
         DomainState::Crashed => domain_stopped(Phase::Failed, reasons::CRASHED, "The VM crashed."),
         DomainState::ShutOff(reason) => match reason {
@@ -323,7 +324,7 @@ fn reservation_lost(o: &Observed, reason: &'static str, message: &str, stop_by: 
     let domain = owned(o).filter(|d| {
         matches!(
             d.state,
-            DomainState::Running | DomainState::Paused | DomainState::Transient
+            DomainState::Running | DomainState::Paused(_) | DomainState::Transient
         )
     });
     let Some(domain) = domain else {
@@ -335,7 +336,7 @@ fn reservation_lost(o: &Observed, reason: &'static str, message: &str, stop_by: 
         return end(o, why);
     };
     // A paused guest cannot answer the ACPI button: it is stopped at once.
-    if domain.state == DomainState::Paused || o.now >= stop_by {
+    if matches!(domain.state, DomainState::Paused(_)) || o.now >= stop_by {
         let note = format!("VM stopping now: {message}");
         return Plan::new(
             vec![
@@ -435,8 +436,10 @@ fn start(o: &Observed, before: Vec<Action>) -> Plan {
 }
 
 /// The domain runs: Running, its node and addresses.
-fn report(o: &Observed) -> Plan {
-    let new = status::running(&current_status(o.vm), &o.node.name, &o.addresses, o.now);
+/// A running domain's status; `paused` while libvirt holds its vCPUs (phase stays Running).
+fn report(o: &Observed, paused: Option<PauseReason>) -> Plan {
+    let mut new = status::running(&current_status(o.vm), &o.node.name, &o.addresses, o.now);
+    status::set_paused(&mut new, paused, o.now);
     let has_address = new.interfaces.iter().any(|i| i.ip_address.is_some());
     let next = if has_address || !o.node.addresses_possible {
         RESYNC
@@ -541,9 +544,9 @@ fn deletion(o: &Observed) -> Plan {
         // stopped at once rather than waited for until its deadline.
         let running = matches!(
             domain.state,
-            DomainState::Running | DomainState::Paused | DomainState::Transient
+            DomainState::Running | DomainState::Paused(_) | DomainState::Transient
         );
-        let paused = domain.state == DomainState::Paused;
+        let paused = matches!(domain.state, DomainState::Paused(_));
         let deadline = stop_deadline(vm, o.now);
         if running && !paused && o.now < deadline {
             if !o.shutdown_sent {

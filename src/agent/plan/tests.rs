@@ -89,7 +89,7 @@ fn running_domains_are_adopted_and_transient_ones_waited_for() {
     let node = node();
     for phase in [Phase::Scheduled, Phase::Running, Phase::Unknown] {
         let vm = vm_in(phase);
-        for state in [DomainState::Running, DomainState::Paused] {
+        for state in [DomainState::Running, DomainState::Paused(PauseReason::User)] {
             let plan = plan(&observed(&vm, &node, Some(state)));
             assert!(!plan.actions.contains(&Action::Start), "{phase:?}");
             // The test node cannot have addresses: the slow resync.

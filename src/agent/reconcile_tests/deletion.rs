@@ -149,8 +149,11 @@ async fn a_paused_guest_is_stopped_at_once_as_libvirt_cannot_send_it_the_button(
     new_vm(&h, DOMAIN, "[]");
     reconcile(&h).await.unwrap();
     h.cluster.take_events();
-    h.hypervisor
-        .set_state(DOMAIN_NAME, UID, DomainState::Paused);
+    h.hypervisor.set_state(
+        DOMAIN_NAME,
+        UID,
+        DomainState::Paused(crate::hypervisor::PauseReason::User),
+    );
     delete(&h, 0, 3600);
     h.hypervisor.take_calls();
     assert_eq!(reconcile(&h).await.unwrap(), Next::AwaitChange);
