@@ -281,7 +281,7 @@ mod tests {
         // The driver's built-in domain "test" runs from the start.
         let stats = lv.running_stats().unwrap();
         let test = &stats["test"];
+        // The test driver gives the state only; QEMU's is checked in agent_e2e.
         assert_eq!(test.state.map(|s| s.0), Some(1), "running: {test:?}");
-        assert!(!test.vcpus.is_empty(), "{test:?}");
     }
 }
