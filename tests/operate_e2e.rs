@@ -10,10 +10,14 @@ use support::cluster::{Cluster, wait_for};
 use support::vm::{BOOT, Vm, console_log, user_data, vm_yaml};
 
 /// The value of the series `name{...namespace="ns",name="vm"...}` in a scrape.
+/// The sum of `metric`'s samples for VM `vm` (over its vCPUs, NICs or drives), if any.
 fn sample(text: &str, metric: &str, vm: &str) -> Option<f64> {
-    text.lines()
+    let values: Vec<f64> = text
+        .lines()
         .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(&format!("name=\"{vm}\"")))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 #[test]
@@ -45,8 +49,12 @@ fn metrics_show_a_running_vm_and_forget_it_when_deleted() {
     let (status, text) = agent.get("/metrics");
     assert_eq!(status, 200);
     for metric in [
+        "kubevirt_vmi_cpu_usage_seconds_total",
         "kubevirt_vmi_vcpu_seconds_total",
         "kubevirt_vmi_memory_resident_bytes",
+        "kubevirt_vmi_memory_domain_bytes_total",
+        "kubevirt_vmi_network_receive_packets_total",
+        "kubevirt_vmi_storage_iops_write_total",
         "kubevirt_vmi_network_receive_bytes_total",
         "kubevirt_vmi_network_transmit_bytes_total",
         "kubevirt_vmi_storage_read_traffic_bytes_total",
@@ -56,6 +64,27 @@ fn metrics_show_a_running_vm_and_forget_it_when_deleted() {
             .unwrap_or_else(|| panic!("no {metric} for the VM:\n{text}"));
         assert!(value > 0.0, "{metric} is {value}");
     }
+    // The guest wrote 1 MiB to its third disk: that drive's own series says so.
+    let vdc = format!(
+        "name=\"{}\",node=\"{}\",drive=\"vdc\"}}",
+        vm.name, agent.node
+    );
+    let written: f64 = text
+        .lines()
+        .find(|l| {
+            l.starts_with("kubevirt_vmi_storage_write_traffic_bytes_total{") && l.contains(&vdc)
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no write traffic of drive vdc:\n{text}"));
+    assert!(written >= 1_048_576.0, "vdc wrote {written} bytes");
+    let vcpus = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("kubevirt_vmi_vcpu_seconds_total{")
+                && l.contains(&format!("name=\"{}\"", vm.name))
+        })
+        .count();
+    assert_eq!(vcpus, 1, "one series for the VM's one vCPU, in its state");
     assert!(
         text.contains(&format!(
             "kubevirt_vmi_phase_count{{node=\"{}\",phase=\"running\"}} 1",
