@@ -64,8 +64,8 @@ impl Scenario {
         node
     }
 
-    /// The messages of the events with `reason` about the object `kind`/`name`.
-    fn event_messages(&self, kind: &str, name: &str, reason: &str) -> Vec<String> {
+    /// The events with `reason` about the object `kind`/`name`.
+    fn events(&self, kind: &str, name: &str, reason: &str) -> Vec<serde_json::Value> {
         let events: serde_json::Value =
             serde_json::from_str(&self.kubectl(&["get", "events.events.k8s.io", "-o", "json"]))
                 .unwrap();
@@ -78,6 +78,14 @@ impl Scenario {
                     && e["regarding"]["name"] == name
                     && e["reason"] == reason
             })
+            .cloned()
+            .collect()
+    }
+
+    /// Their messages.
+    fn event_messages(&self, kind: &str, name: &str, reason: &str) -> Vec<String> {
+        self.events(kind, name, reason)
+            .iter()
             .map(|e| e["note"].as_str().unwrap_or_default().to_string())
             .collect()
     }
@@ -611,18 +619,8 @@ fn controller_places_presets_offline_vms_replica_sets_and_fails_over() {
     std::thread::sleep(window.saturating_sub(watched.elapsed()));
     // By kind too: the OVM's VM has its name, and its own SuccessfulCreate (its holder pod).
     let creates = |kind: &str, owner: &str| -> i64 {
-        let events: serde_json::Value =
-            serde_json::from_str(&s.kubectl(&["get", "events.events.k8s.io", "-o", "json"]))
-                .unwrap();
-        events["items"]
-            .as_array()
-            .unwrap()
+        s.events(kind, owner, "SuccessfulCreate")
             .iter()
-            .filter(|e| {
-                e["regarding"]["kind"] == kind
-                    && e["regarding"]["name"] == owner
-                    && e["reason"] == "SuccessfulCreate"
-            })
             .map(|e| e["series"]["count"].as_i64().unwrap_or(1))
             .sum()
     };

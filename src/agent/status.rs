@@ -2,9 +2,7 @@
 
 use k8s_openapi::jiff::Timestamp;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
-use crate::api::virtual_machine::{Condition, VirtualMachineNetworkInterface, set_ready};
+use crate::api::virtual_machine::{VirtualMachineNetworkInterface, set_ready, true_condition};
 use crate::api::{Phase, VirtualMachineStatus};
 use crate::hypervisor::{GuestAddress, PauseReason};
 
@@ -77,20 +75,9 @@ pub fn set_paused(status: &mut VirtualMachineStatus, paused: Option<PauseReason>
         PauseReason::Other => "libvirt paused the domain.",
     };
     let reason = why.name();
-    let since = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == CONDITION_PAUSED)
-        .and_then(|c| c.last_transition_time.clone());
+    let condition = true_condition(&status.conditions, CONDITION_PAUSED, reason, message, now);
     status.conditions.retain(|c| c.type_ != CONDITION_PAUSED);
-    status.conditions.push(Condition {
-        type_: CONDITION_PAUSED.into(),
-        status: "True".into(),
-        reason: Some(reason.into()),
-        message: Some(message.into()),
-        last_transition_time: since.or(Some(Time(now))),
-        last_probe_time: None,
-    });
+    status.conditions.push(condition);
 }
 
 /// Whether the two differ in anything but timestamps (so an unchanged status is not written).
@@ -108,6 +95,8 @@ pub fn differs(a: &VirtualMachineStatus, b: &VirtualMachineStatus) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
     use super::*;
 
     #[test]

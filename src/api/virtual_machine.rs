@@ -187,6 +187,29 @@ pub struct Condition {
 pub const CONDITION_READY: &str = "Ready";
 
 /// Sets the Ready condition, keeping its transition time when nothing changed.
+/// A condition of `type_` with status True, keeping the transition time of the same condition
+/// in `previous`, so an unchanged one is not written again.
+pub fn true_condition(
+    previous: &[Condition],
+    type_: &str,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) -> Condition {
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+        .and_then(|c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.into(),
+        status: "True".into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_transition_time: since.or(Some(Time(now))),
+        last_probe_time: None,
+    }
+}
+
 pub fn set_ready(
     status: &mut VirtualMachineStatus,
     ready: bool,

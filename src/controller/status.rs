@@ -2,13 +2,13 @@
 //! and the clock; no I/O. Every one is written by [`super::status_writer::write`], and only
 //! when it differs from the object's current status.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::offline_virtual_machine::OfflineVirtualMachineStatus;
 use crate::api::replica_set::VirtualMachineReplicaSetStatus;
 use crate::api::virtual_machine::Condition;
 use crate::api::virtual_machine::set_ready;
+pub use crate::api::virtual_machine::true_condition;
 use crate::api::{Phase, VirtualMachine, VirtualMachineStatus};
 
 /// Neither being deleted nor ended: a VM that counts as its owner's.
@@ -50,29 +50,6 @@ pub fn replica_set(
             .count() as i32,
         label_selector,
         conditions,
-    }
-}
-
-/// A condition of `type_` with status True, keeping the transition time of the same condition
-/// in `previous`, so an unchanged one is not written again.
-pub fn true_condition(
-    previous: &[Condition],
-    type_: &str,
-    reason: &str,
-    message: &str,
-    now: Timestamp,
-) -> Condition {
-    let since = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == "True")
-        .and_then(|c| c.last_transition_time.clone());
-    Condition {
-        type_: type_.into(),
-        status: "True".into(),
-        reason: Some(reason.into()),
-        message: Some(message.into()),
-        last_transition_time: since.or(Some(Time(now))),
-        last_probe_time: None,
     }
 }
 
@@ -123,6 +100,7 @@ pub fn scheduled(current: Option<&VirtualMachineStatus>, node: &str) -> VirtualM
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn now() -> Timestamp {
         Timestamp::from_second(1_800_000_000).unwrap()
