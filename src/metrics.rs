@@ -452,10 +452,37 @@ fn escaped(value: &str) -> std::borrow::Cow<'_, str> {
         .into()
 }
 
-/// The `# HELP` and `# TYPE` lines of a family; a counter's samples are `<name>_total`.
-fn header(out: &mut String, name: &str, help: &str, counter: bool) -> std::fmt::Result {
-    let kind = if counter { "counter" } else { "gauge" };
-    writeln!(out, "# HELP {name} {help}.\n# TYPE {name} {kind}")
+/// One family being written: its `# HELP` and `# TYPE` lines when started, then its samples,
+/// a counter's named `<name>_total`.
+struct FamilyWriter<'o> {
+    out: &'o mut String,
+    name: &'o str,
+    suffix: &'static str,
+}
+
+impl<'o> FamilyWriter<'o> {
+    fn start(
+        out: &'o mut String,
+        name: &'o str,
+        help: &str,
+        counter: bool,
+    ) -> Result<Self, std::fmt::Error> {
+        let kind = if counter { "counter" } else { "gauge" };
+        writeln!(out, "# HELP {name} {help}.\n# TYPE {name} {kind}")?;
+        let suffix = if counter { "_total" } else { "" };
+        Ok(Self { out, name, suffix })
+    }
+
+    /// A sample with `labels` and then `extra` ones (each of those starting with a comma).
+    fn sample(
+        &mut self,
+        labels: &str,
+        extra: std::fmt::Arguments,
+        value: impl std::fmt::Display,
+    ) -> std::fmt::Result {
+        let (name, suffix) = (self.name, self.suffix);
+        writeln!(self.out, "{name}{suffix}{{{labels}{extra}}} {value}")
+    }
 }
 
 /// The per-VM series, written straight into the exposition: 1100 VMs make ~45,000 samples,
@@ -479,24 +506,19 @@ fn encode_per_vm(
         })
         .collect();
     let vms = || usage.iter().zip(&labels);
+    let none = format_args!("");
     for series in &CPU_SERIES {
-        header(out, series.name, series.help, true)?;
+        let mut family = FamilyWriter::start(out, series.name, series.help, true)?;
         let i = index_of(&CPU_FIELDS, series.field);
         for (u, l) in vms() {
             if let Some(v) = u.stats.cpu.get(i).copied().flatten() {
-                writeln!(
-                    out,
-                    "{}_total{{{l}}} {}",
-                    series.name,
-                    v as f64 * series.scale
-                )?;
+                family.sample(l, none, v as f64 * series.scale)?;
             }
         }
     }
-    let vcpu_seconds = "kubevirt_vmi_vcpu_seconds";
-    header(
+    let mut family = FamilyWriter::start(
         out,
-        vcpu_seconds,
+        "kubevirt_vmi_vcpu_seconds",
         "Total amount of time spent in each state by each vcpu (cpu_time excluding hypervisor time)",
         true,
     )?;
@@ -504,67 +526,56 @@ fn encode_per_vm(
         for (id, vcpu) in u.stats.vcpus.iter().enumerate() {
             if let Some(time) = vcpu.time {
                 let state = vcpu_state(vcpu.state);
-                let seconds = time as f64 / NANOS_PER_SECOND;
-                writeln!(
-                    out,
-                    "{vcpu_seconds}_total{{{l},id=\"{id}\",state=\"{state}\"}} {seconds}"
-                )?;
+                let extra = format_args!(",id=\"{id}\",state=\"{state}\"");
+                family.sample(l, extra, time as f64 / NANOS_PER_SECOND)?;
             }
         }
     }
-    let vcpu_wait = "kubevirt_vmi_vcpu_wait_seconds";
-    header(
+    let mut family = FamilyWriter::start(
         out,
-        vcpu_wait,
+        "kubevirt_vmi_vcpu_wait_seconds",
         "Amount of time spent by each vcpu while waiting on I/O",
         true,
     )?;
     for (u, l) in vms() {
         for (id, vcpu) in u.stats.vcpus.iter().enumerate() {
             if let Some(wait) = vcpu.wait {
-                let seconds = wait as f64 / NANOS_PER_SECOND;
-                writeln!(out, "{vcpu_wait}_total{{{l},id=\"{id}\"}} {seconds}")?;
+                family.sample(
+                    l,
+                    format_args!(",id=\"{id}\""),
+                    wait as f64 / NANOS_PER_SECOND,
+                )?;
             }
         }
     }
-    let balloon = |u: &VmUsage, field: &str| {
-        u.stats
-            .balloon
-            .get(index_of(&BALLOON_FIELDS, field))
-            .copied()
-            .flatten()
-    };
-    for series in &MEMORY_GAUGES {
-        header(out, series.name, series.help, false)?;
+    let balloon = |u: &VmUsage, i: usize| u.stats.balloon.get(i).copied().flatten();
+    for (series, counter) in MEMORY_GAUGES
+        .iter()
+        .map(|s| (s, false))
+        .chain(FAULT_COUNTERS.iter().map(|s| (s, true)))
+    {
+        let mut family = FamilyWriter::start(out, series.name, series.help, counter)?;
+        let i = index_of(&BALLOON_FIELDS, series.field);
         for (u, l) in vms() {
-            if let Some(v) = balloon(u, series.field) {
-                writeln!(out, "{}{{{l}}} {}", series.name, v as f64 * series.scale)?;
+            if let Some(v) = balloon(u, i) {
+                family.sample(l, none, v as f64 * series.scale)?;
             }
         }
     }
-    let used = "kubevirt_vmi_memory_used_bytes";
-    header(
+    let mut family = FamilyWriter::start(
         out,
-        used,
+        "kubevirt_vmi_memory_used_bytes",
         "Amount of used memory as seen by the domain",
         false,
     )?;
+    let (available, unused) = (
+        index_of(&BALLOON_FIELDS, "available"),
+        index_of(&BALLOON_FIELDS, "unused"),
+    );
     for (u, l) in vms() {
         // KubeVirt's "used": what the guest has, less what it leaves unused.
-        if let (Some(available), Some(unused)) = (balloon(u, "available"), balloon(u, "unused")) {
-            writeln!(
-                out,
-                "{used}{{{l}}} {}",
-                available.saturating_sub(unused) as f64 * KIB
-            )?;
-        }
-    }
-    for series in &FAULT_COUNTERS {
-        header(out, series.name, series.help, true)?;
-        for (u, l) in vms() {
-            if let Some(v) = balloon(u, series.field) {
-                writeln!(out, "{}_total{{{l}}} {v}", series.name)?;
-            }
+        if let (Some(available), Some(unused)) = (balloon(u, available), balloon(u, unused)) {
+            family.sample(l, none, available.saturating_sub(unused) as f64 * KIB)?;
         }
     }
     let devices = [
@@ -573,7 +584,7 @@ fn encode_per_vm(
     ];
     for (table, names, label, drives) in devices {
         for series in table {
-            header(out, series.name, series.help, true)?;
+            let mut family = FamilyWriter::start(out, series.name, series.help, true)?;
             let i = index_of(names, series.field);
             for (u, l) in vms() {
                 let list = if drives {
@@ -583,20 +594,13 @@ fn encode_per_vm(
                 };
                 for device in list.iter().filter(|d| !d.name.is_empty()) {
                     if let Some(v) = device.values.get(i).copied().flatten() {
-                        let name = escaped(&device.name);
-                        let value = v as f64 * series.scale;
-                        writeln!(
-                            out,
-                            "{}_total{{{l},{label}=\"{name}\"}} {value}",
-                            series.name
-                        )?;
+                        let extra = format_args!(",{label}=\"{}\"", escaped(&device.name));
+                        family.sample(l, extra, v as f64 * series.scale)?;
                     }
                 }
             }
         }
     }
-    let phase_count = "kubevirt_vmi_phase_count";
-    header(out, phase_count, "Sum of VMs per phase and node", false)?;
     let mut counts: Vec<(String, u32)> = Vec::new();
     for phase in phases {
         let phase = format!("{phase:?}").to_lowercase();
@@ -605,16 +609,19 @@ fn encode_per_vm(
             None => counts.push((phase, 1)),
         }
     }
-    for (phase, n) in counts {
-        writeln!(
-            out,
-            "{phase_count}{{node=\"{node}\",phase=\"{phase}\"}} {n}"
-        )?;
-    }
-    let paused = "nodevirt_vmi_paused";
-    header(
+    let mut family = FamilyWriter::start(
         out,
-        paused,
+        "kubevirt_vmi_phase_count",
+        "Sum of VMs per phase and node",
+        false,
+    )?;
+    let node_label = format!("node=\"{node}\"");
+    for (phase, n) in counts {
+        family.sample(&node_label, format_args!(",phase=\"{phase}\""), n)?;
+    }
+    let mut family = FamilyWriter::start(
+        out,
+        "nodevirt_vmi_paused",
         "1 while libvirt holds the VM's vCPUs, with the reason of its Paused condition",
         false,
     )?;
@@ -623,7 +630,7 @@ fn encode_per_vm(
             && state == PauseReason::LIBVIRT_STATE
         {
             let reason = PauseReason::from_libvirt(reason).name();
-            writeln!(out, "{paused}{{{l},reason=\"{reason}\"}} 1")?;
+            family.sample(l, format_args!(",reason=\"{reason}\""), 1)?;
         }
     }
     Ok(())

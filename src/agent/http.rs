@@ -24,11 +24,11 @@ pub struct Endpoint {
 
 impl Exposition for Endpoint {
     async fn metrics(&self) -> Result<String, std::fmt::Error> {
-        let counters = match self.libvirt.run(|lv| lv.running_stats()).await {
-            Ok(counters) => counters,
+        let stats = match self.libvirt.run(|lv| lv.running_stats()).await {
+            Ok(stats) => stats,
             Err(e) => {
                 self.metrics.libvirt_errors.inc();
-                tracing::warn!(error = %crate::k8s::error_chain(&e), "metrics: cannot read domain counters");
+                tracing::warn!(error = %crate::k8s::error_chain(&e), "metrics: cannot read domain stats");
                 Default::default()
             }
         };
@@ -39,7 +39,7 @@ impl Exposition for Endpoint {
             .iter()
             .filter_map(|vm| {
                 let (namespace, name) = (vm.namespace()?, vm.name_any());
-                let stats = counters.get(&domain_name(&namespace, &name))?.clone();
+                let stats = stats.get(&domain_name(&namespace, &name))?.clone();
                 Some(VmUsage {
                     namespace,
                     name,

@@ -265,8 +265,9 @@ fn backing_off(
     Some((wait, condition))
 }
 
-/// Publishes the back-off condition's message as a Warning event when it is news.
-async fn announce_back_off<K: Resource<DynamicType = ()>>(
+/// Publishes a problem condition (back-off, a failed create or delete) as a Warning event of
+/// its reason and message when it is news.
+async fn announce<K: Resource<DynamicType = ()>>(
     ctx: &Context,
     owner: &K,
     previous: &[Condition],
@@ -275,9 +276,10 @@ async fn announce_back_off<K: Resource<DynamicType = ()>>(
     if previous.contains(condition) {
         return;
     }
+    let reason = condition.reason.as_deref().unwrap_or_default();
     let message = condition.message.as_deref().unwrap_or_default();
     ctx.recorder
-        .publish(owner, EventType::Warning, reasons::BACK_OFF, message)
+        .publish(owner, EventType::Warning, reason, message)
         .await;
 }
 
@@ -340,7 +342,7 @@ pub async fn reconcile_offline(
         && ovm.spec.running
         && let Some((wait, condition)) = backing_off(&ctx, &uid, &deleted, &previous)
     {
-        announce_back_off(&ctx, &*ovm, &previous, &condition).await;
+        announce(&ctx, &*ovm, &previous, &condition).await;
         conditions = vec![condition];
         requeue = wait;
     }
@@ -461,12 +463,7 @@ pub async fn reconcile_replica_set(
                     &error_chain(&e),
                     Timestamp::now(),
                 );
-                if !previous.contains(&condition) {
-                    let message = condition.message.as_deref().unwrap_or_default();
-                    ctx.recorder
-                        .publish(&*rs, EventType::Warning, reason, message)
-                        .await;
-                }
+                announce(&ctx, &*rs, &previous, &condition).await;
                 conditions.push(condition);
                 scale_error = Some(e);
             }
@@ -481,12 +478,12 @@ pub async fn reconcile_replica_set(
     if rs.status.as_ref() != Some(&wanted) {
         status_writer::write(&ctx.client, &*rs, &wanted).await?;
         let was_paused = previous.iter().any(|c| c.type_ == REPLICA_PAUSED);
-        let (reason, note) = match (was_paused, rs.spec.paused) {
-            (false, true) => (reasons::SUCCESSFUL_PAUSED, "Paused"),
-            (true, false) => (reasons::SUCCESSFUL_RESUMED, "Resumed"),
-            _ => ("", ""),
+        let change = match (was_paused, rs.spec.paused) {
+            (false, true) => Some((reasons::SUCCESSFUL_PAUSED, "Paused")),
+            (true, false) => Some((reasons::SUCCESSFUL_RESUMED, "Resumed")),
+            _ => None,
         };
-        if !reason.is_empty() {
+        if let Some((reason, note)) = change {
             ctx.recorder
                 .publish(&*rs, EventType::Normal, reason, note)
                 .await;
@@ -519,7 +516,7 @@ async fn scale(
     let mut backing_off_now = None;
     match backing_off(ctx, &uid, &ended, previous) {
         Some((wait, condition)) if replicas < wanted => {
-            announce_back_off(ctx, rs, previous, &condition).await;
+            announce(ctx, rs, previous, &condition).await;
             backing_off_now = Some((wait, condition));
         }
         _ => {
