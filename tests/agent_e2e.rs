@@ -202,6 +202,56 @@ fn guest_poweroff_is_succeeded_and_outside_destroy_or_killed_qemu_is_failed() {
     assert!(!state.contains("running"), "{state}");
 }
 
+/// The guest arms its i6300esb watchdog for 2 s and never feeds it again.
+#[test]
+fn a_fired_watchdog_fails_the_vm_naming_its_action_or_warns_when_the_guest_resets() {
+    let cluster = Cluster::get();
+    let ns = cluster.namespace("e2e-watchdog");
+    let agent = Agent::start(cluster, "watchdog");
+    cluster.guest_claim(&ns.name, "guest");
+    let root = "ephemeral: {persistentVolumeClaim: {claimName: guest}}";
+    let script = "watchdog -T 2 -t 600 /dev/watchdog && echo watchdog-armed";
+    let vms = ["poweroff", "shutdown", "reset"].map(|action| {
+        let vm = Vm {
+            ns: &ns.name,
+            name: action,
+        };
+        let yaml = vm_yaml(vm.ns, vm.name, &agent.node, root, &user_data(script)).replace(
+            "    devices:\n",
+            &format!(
+                "    devices:\n      watchdog: {{name: wd, i6300esb: {{action: {action}}}}}\n"
+            ),
+        );
+        cluster.apply(&yaml);
+        (vm, action)
+    });
+    for (vm, action) in &vms[..2] {
+        // poweroff: QEMU quits at once, which libvirt calls a crash; shutdown: the guest obeys
+        // the power button, which would be Succeeded.
+        vm.wait_phase("Failed", BOOT);
+        let reason = vm.get("{.status.conditions[?(@.type==\"Ready\")].reason}");
+        let message = vm.condition_message();
+        let console = console_log(&agent, &vm.uid());
+        assert_eq!(reason, "WatchdogFired", "{message}\nconsole:\n{console}");
+        assert!(
+            message.contains(&format!("its action, {action}, stopped the VM")),
+            "{message}"
+        );
+        assert!(console.contains("watchdog-armed"), "{console}");
+    }
+    let (reset, _) = &vms[2];
+    wait_for(
+        BOOT,
+        "a Warning WatchdogFired event on the reset VM",
+        || {
+            let describe = reset.describe();
+            (describe.contains("WatchdogFired") && describe.contains("its action: reset"))
+                .then_some(())
+        },
+    );
+    assert_eq!(reset.phase(), "Running");
+}
+
 #[test]
 fn killed_agent_adopts_running_domain_and_cleans_vms_deleted_meanwhile() {
     let cluster = Cluster::get();

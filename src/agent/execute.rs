@@ -354,6 +354,7 @@ async fn perform(
                     source,
                 })?;
         }
+        Action::AcknowledgeWatchdog => ctx.hypervisor.acknowledge_watchdog(&domain_of(vm)),
         Action::Forget => {
             ctx.events.forget(&uid);
             ctx.forget_shutdown(&uid);

@@ -15,6 +15,7 @@ use crate::api::{VirtualMachine, VirtualMachineStatus};
 use crate::domain::ResolvedVolume;
 use crate::events::EventType;
 use crate::hypervisor::seam::Hypervisor;
+use crate::hypervisor::watchdog::{FiredWatchdogs, Firing};
 use crate::hypervisor::{DomainState, DomainStatus, GuestAddress, HypervisorError, Result};
 
 use super::finalizer::FINALIZER;
@@ -37,6 +38,8 @@ pub struct FakeHypervisor {
     addresses: Mutex<Vec<GuestAddress>>,
     /// Guests that ignore the ACPI power button.
     pub ignores_acpi: AtomicBool,
+    /// Fired by the test, as libvirt's event would.
+    pub watchdogs: FiredWatchdogs,
 }
 
 impl FakeHypervisor {
@@ -120,6 +123,7 @@ impl Hypervisor for FakeHypervisor {
 
     fn start(&self, domain: &str) -> Result<()> {
         self.enter("start", domain)?;
+        self.watchdogs.forget(domain);
         self.change(domain, |s| *s = DomainState::Running);
         Ok(())
     }
@@ -169,6 +173,14 @@ impl Hypervisor for FakeHypervisor {
 
     fn qemu_log(&self, domain: &str) -> Option<PathBuf> {
         Some(PathBuf::from(format!("/var/log/libvirt/qemu/{domain}.log")))
+    }
+
+    fn watchdog(&self, domain: &str) -> Option<Firing> {
+        self.watchdogs.get(domain)
+    }
+
+    fn acknowledge_watchdog(&self, domain: &str) {
+        self.watchdogs.acknowledge(domain);
     }
 }
 

@@ -6,7 +6,7 @@
 //! 2. On the first connection, decide the domain type (`hypervisor::choice`; logged once, and
 //!    set in `nodevirt_agent_hypervisor`); a failure to decide is a failed connect, retried.
 //!    Reconnects keep the decision.
-//! 3. On each new connection, subscribe to its domain lifecycle events (a subscription dies
+//! 3. On each new connection, subscribe to its domain events (a subscription dies
 //!    with its connection).
 //! 4. Then ask for a reconcile of every VM: events that happened while disconnected are lost,
 //!    and reconciles that failed meanwhile (or waited for the decision) waited on backoff.
@@ -22,7 +22,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
 use crate::hypervisor::choice::{Decision, HypervisorChoice};
-use crate::hypervisor::events::{self, LifecycleEvent};
+use crate::hypervisor::events::{self, DomainEvent};
 use crate::hypervisor::{HypervisorError, Libvirt};
 use crate::k8s::error_chain;
 use crate::metrics::AgentMetrics;
@@ -53,7 +53,7 @@ enum LinkError {
 pub async fn run(
     libvirt: Arc<Libvirt>,
     hypervisor: Arc<HypervisorChoice>,
-    events_tx: UnboundedSender<LifecycleEvent>,
+    events_tx: UnboundedSender<DomainEvent>,
     metrics: Arc<AgentMetrics>,
     up: tokio::sync::watch::Sender<bool>,
     resync_all: impl Fn(),
@@ -108,7 +108,7 @@ fn connect(
     lv: &Libvirt,
     hypervisor: &HypervisorChoice,
     metrics: &AgentMetrics,
-    events_tx: UnboundedSender<LifecycleEvent>,
+    events_tx: UnboundedSender<DomainEvent>,
 ) -> Result<(), LinkError> {
     let conn = lv.connect().map_err(LinkError::Connect)?;
     match hypervisor.decide_once(lv) {
@@ -126,7 +126,11 @@ fn connect(
             return Err(LinkError::Choose(e));
         }
     }
-    if let Err(e) = events::subscribe(&conn, events_tx) {
+    let sink = events::Sink {
+        tx: events_tx,
+        watchdogs: Arc::clone(lv.watchdogs()),
+    };
+    if let Err(e) = events::subscribe(&conn, &sink) {
         // Without events a stopped guest would only be noticed at resync: try again.
         lv.disconnect();
         return Err(e.into());

@@ -3,8 +3,8 @@
 //! 1. Watches the VirtualMachines labelled `kubevirt.io/nodeName=<node>` (server-side label
 //!    selector) with kube-runtime's Controller.
 //! 2. Reconciles each VM (`reconcile`): disks, domain, status, events; level-triggered.
-//! 3. libvirt lifecycle events trigger the reconcile of the domain's VM, so a guest that stops
-//!    is reported within seconds.
+//! 3. libvirt's domain events (lifecycle, watchdog) trigger the reconcile of the domain's VM,
+//!    so a guest that stops is reported within seconds.
 //! 4. Beside it: the libvirt connection with reconnect (`libvirt_link`), which also decides
 //!    the domain type once (`hypervisor::choice`), orphaned-domain cleanup (`gc`) and the node
 //!    heartbeat (`heartbeat`).
@@ -257,7 +257,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let controller = Controller::for_stream(vm_events, store.clone())
         .with_config(crate::k8s::controller_config());
     let domain_events =
-        UnboundedReceiverStream::new(rx).filter_map(|e: events::LifecycleEvent| async move {
+        UnboundedReceiverStream::new(rx).filter_map(|e: events::DomainEvent| async move {
             let (namespace, name) = vm_of_domain(&e.domain)?;
             Some(ObjectRef::<VirtualMachine>::new(name).within(namespace))
         });

@@ -80,6 +80,7 @@ pub async fn observe<'a>(vm: &'a VirtualMachine, ctx: &'a Context) -> Result<Obs
         domain,
         addresses,
         qemu_log: ctx.hypervisor.qemu_log(&name),
+        watchdog: ctx.hypervisor.watchdog(&name),
         shutdown_sent: ctx.shutdown_sent(&uid),
         reservation,
         now,

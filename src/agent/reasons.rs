@@ -11,6 +11,8 @@ pub const SHUT_DOWN: &str = "ShutDown";
 pub const CRASHED: &str = "Crashed";
 pub const DESTROYED: &str = "DestroyedOutsideAgent";
 pub const DOMAIN_LOST: &str = "DomainLost";
+/// The guest's watchdog stopped it; also the event of a firing that did not.
+pub const WATCHDOG_FIRED: &str = "WatchdogFired";
 /// Not a failure: the VM waits for its holder pod on this node.
 pub const WAITING_FOR_POD: &str = "WaitingForHolderPod";
 

@@ -1,32 +1,44 @@
-//! libvirt domain lifecycle events (started, stopped, crashed, undefined, ...).
+//! libvirt domain events: lifecycle (started, stopped, crashed, undefined, ...) and watchdog.
 //!
 //! The `virt` crate has no safe wrapper for them, so this module is the one place with
 //! `unsafe` code: it registers libvirt's default event loop, runs it on a thread of its own,
-//! and subscribes a connection with `virConnectDomainEventRegisterAny`. Each event is reduced
-//! to the domain's name and sent on a channel; the agent reconciles that domain's VM.
+//! and subscribes a connection with `virConnectDomainEventRegisterAny`. Each event is sent on a
+//! channel with the domain's name; the agent reconciles that domain's VM. A watchdog's firing
+//! is also recorded in [`FiredWatchdogs`], which is all that tells it from a plain stop.
 #![allow(unsafe_code)] // FFI to libvirt's event API; each block has a SAFETY comment.
 
 use std::ffi::{CStr, c_int, c_void};
-use std::sync::Once;
+use std::sync::{Arc, Once};
 
 use tokio::sync::mpsc::UnboundedSender;
 use virt::connect::Connect;
 use virt::sys;
 
-/// A lifecycle event of one domain.
+use super::watchdog::{FiredWatchdogs, WatchdogAction};
+
+/// An event of one domain; each brings its VM's reconcile.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LifecycleEvent {
+pub struct DomainEvent {
     pub domain: String,
-    /// virDomainEventType: defined, undefined, started, suspended, resumed, stopped, ...
-    pub event: i32,
-    pub detail: i32,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// virDomainEventType (defined, undefined, started, suspended, resumed, stopped, ...) and
+    /// its detail.
+    Lifecycle {
+        event: i32,
+        detail: i32,
+    },
+    Watchdog(WatchdogAction),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
     #[error("registering libvirt's default event loop")]
     Loop(#[source] virt::error::Error),
-    #[error("subscribing to domain lifecycle events")]
+    #[error("subscribing to domain events")]
     Subscribe(#[source] virt::error::Error),
 }
 
@@ -57,37 +69,73 @@ pub fn start_event_loop() -> Result<(), EventError> {
     result
 }
 
-/// Subscribes `conn` to lifecycle events of all its domains, sending each on `tx`. The
-/// subscription lives as long as the connection.
-pub fn subscribe(conn: &Connect, tx: UnboundedSender<LifecycleEvent>) -> Result<(), EventError> {
-    let opaque = Box::into_raw(Box::new(tx)) as *mut c_void;
-    // SAFETY: libvirt calls C functions with this ABI. The lifecycle callback has more
+/// Where a connection's callbacks deliver: the reconcile trigger, and the record of fired
+/// watchdogs.
+#[derive(Clone)]
+pub struct Sink {
+    pub tx: UnboundedSender<DomainEvent>,
+    pub watchdogs: Arc<FiredWatchdogs>,
+}
+
+/// Subscribes `conn` to lifecycle and watchdog events of all its domains. The subscriptions
+/// live as long as the connection.
+pub fn subscribe(conn: &Connect, sink: &Sink) -> Result<(), EventError> {
+    // SAFETY (both transmutes): libvirt calls C functions with this ABI. Each callback has more
     // arguments than the generic type names; libvirt casts it back by event ID (this is what
     // the VIR_DOMAIN_EVENT_CALLBACK macro does in C).
-    let callback: sys::virConnectDomainEventGenericCallback = unsafe {
+    let lifecycle: sys::virConnectDomainEventGenericCallback = unsafe {
         Some(std::mem::transmute::<
             unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, c_int, c_int, *mut c_void),
             unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
         >(on_lifecycle))
     };
+    let watchdog: sys::virConnectDomainEventGenericCallback = unsafe {
+        Some(std::mem::transmute::<
+            unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, c_int, *mut c_void),
+            unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
+        >(on_watchdog))
+    };
+    register(conn, sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle, sink)?;
+    register(conn, sys::VIR_DOMAIN_EVENT_ID_WATCHDOG, watchdog, sink)
+}
+
+fn register(
+    conn: &Connect,
+    event_id: u32,
+    callback: sys::virConnectDomainEventGenericCallback,
+    sink: &Sink,
+) -> Result<(), EventError> {
+    let opaque = Box::into_raw(Box::new(sink.clone())) as *mut c_void;
     // SAFETY: `conn` is a live connection for the duration of this call; `opaque` is a leaked
-    // Box that libvirt owns from here on and hands back to `free_sender` exactly once.
+    // Box that libvirt owns from here on and hands back to `free_sink` exactly once.
     let id = unsafe {
         sys::virConnectDomainEventRegisterAny(
             conn.as_ptr(),
             std::ptr::null_mut(),
-            sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE as c_int,
+            event_id as c_int,
             callback,
             opaque,
-            Some(free_sender),
+            Some(free_sink),
         )
     };
     if id < 0 {
         // SAFETY: registration failed, so libvirt did not take ownership of `opaque`.
-        drop(unsafe { Box::from_raw(opaque as *mut UnboundedSender<LifecycleEvent>) });
+        drop(unsafe { Box::from_raw(opaque as *mut Sink) });
         return Err(EventError::Subscribe(virt::error::Error::last_error()));
     }
     Ok(())
+}
+
+/// The domain's name, copied.
+///
+/// # Safety
+/// `dom` must be valid for the duration of the call (it is, inside a callback).
+unsafe fn name_of(dom: sys::virDomainPtr) -> Option<String> {
+    // SAFETY: the name is owned by the domain object and copied before returning.
+    unsafe {
+        let ptr = sys::virDomainGetName(dom);
+        (!ptr.is_null()).then(|| CStr::from_ptr(ptr).to_string_lossy().into_owned())
+    }
 }
 
 unsafe extern "C" fn on_lifecycle(
@@ -97,27 +145,39 @@ unsafe extern "C" fn on_lifecycle(
     detail: c_int,
     opaque: *mut c_void,
 ) {
-    // SAFETY: `opaque` is the sender registered in `subscribe`, alive until `free_sender`.
-    let tx = unsafe { &*(opaque as *const UnboundedSender<LifecycleEvent>) };
-    // SAFETY: `dom` is valid for the duration of the callback; the name it returns is owned by
-    // the domain object and copied before we return.
-    let name = unsafe {
-        let ptr = sys::virDomainGetName(dom);
-        if ptr.is_null() {
-            return;
-        }
-        CStr::from_ptr(ptr).to_string_lossy().into_owned()
-    };
+    // SAFETY: `opaque` is the sink registered in `register`, alive until `free_sink`; `dom`
+    // is valid for the duration of the callback.
+    let (sink, name) = unsafe { (&*(opaque as *const Sink), name_of(dom)) };
+    let Some(domain) = name else { return };
     // A closed channel means the agent is shutting down; nothing to do.
-    let _ = tx.send(LifecycleEvent {
-        domain: name,
-        event,
-        detail,
+    let _ = sink.tx.send(DomainEvent {
+        domain,
+        kind: EventKind::Lifecycle { event, detail },
     });
 }
 
-unsafe extern "C" fn free_sender(opaque: *mut c_void) {
+unsafe extern "C" fn on_watchdog(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    action: c_int,
+    opaque: *mut c_void,
+) {
+    // SAFETY: as in `on_lifecycle`.
+    let (sink, name) = unsafe { (&*(opaque as *const Sink), name_of(dom)) };
+    let Some(domain) = name else { return };
+    let action = WatchdogAction::from_libvirt(action);
+    tracing::warn!(domain, action = action.name(), "the guest's watchdog fired");
+    // Recorded here, on libvirt's event thread, so that it is known before the domain's stop
+    // (delivered after it) can be observed.
+    sink.watchdogs.fired(&domain, action);
+    let _ = sink.tx.send(DomainEvent {
+        domain,
+        kind: EventKind::Watchdog(action),
+    });
+}
+
+unsafe extern "C" fn free_sink(opaque: *mut c_void) {
     // SAFETY: called once by libvirt when the callback is deregistered; `opaque` came from
-    // Box::into_raw in `subscribe`.
-    drop(unsafe { Box::from_raw(opaque as *mut UnboundedSender<LifecycleEvent>) });
+    // Box::into_raw in `register`.
+    drop(unsafe { Box::from_raw(opaque as *mut Sink) });
 }

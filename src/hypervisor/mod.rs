@@ -14,6 +14,7 @@ pub mod choice;
 pub mod events;
 pub mod seam;
 pub mod stats;
+pub mod watchdog;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -181,6 +182,8 @@ pub struct Libvirt {
     uri: String,
     /// The current connection; `None` until the first connect and while reconnecting.
     conn: RwLock<Option<Connect>>,
+    /// Filled by the connection's event subscription (`events::subscribe`).
+    watchdogs: Arc<watchdog::FiredWatchdogs>,
 }
 
 impl Libvirt {
@@ -191,7 +194,13 @@ impl Libvirt {
         Self {
             uri: uri.to_string(),
             conn: RwLock::new(None),
+            watchdogs: Arc::default(),
         }
+    }
+
+    /// The watchdog firings of this handle's domains, as its event subscription records them.
+    pub fn watchdogs(&self) -> &Arc<watchdog::FiredWatchdogs> {
+        &self.watchdogs
     }
 
     /// A handle connected at once (commands and tests).
@@ -330,6 +339,8 @@ impl Libvirt {
                 virt::error::Error::last_error(),
             ));
         };
+        // A watchdog that fired in an earlier run has nothing to say about this one.
+        self.watchdogs.forget(name);
         domain.create().map_err(Self::err("starting domain", name))
     }
 
@@ -363,6 +374,7 @@ impl Libvirt {
         // No NVRAM flag: nodevirt domains boot with BIOS, and the test driver refuses it.
         let flags =
             sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA;
+        self.watchdogs.forget(name);
         match domain.undefine_flags(flags) {
             Ok(()) => Ok(()),
             Err(e) if e.code() == Enum::Known(ErrorNumber::NoDomain) => Ok(()),

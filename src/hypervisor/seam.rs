@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::domain::ResolvedVolume;
 
+use super::watchdog::Firing;
 use super::{DomainStatus, GuestAddress, HypervisorError, Libvirt, Result};
 
 pub trait Hypervisor: Send + Sync + 'static {
@@ -30,6 +31,10 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn backing_capacity(&self, probe: &str, volume: &ResolvedVolume) -> Result<u64>;
     /// Where the node keeps the domain's QEMU log, when there is one to point at.
     fn qemu_log(&self, domain: &str) -> Option<PathBuf>;
+    /// The domain's watchdog's last firing since it started (memory, no call).
+    fn watchdog(&self, domain: &str) -> Option<Firing>;
+    /// That firing was reported.
+    fn acknowledge_watchdog(&self, domain: &str);
 }
 
 /// Runs blocking hypervisor calls off the async runtime. A panic in one becomes an error: it
@@ -80,5 +85,11 @@ impl Hypervisor for Libvirt {
     }
     fn qemu_log(&self, domain: &str) -> Option<PathBuf> {
         Libvirt::qemu_log(self, domain)
+    }
+    fn watchdog(&self, domain: &str) -> Option<Firing> {
+        self.watchdogs().get(domain)
+    }
+    fn acknowledge_watchdog(&self, domain: &str) {
+        self.watchdogs().acknowledge(domain);
     }
 }

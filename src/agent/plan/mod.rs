@@ -24,6 +24,7 @@ use crate::domain::limits::MAX_TERMINATION_GRACE_PERIOD_SECONDS;
 use crate::domain::names::check_uid;
 use crate::domain::{CpuModel, DomainType, RenderOptions, ResolvedVolume, render};
 use crate::events::EventType;
+use crate::hypervisor::watchdog::Firing;
 use crate::hypervisor::{DomainState, DomainStatus, GuestAddress, PauseReason, ShutoffReason};
 use crate::storage::layout::{VmLayout, resolve_volumes};
 
@@ -69,6 +70,8 @@ pub struct Observed<'a> {
     pub addresses: Vec<GuestAddress>,
     /// Where the node keeps the domain's QEMU log, if anywhere.
     pub qemu_log: Option<PathBuf>,
+    /// The domain's watchdog's last firing since it started.
+    pub watchdog: Option<Firing>,
     /// Whether the guest of this VM being deleted was already sent the ACPI shutdown.
     pub shutdown_sent: bool,
     /// What the VM's holder pod says: whether it may run here, and until when.
@@ -127,6 +130,8 @@ pub enum Action {
     RemoveDir {
         uid: String,
     },
+    /// The watchdog's firing was reported (an event): not again.
+    AcknowledgeWatchdog,
     /// Forgets what the agent keeps in memory about the VM (its event log, its shutdown).
     Forget,
     /// Merge-patches the status; planned only when it differs from the current one.
@@ -266,6 +271,15 @@ fn live(o: &Observed) -> Plan {
         return Plan::new(actions, Next::RequeueAfter(Duration::ZERO));
     }
     let domain_stopped = |phase, reason, message| end(o, stopped(phase, reason, message));
+    let off = matches!(domain.state, DomainState::ShutOff(_) | DomainState::Crashed);
+    if let Some(fired) = o.watchdog.filter(|f| off && f.action.stops_guest()) {
+        // Not the plain power-off or crash it looks like.
+        let message = format!(
+            "The guest's watchdog fired and its action, {}, stopped the VM.",
+            fired.action.name()
+        );
+        return end(o, stopped(Phase::Failed, reasons::WATCHDOG_FIRED, &message));
+    }
     match domain.state {
         DomainState::Running => report(o, None),
         DomainState::Paused(reason) => report(o, Some(reason)),
@@ -446,7 +460,17 @@ fn report(o: &Observed, paused: Option<PauseReason>) -> Plan {
     } else {
         ADDRESS_POLL
     };
-    Plan::new(write_if_changed(o.vm, new), Next::RequeueAfter(next))
+    let mut actions = write_if_changed(o.vm, new);
+    // A firing the guest survived (reset, pause, ...): said once, as it happened.
+    if let Some(fired) = o.watchdog.filter(|f| !f.acknowledged) {
+        let message = format!(
+            "The guest's watchdog fired; its action: {}.",
+            fired.action.name()
+        );
+        actions.push(event(EventType::Warning, reasons::WATCHDOG_FIRED, &message));
+        actions.push(Action::AcknowledgeWatchdog);
+    }
+    Plan::new(actions, Next::RequeueAfter(next))
 }
 
 /// Records the VM's final phase with a condition and an event, once. The cache can lag behind
@@ -483,7 +507,7 @@ fn failed<'a>(reason: &'a str, message: &'a str) -> End<'a> {
 }
 
 /// Its domain stopped.
-fn stopped(phase: Phase, reason: &'static str, message: &'static str) -> End<'static> {
+fn stopped<'a>(phase: Phase, reason: &'a str, message: &'a str) -> End<'a> {
     End {
         phase,
         reason,

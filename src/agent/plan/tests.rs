@@ -37,6 +37,7 @@ fn observed<'a>(
         }),
         addresses: Vec::new(),
         qemu_log: None,
+        watchdog: None,
         shutdown_sent: false,
         reservation: Reservation::NotRequired,
         now: Timestamp::from_second(1_800_000_000).unwrap(),
@@ -215,5 +216,80 @@ fn without_its_holder_pod_a_vm_waits_and_once_the_pod_goes_it_stops_and_fails() 
             if s.phase == Some(Phase::Failed)
                 && s.conditions[0].reason.as_deref() == Some("Evicted")),
         "the pod's reason, not a plain shutdown: {ended:?}"
+    );
+}
+
+#[test]
+fn a_watchdog_that_stopped_the_guest_fails_the_vm_naming_its_action() {
+    use crate::hypervisor::watchdog::{Firing, WatchdogAction};
+    let node = node();
+    let running = vm_in(Phase::Running);
+    let fired = |action| Firing {
+        action,
+        acknowledged: false,
+    };
+    // Action shutdown: the guest obeyed the power button, which alone would be Succeeded.
+    // Action poweroff: QEMU quits without a shutdown, which libvirt calls a crash.
+    for (state, action) in [
+        (
+            DomainState::ShutOff(ShutoffReason::Shutdown),
+            WatchdogAction::Shutdown,
+        ),
+        (
+            DomainState::ShutOff(ShutoffReason::Crashed),
+            WatchdogAction::PowerOff,
+        ),
+    ] {
+        let mut o = observed(&running, &node, Some(state));
+        o.watchdog = Some(fired(action));
+        let ended = plan(&o);
+        let Action::WriteStatus(status) = &ended.actions[0] else {
+            panic!("the end is written first: {ended:?}");
+        };
+        let ready = &status.conditions[0];
+        assert_eq!(status.phase, Some(Phase::Failed));
+        assert_eq!(ready.reason.as_deref(), Some("WatchdogFired"));
+        let message = ready.message.as_deref().unwrap_or_default();
+        assert!(
+            message.contains("watchdog") && message.contains(action.name()),
+            "{message}"
+        );
+    }
+    // A reset (the guest runs on) fails nothing: a Warning, once.
+    let mut o = observed(&running, &node, Some(DomainState::Running));
+    o.watchdog = Some(fired(WatchdogAction::Reset));
+    let actions = plan(&o).actions;
+    assert!(
+        actions.iter().any(
+            |a| matches!(a, Action::Event { type_: EventType::Warning, reason, message }
+            if *reason == "WatchdogFired" && message.contains("reset"))
+        ),
+        "{actions:?}"
+    );
+    assert!(actions.contains(&Action::AcknowledgeWatchdog));
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::WriteStatus(s) if s.phase != Some(Phase::Running)))
+    );
+    o.watchdog = Some(Firing {
+        acknowledged: true,
+        ..fired(WatchdogAction::Reset)
+    });
+    assert!(
+        !plan(&o)
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Event { .. } | Action::AcknowledgeWatchdog))
+    );
+    // A reset followed by a plain power-off: the watchdog did not stop it.
+    let mut o = observed(
+        &running,
+        &node,
+        Some(DomainState::ShutOff(ShutoffReason::Shutdown)),
+    );
+    o.watchdog = Some(fired(WatchdogAction::Reset));
+    assert!(
+        matches!(&plan(&o).actions[0], Action::WriteStatus(s) if s.phase == Some(Phase::Succeeded))
     );
 }
