@@ -23,14 +23,23 @@ fn seed_like_vm_runs_reports_its_lease_and_is_cleaned_up() {
         name: "testvm",
     };
     let marker = "user-data-of-testvm-ran";
+    // The SMBIOS system UUID the guest reads is spec.domain.firmware.uuid.
+    let system_uuid = "6a1a24a1-4061-11e8-b62a-0242ac110003";
+    let script = format!("echo {marker}; echo system-uuid=$(cat /sys/class/dmi/id/product_uuid)");
     let applied = Instant::now();
-    cluster.apply(&vm_yaml(
-        vm.ns,
-        vm.name,
-        &agent.node,
-        "persistentVolumeClaim: {claimName: guest}",
-        &user_data(&format!("echo {marker}")),
-    ));
+    cluster.apply(
+        &vm_yaml(
+            vm.ns,
+            vm.name,
+            &agent.node,
+            "persistentVolumeClaim: {claimName: guest}",
+            &user_data(&script),
+        )
+        .replace(
+            "  domain:\n",
+            &format!("  domain:\n    firmware: {{uuid: {system_uuid}}}\n"),
+        ),
+    );
     vm.wait_phase("Running", BOOT);
     let to_running = applied.elapsed();
     let ip = vm.wait_ip(BOOT);
@@ -49,8 +58,14 @@ fn seed_like_vm_runs_reports_its_lease_and_is_cleaned_up() {
     );
     let uid = vm.uid();
     wait_for(BOOT, "the user-data's output on the serial console", || {
-        console_log(&agent, &uid).contains(marker).then_some(())
+        let console = console_log(&agent, &uid);
+        (console.contains(marker) && console.contains("system-uuid=")).then_some(())
     });
+    let console = console_log(&agent, &uid);
+    assert!(
+        console.contains(&format!("system-uuid={system_uuid}")),
+        "the guest should see firmware.uuid as its system UUID:\n{console}"
+    );
     let describe = cluster.kubectl_ok(&["-n", vm.ns, "describe", "vm", vm.name]);
     for line in ["Created", "VM defined.", "Started", "VM started."] {
         assert!(

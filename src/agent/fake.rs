@@ -57,11 +57,11 @@ impl FakeHypervisor {
         std::mem::take(&mut self.calls.lock().unwrap())
     }
 
-    pub fn set_state(&self, domain: &str, uuid: &str, state: DomainState) {
+    pub fn set_state(&self, domain: &str, vm_uid: &str, state: DomainState) {
         self.domains.lock().unwrap().insert(
             domain.into(),
             DomainStatus {
-                uuid: uuid.into(),
+                vm_uid: Some(vm_uid.into()),
                 id: None,
                 state,
             },
@@ -111,13 +111,14 @@ impl Hypervisor for FakeHypervisor {
 
     fn define(&self, domain: &str, xml: &str) -> Result<()> {
         self.enter("define", domain)?;
-        let uuid = xml
-            .split_once("<uuid>")
-            .and_then(|(_, rest)| rest.split_once("</uuid>"))
-            .map(|(uuid, _)| uuid.to_string())
+        // As libvirt's metadata would give it back.
+        let vm_uid = xml
+            .split_once("<nodevirt:uid>")
+            .and_then(|(_, rest)| rest.split_once("</nodevirt:uid>"))
+            .map(|(uid, _)| uid.to_string())
             .unwrap_or_default();
         let off = DomainState::ShutOff(crate::hypervisor::ShutoffReason::Unknown);
-        self.set_state(domain, &uuid, off);
+        self.set_state(domain, &vm_uid, off);
         Ok(())
     }
 

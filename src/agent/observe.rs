@@ -46,7 +46,7 @@ pub async fn observe<'a>(vm: &'a VirtualMachine, ctx: &'a Context) -> Result<Obs
     let reports = matches!(stage, Stage::Live { .. })
         && !vm.phase().is_final()
         && domain.as_ref().is_some_and(|d| {
-            d.uuid.eq_ignore_ascii_case(&uid)
+            d.vm_uid.as_deref() == Some(uid.as_str())
                 && matches!(d.state, DomainState::Running | DomainState::Paused(_))
         });
     let addresses = if reports {
@@ -64,7 +64,7 @@ pub async fn observe<'a>(vm: &'a VirtualMachine, ctx: &'a Context) -> Result<Obs
     let started = vm.phase() == crate::api::Phase::Running
         || domain
             .as_ref()
-            .is_some_and(|d| d.uuid.eq_ignore_ascii_case(&uid));
+            .is_some_and(|d| d.vm_uid.as_deref() == Some(uid.as_str()));
     let now = Timestamp::now();
     let reservation = match ctx.cluster.holder_pod(vm).await {
         HolderLookup::NotRequired => Reservation::NotRequired,

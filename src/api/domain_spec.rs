@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::schema::patterns::{
     DNS_LABEL_PATTERN, MACHINE_TYPE_PATTERN, PRINTABLE_ASCII_PATTERN, TIMEZONE_PATTERN,
+    UUID_PATTERN,
 };
 use super::schema::{binary_quantity, quantity_between, rule, unique};
 use crate::domain::limits::{
@@ -46,6 +47,8 @@ pub struct DomainSpec {
     pub clock: Option<Clock>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub features: Option<Features>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<Firmware>,
     /// Where the API text puts it (`spec.domain.watchdog`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watchdog: Option<Watchdog>,
@@ -254,6 +257,17 @@ pub struct FeatureVendorId {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_VENDOR_ID_LEN), pattern(PRINTABLE_ASCII_PATTERN))]
     pub vendorid: Option<String>,
+}
+
+/// What the guest's firmware reports.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Firmware {
+    /// The SMBIOS system UUID the guest sees (`dmidecode -s system-uuid`); without it, the
+    /// VM's UID. Two VMs with the same one cannot run on one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(UUID_PATTERN))]
+    pub uuid: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -47,7 +47,7 @@ pub fn render(
     Ok(Domain {
         domain_type: options.domain_type.to_string(),
         name: domain_name(namespace, name),
-        uuid: uid.to_string(),
+        uuid: system_uuid(domain, uid)?,
         metadata: Metadata {
             vm: VmMetadata {
                 xmlns: METADATA_NAMESPACE.to_string(),
@@ -129,6 +129,18 @@ pub fn render(
             },
         },
     })
+}
+
+/// The domain's `<uuid>`, which QEMU gives the guest as its SMBIOS system UUID. The agent
+/// knows its domains by the VM UID in their metadata, so this one is free to be the VM's.
+fn system_uuid(domain: &DomainSpec, uid: &str) -> Result<String, FieldError> {
+    match domain.firmware.as_ref().and_then(|f| f.uuid.as_deref()) {
+        Some(uuid) => {
+            check_uid(uuid, "spec.domain.firmware.uuid")?;
+            Ok(uuid.to_ascii_lowercase())
+        }
+        None => Ok(uid.to_string()),
+    }
 }
 
 fn machine_type(domain: &DomainSpec) -> Result<String, FieldError> {
@@ -237,6 +249,27 @@ mod tests {
 
     fn domain(extra: &str) -> String {
         format!("{{resources: {{requests: {{memory: 64Mi}}}}, {extra}}}")
+    }
+
+    #[test]
+    fn firmware_uuid_is_the_domains_uuid_and_the_vm_stays_known_by_its_uid() {
+        let uid = "0f9b6e2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+        let with = |firmware: &str| {
+            let mut vm = vm(&domain(firmware), "[]");
+            vm.metadata.uid = Some(uid.into());
+            render_vm(&vm)
+        };
+        let chosen = with("firmware: {uuid: 6A1A24A1-4061-11E8-B62A-0242AC110003}").unwrap();
+        assert_eq!(chosen.uuid, "6a1a24a1-4061-11e8-b62a-0242ac110003");
+        assert_eq!(chosen.metadata.vm.uid, uid);
+        assert_eq!(with("firmware: {}").unwrap().uuid, uid);
+        let error = with("firmware: {uuid: not-a-uuid}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("spec.domain.firmware.uuid") && error.contains("not a UUID"),
+            "{error}"
+        );
     }
 
     #[test]

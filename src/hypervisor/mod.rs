@@ -97,7 +97,9 @@ pub type Result<T> = std::result::Result<T, HypervisorError>;
 /// What libvirt reports about a domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainStatus {
-    pub uuid: String,
+    /// The UID of the VM whose domain it is (nodevirt's metadata); `None` for a domain
+    /// without it. Not the domain's `<uuid>`: that is what the guest sees (firmware.uuid).
+    pub vm_uid: Option<String>,
     /// The running domain's ID; `None` while it is shut off.
     pub id: Option<u32>,
     pub state: DomainState,
@@ -162,6 +164,17 @@ pub enum ShutoffReason {
     Failed,
     /// Never started since it was defined (or libvirt does not know).
     Unknown,
+}
+
+/// The VM a domain belongs to, from nodevirt's metadata in it; `None` without (or with
+/// unreadable) metadata.
+fn vm_of(domain: &Domain) -> Option<VmMetadata> {
+    let metadata = domain.metadata(
+        sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+        Some(METADATA_NAMESPACE),
+        sys::VIR_DOMAIN_AFFECT_CURRENT,
+    );
+    VmMetadata::from_xml(&metadata.ok()?).ok()
 }
 
 /// A domain that carries nodevirt's metadata, i.e. that some VM owns.
@@ -316,11 +329,8 @@ impl Libvirt {
         let (state, reason) = domain
             .state()
             .map_err(Self::err("reading the state of", name))?;
-        let uuid = domain
-            .uuid_string()
-            .map_err(Self::err("reading the UUID of", name))?;
         Ok(Some(DomainStatus {
-            uuid,
+            vm_uid: vm_of(&domain).map(|vm| vm.uid),
             id: domain.id(),
             state: decode_state(state, reason),
         }))
@@ -401,14 +411,7 @@ impl Libvirt {
         let mut owned = Vec::new();
         for domain in domains {
             let Ok(name) = domain.name() else { continue };
-            let metadata = domain.metadata(
-                sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
-                Some(METADATA_NAMESPACE),
-                sys::VIR_DOMAIN_AFFECT_CURRENT,
-            );
-            if let Ok(vm) = metadata.as_deref().map(VmMetadata::from_xml)
-                && let Ok(vm) = vm
-            {
+            if let Some(vm) = vm_of(&domain) {
                 owned.push(OwnedDomain { name, vm });
             }
         }
@@ -502,7 +505,7 @@ mod tests {
         assert_eq!(lv.status("ns_vm").unwrap(), None);
         lv.define("ns_vm", &xml("ns_vm", uid)).unwrap();
         let defined = lv.status("ns_vm").unwrap().unwrap();
-        assert_eq!(defined.uuid, uid);
+        assert_eq!(defined.vm_uid.as_deref(), Some(uid));
         assert_eq!(defined.state, DomainState::ShutOff(ShutoffReason::Unknown));
         lv.start("ns_vm").unwrap();
         let running = lv.status("ns_vm").unwrap().unwrap();

@@ -213,7 +213,7 @@ fn owned<'a>(o: &'a Observed) -> Option<&'a DomainStatus> {
     let uid = uid(o.vm);
     o.domain
         .as_ref()
-        .filter(|d| d.uuid.eq_ignore_ascii_case(&uid))
+        .filter(|d| d.vm_uid.as_deref() == Some(uid.as_str()))
 }
 
 fn live(o: &Observed) -> Plan {
@@ -263,9 +263,11 @@ fn live(o: &Observed) -> Plan {
     if owned(o).is_none() {
         // A domain of the same name belongs to an earlier VM: it goes first.
         let mut actions = vec![Action::Destroy, Action::Undefine];
-        if check_uid(&domain.uuid, "domain uuid").is_ok() {
+        if let Some(earlier) = domain.vm_uid.as_ref()
+            && check_uid(earlier, "the domain's nodevirt:uid").is_ok()
+        {
             actions.push(Action::RemoveDir {
-                uid: domain.uuid.clone(),
+                uid: earlier.clone(),
             });
         }
         return Plan::new(actions, Next::RequeueAfter(Duration::ZERO));

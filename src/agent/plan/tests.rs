@@ -31,7 +31,7 @@ fn observed<'a>(
         stage: Stage::Live { finalized: true },
         domain_type: Some(DomainType::Qemu),
         domain: domain.map(|state| DomainStatus {
-            uuid: UID.into(),
+            vm_uid: Some(UID.into()),
             id: None,
             state,
         }),

@@ -22,6 +22,11 @@ pub const TIMEZONE_PATTERN: &str = "^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$";
 /// rest).
 pub const IMAGE_REFERENCE_PATTERN: &str = r"^[^\x00-\x20\x7f]+$";
 
+/// A UUID in its canonical text form, as `domain::names::check_uid` checks it:
+/// `firmware.uuid`.
+pub const UUID_PATTERN: &str =
+    "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+
 /// Printable ASCII: the Hyper-V vendor id.
 pub const PRINTABLE_ASCII_PATTERN: &str = "^[ -~]*$";
 
@@ -166,7 +171,28 @@ mod tests {
 
     #[test]
     fn the_other_patterns_agree_with_the_renderer() {
-        use crate::api::domain_spec::{Clock, FeatureHyperv, FeatureVendorId, Features, Machine};
+        use crate::api::domain_spec::{
+            Clock, FeatureHyperv, FeatureVendorId, Features, Firmware, Machine,
+        };
+        agrees_with_renderer(
+            "firmware uuid",
+            UUID_PATTERN,
+            &[
+                "6a1a24a1-4061-11e8-b62a-0242ac110003",
+                "6A1A24A1-4061-11E8-B62A-0242AC110003",
+                "",
+                "6a1a24a1406111e8b62a0242ac110003",
+                "6a1a24a1-4061-11e8-b62a-0242ac11000",
+                "6a1a24a1-4061-11e8-b62a-0242ac1100033",
+                "g a1a24a1-4061-11e8-b62a-0242ac110003",
+                " 6a1a24a1-4061-11e8-b62a-0242ac110003",
+            ],
+            |spec, uuid| {
+                spec.domain.firmware = Some(Firmware {
+                    uuid: Some(uuid.into()),
+                })
+            },
+        );
         use crate::api::volume::{RegistryDiskSource, Volume};
         agrees_with_renderer(
             "machine",
