@@ -314,6 +314,8 @@ where
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_head_bytes.max(8192))
         .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+        // The admin socket's console attach keeps its connection as a byte stream.
+        .with_upgrades()
         .await
 }
 

@@ -171,6 +171,7 @@ fn the_admin_socket_answers_every_question_and_only_root() {
     assert!(ok && out.contains("<domain") && out.contains(&uid), "{out}");
     let (ok, out, _) = agent.admin(&["console", &target, "--lines", "200"]);
     assert!(ok && out.contains("admin-socket-console-line"), "{out}");
+    attach_sessions(&agent, &target);
     let (ok, out, _) = agent.admin(&["resync", &target]);
     assert!(ok && out.contains("resync of"), "{out}");
     let (ok, out, _) = agent.admin(&["health"]);
@@ -221,4 +222,132 @@ fn the_admin_socket_checks_its_peer_beyond_the_file_mode() {
     );
     let (ok, _, err) = agent.admin(&["health"]);
     assert!(ok, "root: {err}");
+}
+
+/// A running `nodevirt admin attach`, its output gathered as it comes.
+struct Attached {
+    child: std::process::Child,
+    output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    started: std::time::Instant,
+    first_byte: std::sync::Arc<std::sync::OnceLock<std::time::Instant>>,
+}
+
+impl Attached {
+    fn start(agent: &Agent, target: &str, force: bool) -> Attached {
+        use std::io::Read;
+        use std::process::{Command, Stdio};
+        let mut command = Command::new(env!("CARGO_BIN_EXE_nodevirt"));
+        command
+            .args(["admin", "attach", target])
+            .arg(format!("--admin-socket={}", agent.admin_socket.display()));
+        if force {
+            command.arg("--force");
+        }
+        let started = std::time::Instant::now();
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let first_byte = std::sync::Arc::new(std::sync::OnceLock::new());
+        let mut stdout = child.stdout.take().unwrap();
+        let (gathered, first) = (output.clone(), first_byte.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                first.get_or_init(std::time::Instant::now);
+                gathered.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Attached {
+            child,
+            output,
+            started,
+            first_byte,
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
+    }
+
+    fn wait_output(&self, what: &str, contains: &str) {
+        wait_for(Duration::from_secs(20), what, || {
+            self.text().contains(contains).then_some(())
+        });
+    }
+
+    fn type_in(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Its exit status and stderr, once it exits.
+    fn finish(mut self) -> (bool, String) {
+        use std::io::Read;
+        let status = wait_for(
+            Duration::from_secs(10),
+            "nodevirt admin attach to exit",
+            || self.child.try_wait().unwrap(),
+        );
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status.success(), err)
+    }
+}
+
+/// The serial console through the admin socket: the replay shows the boot, a command typed
+/// runs in the guest's shell, one session at a time unless forced, and 100 attach/detach
+/// cycles all work (the first byte's median time printed).
+fn attach_sessions(agent: &Agent, target: &str) {
+    let mut first = Attached::start(agent, target, false);
+    first.wait_output("the replay of the console log", "admin-socket-console-line");
+    first.wait_output("the guest's shell", "shell on the serial console");
+    first.type_in(b"echo $((6*7))\n");
+    first.wait_output("the shell's answer", "\n42\r\n");
+
+    let second = Attached::start(agent, target, false);
+    let (ok, err) = second.finish();
+    assert!(
+        !ok && err.contains("another session holds the serial console") && err.contains("--force"),
+        "a second session must be refused while one is attached: {err}"
+    );
+    let mut taker = Attached::start(agent, target, true);
+    let (ok, err) = first.finish();
+    assert!(
+        ok && err.contains("another session took it over"),
+        "the forced-out session ends and says why: {err}"
+    );
+    taker.type_in(b"echo forced-$((6*7))\n");
+    taker.wait_output("the forcing session's answer", "forced-42");
+    taker.type_in(&[0x1d]);
+    let (ok, err) = taker.finish();
+    assert!(ok, "Ctrl-] leaves: {err}");
+
+    let mut first_bytes = Vec::new();
+    for cycle in 0..100 {
+        let mut session = Attached::start(agent, target, false);
+        let at = wait_for(Duration::from_secs(10), "the first byte", || {
+            session.first_byte.get().copied()
+        });
+        first_bytes.push(at.duration_since(session.started));
+        session.type_in(&[0x1d]);
+        let (ok, err) = session.finish();
+        assert!(ok, "attach/detach cycle {cycle}: {err}");
+    }
+    first_bytes.sort();
+    eprintln!(
+        "timing: admin attach -> first console byte, median of 100 {:.1} ms (max {:.1} ms)",
+        first_bytes[50].as_secs_f64() * 1000.0,
+        first_bytes[99].as_secs_f64() * 1000.0
+    );
 }

@@ -1,6 +1,7 @@
 //! The admin socket: a local HTTP/JSON interface to one agent, for debugging a node.
 
 pub mod api;
+pub mod attach;
 pub mod client;
 pub mod peer;
 pub mod route;

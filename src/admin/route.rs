@@ -5,13 +5,15 @@
 //!   GET  /v1/vms/{namespace}/{name}            ShowVm     -> VmDetail
 //!   GET  /v1/vms/{namespace}/{name}/xml        DomainXml  -> DomainXml
 //!   GET  /v1/vms/{namespace}/{name}/console?lines=N  Console -> ConsoleTail
+//!   GET  /v1/vms/{namespace}/{name}/console/attach[?force=true]  Attach -> 101, then the
+//!        serial console's bytes both ways (`Upgrade: nodevirt-console`)
 //!   POST /v1/vms/{namespace}/{name}/resync     Resync     -> Accepted
 //!   GET  /v1/health                            Health     -> Health
 //!
 //! 1. The path's shape is matched: an unknown one is refused with 404, listing the known ones.
 //! 2. Its parts are read: namespace and name must be DNS labels (so they are never
-//!    percent-decoded: a DNS label needs no escaping) and `lines` one count, or 400. Other
-//!    query parameters are ignored.
+//!    percent-decoded: a DNS label needs no escaping), `lines` one count and `force` true or
+//!    false, or 400. Other query parameters are ignored.
 //! 3. The method is the route's own ([`Route::method`]), or 405 naming it.
 
 use std::fmt;
@@ -26,6 +28,7 @@ use super::api::DEFAULT_CONSOLE_LINES;
 /// The paths, for the error that refuses an unknown one.
 const KNOWN_PATHS: &str = "/v1/vms, /v1/vms/{namespace}/{name}, \
      /v1/vms/{namespace}/{name}/xml, /v1/vms/{namespace}/{name}/console?lines=N, \
+     /v1/vms/{namespace}/{name}/console/attach?force=BOOL, \
      /v1/vms/{namespace}/{name}/resync, /v1/health";
 
 /// A VM as the admin paths name it; both parts are DNS labels.
@@ -76,6 +79,8 @@ pub enum Route {
     DomainXml(VmRef),
     /// The last `lines` lines of its serial console log.
     Console { vm: VmRef, lines: usize },
+    /// Its serial console, interactive; `force` takes it over from another session.
+    Attach { vm: VmRef, force: bool },
     /// Reconcile it now.
     Resync(VmRef),
     /// libvirt, hypervisor and watch state.
@@ -125,6 +130,7 @@ impl Route {
             | Self::ShowVm(_)
             | Self::DomainXml(_)
             | Self::Console { .. }
+            | Self::Attach { .. }
             | Self::Health => Method::GET,
         }
     }
@@ -136,6 +142,7 @@ impl Route {
             Self::ShowVm(vm) => format!("/v1/vms/{vm}"),
             Self::DomainXml(vm) => format!("/v1/vms/{vm}/xml"),
             Self::Console { vm, lines } => format!("/v1/vms/{vm}/console?lines={lines}"),
+            Self::Attach { vm, force } => format!("/v1/vms/{vm}/console/attach?force={force}"),
             Self::Resync(vm) => format!("/v1/vms/{vm}/resync"),
             Self::Health => "/v1/health".into(),
         }
@@ -156,6 +163,10 @@ impl Route {
             ["vms", namespace, name, "console"] => Self::Console {
                 vm: vm(namespace, name)?,
                 lines: console_lines(path, query)?,
+            },
+            ["vms", namespace, name, "console", "attach"] => Self::Attach {
+                vm: vm(namespace, name)?,
+                force: force(path, query)?,
             },
             ["vms", namespace, name, "resync"] => Self::Resync(vm(namespace, name)?),
             _ => {
@@ -179,6 +190,28 @@ impl Route {
 
 /// `lines=N` of a console request; [`DEFAULT_CONSOLE_LINES`] without it.
 fn console_lines(path: &str, query: Option<&str>) -> Result<usize, RouteError> {
+    query_value(
+        path,
+        query,
+        "lines",
+        DEFAULT_CONSOLE_LINES,
+        "a number of lines",
+    )
+}
+
+/// `force=BOOL` of an attach request; false without it.
+fn force(path: &str, query: Option<&str>) -> Result<bool, RouteError> {
+    query_value(path, query, "force", false, "true or false")
+}
+
+/// The one value of `key` in `query`, `default` without one.
+fn query_value<T: std::str::FromStr>(
+    path: &str,
+    query: Option<&str>,
+    key: &str,
+    default: T,
+    expected: &str,
+) -> Result<T, RouteError> {
     let invalid = |problem: String| RouteError::InvalidQuery {
         path: path.into(),
         problem,
@@ -186,13 +219,13 @@ fn console_lines(path: &str, query: Option<&str>) -> Result<usize, RouteError> {
     let mut values = query
         .unwrap_or_default()
         .split('&')
-        .filter_map(|pair| pair.strip_prefix("lines="));
+        .filter_map(|pair| pair.strip_prefix(key)?.strip_prefix('='));
     match (values.next(), values.next()) {
-        (None, _) => Ok(DEFAULT_CONSOLE_LINES),
+        (None, _) => Ok(default),
         (Some(value), None) => value
             .parse()
-            .map_err(|_| invalid(format!("lines={value:?} is not a number of lines"))),
-        (Some(_), Some(_)) => Err(invalid("lines is given more than once".into())),
+            .map_err(|_| invalid(format!("{key}={value:?} is not {expected}"))),
+        (Some(_), Some(_)) => Err(invalid(format!("{key} is given more than once"))),
     }
 }
 
@@ -211,6 +244,10 @@ mod tests {
             Route::ShowVm(vm()),
             Route::DomainXml(vm()),
             Route::Console { vm: vm(), lines: 7 },
+            Route::Attach {
+                vm: vm(),
+                force: true,
+            },
             Route::Resync(vm()),
             Route::Health,
         ];
@@ -220,6 +257,7 @@ mod tests {
                 | Route::ShowVm(_)
                 | Route::DomainXml(_)
                 | Route::Console { .. }
+                | Route::Attach { .. }
                 | Route::Resync(_)
                 | Route::Health => {}
             }
@@ -254,6 +292,10 @@ mod tests {
             (Method::GET, "/v1/vms/default/testvm"),
             (Method::GET, "/v1/vms/default/testvm/xml"),
             (Method::GET, "/v1/vms/default/testvm/console?lines=7"),
+            (
+                Method::GET,
+                "/v1/vms/default/testvm/console/attach?force=true",
+            ),
             (Method::POST, "/v1/vms/default/testvm/resync"),
             (Method::GET, "/v1/health"),
         ];

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
-use axum::http::{Method, StatusCode, Uri, header};
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -25,6 +25,7 @@ use crate::storage::layout::VmLayout;
 use super::api::{
     Accepted, ConsoleTail, DomainXml, ErrorBody, Health, MAX_CONSOLE_LINES, VmDetail, VmSummary,
 };
+use super::attach;
 use super::peer::{self, Access};
 use super::route::{Route, RouteError, VmRef};
 
@@ -132,20 +133,23 @@ pub fn router(state: Arc<AdminState>) -> Router {
     Router::new().fallback(answer).with_state(state)
 }
 
-async fn answer(State(state): State<Arc<AdminState>>, method: Method, uri: Uri) -> Response {
-    match Route::parse(&method, uri.path(), uri.query()) {
-        Ok(route) => handle(&state, route).await,
+async fn answer(State(state): State<Arc<AdminState>>, request: Request) -> Response {
+    let uri = request.uri();
+    match Route::parse(request.method(), uri.path(), uri.query()) {
+        Ok(route) => handle(&state, route, request).await,
         Err(e) => refused(&e),
     }
 }
 
 /// Each route to the code that answers it.
-async fn handle(state: &AdminState, route: Route) -> Response {
+async fn handle(state: &AdminState, route: Route, request: Request) -> Response {
     match route {
         Route::ListVms => Json(list(state).await).into_response(),
         Route::ShowVm(vm) => show(state, &vm).await,
         Route::DomainXml(vm) => xml(state, &vm).await,
         Route::Console { vm, lines } => console(state, &vm, lines).await,
+        // Keeps the connection, after its answer.
+        Route::Attach { vm, force } => attach::attach(state, &vm, force, request).await,
         Route::Resync(vm) => resync(state, &vm),
         Route::Health => Json(health(state).await).into_response(),
     }
@@ -161,7 +165,7 @@ fn refused(e: &RouteError) -> Response {
     response
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (
         status,
         Json(ErrorBody {
@@ -204,13 +208,13 @@ async fn summary(state: &AdminState, vm: &VirtualMachine) -> VmSummary {
     }
 }
 
-fn find(state: &AdminState, vm: &VmRef) -> Option<Arc<VirtualMachine>> {
+pub(super) fn find(state: &AdminState, vm: &VmRef) -> Option<Arc<VirtualMachine>> {
     state
         .vms
         .get(&ObjectRef::new(&vm.name).within(&vm.namespace))
 }
 
-fn not_found(state: &AdminState, vm: &VmRef) -> Response {
+pub(super) fn not_found(state: &AdminState, vm: &VmRef) -> Response {
     error(
         StatusCode::NOT_FOUND,
         format!("no VM {vm} on node {}", state.node),

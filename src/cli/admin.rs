@@ -5,11 +5,14 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use super::terminal;
+
 use crate::admin::api::{
     Accepted, ConsoleTail, DEFAULT_CONSOLE_LINES, DEFAULT_SOCKET, DomainXml, Health, VmDetail,
     VmSummary,
 };
-use crate::admin::client::{ClientError, call};
+use crate::admin::attach;
+use crate::admin::client::{ClientError, call, upgrade};
 use crate::admin::route::{Route, RouteError, VmRef};
 
 /// Flags go before or after the subcommand; the socket's carries the agent's own name.
@@ -49,6 +52,14 @@ pub enum AdminCommand {
         #[arg(long, default_value_t = DEFAULT_CONSOLE_LINES)]
         lines: usize,
     },
+    /// One VM's serial console, interactive (Ctrl-] leaves); the last 4 KiB of its output
+    /// first. One session at a time, as `virsh console`.
+    Attach {
+        vm: String,
+        /// Take the console over from another session (which ends).
+        #[arg(long)]
+        force: bool,
+    },
     /// Reconcile one VM now.
     Resync { vm: String },
     /// libvirt connection, hypervisor, watch state, version.
@@ -61,6 +72,12 @@ pub enum AdminCliError {
     Client(#[from] ClientError),
     #[error("reading the VM argument")]
     VmName(#[source] RouteError),
+    #[error("the console session of {vm}")]
+    Console {
+        vm: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The request of a command.
@@ -73,6 +90,10 @@ fn route(command: &AdminCommand) -> Result<Route, AdminCliError> {
         AdminCommand::Console { vm: arg, lines } => Route::Console {
             vm: vm(arg)?,
             lines: *lines,
+        },
+        AdminCommand::Attach { vm: arg, force } => Route::Attach {
+            vm: vm(arg)?,
+            force: *force,
         },
         AdminCommand::Resync { vm: arg } => Route::Resync(vm(arg)?),
         AdminCommand::Health => Route::Health,
@@ -141,6 +162,21 @@ pub async fn run(args: AdminArgs) -> Result<(), AdminCliError> {
             print(args.output, &tail, |t| {
                 t.lines.iter().map(|l| format!("{l}\n")).collect()
             });
+        }
+        AdminCommand::Attach { vm, .. } => {
+            let io = upgrade(socket, &route, attach::PROTOCOL).await?;
+            eprintln!("Connected to {vm}'s serial console (Ctrl-] leaves).\r");
+            let ended = terminal::session(io)
+                .await
+                .map_err(|source| AdminCliError::Console {
+                    vm: vm.clone(),
+                    source,
+                })?;
+            if ended == terminal::Ended::Closed {
+                eprintln!(
+                    "\r\nThe console session of {vm} ended: the guest stopped, or another session took it over (--force)."
+                );
+            }
         }
         AdminCommand::Resync { .. } => {
             let accepted: Accepted = call(socket, &route).await?;

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod manifest;
 pub mod power;
 pub mod render;
+pub mod terminal;
 pub mod unknown_fields;
 
 use crate::domain::DomainType;

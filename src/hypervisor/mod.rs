@@ -11,6 +11,7 @@
 pub mod backing;
 pub mod capabilities;
 pub mod choice;
+pub mod console;
 pub mod events;
 pub mod seam;
 pub mod stats;
