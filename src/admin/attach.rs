@@ -1,11 +1,15 @@
 //! `GET /v1/vms/{namespace}/{name}/console/attach`: a VM's serial console, both ways, on the
-//! admin socket (`nodevirt admin attach`).
+//! admin socket (`nodevirt admin attach`); `GET .../vnc`: a connection to its VNC server
+//! (`nodevirt admin vnc`), as a viewer on the node would have.
 //!
-//! 1. The request asks to switch protocols (`Upgrade: nodevirt-console`), or 400.
+//! 1. The request asks to switch protocols (`Upgrade: nodevirt-console` or `nodevirt-vnc`),
+//!    or 400.
 //! 2. The console is opened through libvirt ([`Libvirt::open_console`]): one session at a
 //!    time, as `virsh console`; a second is refused with 409 unless it forces, which ends the
 //!    first. A VM whose domain is not running is 409 too.
-//! 3. 101, then the last [`REPLAY_BYTES`] of the console log (so the user sees the prompt),
+//!    VNC: libvirt hands over a new socket to QEMU's VNC server; QEMU shares the screen
+//!    between viewers.
+//! 3. 101, then for the console the last [`REPLAY_BYTES`] of the console log (so the user sees the prompt),
 //!    then the guest's output as it comes, while what the client sends goes to the guest.
 //!    Either side closing ends the session; so does the guest stopping.
 
@@ -19,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use kube::ResourceExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
+use crate::api::VirtualMachine;
 use crate::domain::names::{check_uid, domain_name};
 use crate::hypervisor::Libvirt;
 use crate::hypervisor::console::{ConsoleError, ConsoleSession};
@@ -27,38 +32,21 @@ use crate::storage::layout::VmLayout;
 use super::route::VmRef;
 use super::server::{AdminState, error, find, not_found};
 
-/// The protocol named in `Upgrade`: raw bytes of the serial console.
-pub const PROTOCOL: &str = "nodevirt-console";
+/// The protocols named in `Upgrade`: raw bytes of the serial console, or of the VNC server.
+pub const CONSOLE_PROTOCOL: &str = "nodevirt-console";
+pub const VNC_PROTOCOL: &str = "nodevirt-vnc";
 /// How much of the console log is replayed on attach.
 pub const REPLAY_BYTES: u64 = 4096;
 
 pub async fn attach(state: &AdminState, vm_ref: &VmRef, force: bool, request: Request) -> Response {
-    let Some(vm) = find(state, vm_ref) else {
-        return not_found(state, vm_ref);
+    let vm = match upgradable(state, vm_ref, &request, CONSOLE_PROTOCOL) {
+        Ok(vm) => vm,
+        Err(refused) => return refused,
     };
-    let upgrade = request.headers().get(header::UPGRADE);
-    if !upgrade.is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(PROTOCOL.as_bytes())) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "attaching to a console needs the headers Connection: upgrade and Upgrade: {PROTOCOL}"
-            ),
-        );
-    }
     let domain = domain_name(&vm_ref.namespace, &vm_ref.name);
     let session = match open(&state.libvirt, domain, force).await {
         Ok(session) => session,
-        Err(e @ ConsoleError::NotRunning(_)) => {
-            let message = format!("VM {vm_ref} is {:?}: {e}", vm.phase());
-            return error(StatusCode::CONFLICT, message);
-        }
-        Err(e @ ConsoleError::Busy(_)) => {
-            let message = format!("{e}: nodevirt admin attach --force {vm_ref}");
-            return error(StatusCode::CONFLICT, message);
-        }
-        Err(ConsoleError::Libvirt(e)) => {
-            return error(StatusCode::SERVICE_UNAVAILABLE, crate::k8s::error_chain(&e));
-        }
+        Err(e) => return open_refused(&vm, vm_ref, &e),
     };
     let uid = vm.uid().unwrap_or_default();
     let replay = if check_uid(&uid, "uid").is_ok() {
@@ -66,22 +54,101 @@ pub async fn attach(state: &AdminState, vm_ref: &VmRef, force: bool, request: Re
     } else {
         Vec::new()
     };
-    let vm_name = vm_ref.to_string();
+    switch(request, vm_ref, "console", move |io| async move {
+        bridge(io, &replay, session).await;
+    })
+}
+
+pub async fn vnc(state: &AdminState, vm_ref: &VmRef, request: Request) -> Response {
+    let vm = match upgradable(state, vm_ref, &request, VNC_PROTOCOL) {
+        Ok(vm) => vm,
+        Err(refused) => return refused,
+    };
+    let domain = domain_name(&vm_ref.namespace, &vm_ref.name);
+    let opened = state
+        .libvirt
+        .run(move |lv| Ok(lv.open_vnc(&domain)))
+        .await
+        .map_err(ConsoleError::from)
+        .and_then(|opened| opened)
+        .and_then(|fd| {
+            let socket = std::os::unix::net::UnixStream::from(fd);
+            socket.set_nonblocking(true)?;
+            Ok(tokio::net::UnixStream::from_std(socket)?)
+        });
+    let mut server = match opened {
+        Ok(server) => server,
+        Err(e) => return open_refused(&vm, vm_ref, &e),
+    };
+    switch(request, vm_ref, "VNC", move |mut io| async move {
+        let _ = tokio::io::copy_bidirectional(&mut io, &mut server).await;
+    })
+}
+
+/// The VM, if the request may switch to `protocol` for it.
+fn upgradable(
+    state: &AdminState,
+    vm_ref: &VmRef,
+    request: &Request,
+    protocol: &str,
+) -> Result<Arc<VirtualMachine>, Response> {
+    let Some(vm) = find(state, vm_ref) else {
+        return Err(not_found(state, vm_ref));
+    };
+    let upgrade = request.headers().get(header::UPGRADE);
+    if !upgrade.is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(protocol.as_bytes())) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("this path needs the headers Connection: upgrade and Upgrade: {protocol}"),
+        ));
+    }
+    Ok(vm)
+}
+
+fn open_refused(vm: &VirtualMachine, vm_ref: &VmRef, e: &ConsoleError) -> Response {
+    match e {
+        ConsoleError::NotRunning(_) => error(
+            StatusCode::CONFLICT,
+            format!("VM {vm_ref} is {:?}: {e}", vm.phase()),
+        ),
+        ConsoleError::Busy(_) => error(
+            StatusCode::CONFLICT,
+            format!("{e}: nodevirt admin attach --force {vm_ref}"),
+        ),
+        ConsoleError::Libvirt(_) | ConsoleError::Socket(_) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, crate::k8s::error_chain(e))
+        }
+    }
+}
+
+/// Answers 101 and hands the connection to `serve` once hyper has switched it.
+fn switch<F, Fut>(request: Request, vm_ref: &VmRef, what: &'static str, serve: F) -> Response
+where
+    F: FnOnce(TokioIo<hyper::upgrade::Upgraded>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let protocol = request.headers().get(header::UPGRADE).cloned();
+    let vm = vm_ref.to_string();
     tokio::spawn(async move {
         match hyper::upgrade::on(request).await {
             Ok(io) => {
-                tracing::info!(vm = %vm_name, force, "console session attached on the admin socket");
-                bridge(TokioIo::new(io), &replay, session).await;
-                tracing::info!(vm = %vm_name, "console session ended");
+                tracing::info!(%vm, "{what} session opened on the admin socket");
+                serve(TokioIo::new(io)).await;
+                tracing::info!(%vm, "{what} session ended");
             }
-            Err(e) => tracing::debug!(vm = %vm_name, error = %e, "console upgrade failed"),
+            Err(e) => tracing::debug!(%vm, error = %e, "{what} upgrade failed"),
         }
     });
-    (
-        StatusCode::SWITCHING_PROTOCOLS,
-        [(header::CONNECTION, "upgrade"), (header::UPGRADE, PROTOCOL)],
-    )
-        .into_response()
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("upgrade"),
+    );
+    if let Some(protocol) = protocol {
+        headers.insert(header::UPGRADE, protocol);
+    }
+    response
 }
 
 async fn open(

@@ -7,6 +7,8 @@
 //!   GET  /v1/vms/{namespace}/{name}/console?lines=N  Console -> ConsoleTail
 //!   GET  /v1/vms/{namespace}/{name}/console/attach[?force=true]  Attach -> 101, then the
 //!        serial console's bytes both ways (`Upgrade: nodevirt-console`)
+//!   GET  /v1/vms/{namespace}/{name}/vnc       Vnc        -> 101, then a connection to its
+//!        VNC server (`Upgrade: nodevirt-vnc`)
 //!   POST /v1/vms/{namespace}/{name}/resync     Resync     -> Accepted
 //!   GET  /v1/health                            Health     -> Health
 //!
@@ -28,7 +30,7 @@ use super::api::DEFAULT_CONSOLE_LINES;
 /// The paths, for the error that refuses an unknown one.
 const KNOWN_PATHS: &str = "/v1/vms, /v1/vms/{namespace}/{name}, \
      /v1/vms/{namespace}/{name}/xml, /v1/vms/{namespace}/{name}/console?lines=N, \
-     /v1/vms/{namespace}/{name}/console/attach?force=BOOL, \
+     /v1/vms/{namespace}/{name}/console/attach?force=BOOL, /v1/vms/{namespace}/{name}/vnc, \
      /v1/vms/{namespace}/{name}/resync, /v1/health";
 
 /// A VM as the admin paths name it; both parts are DNS labels.
@@ -81,6 +83,8 @@ pub enum Route {
     Console { vm: VmRef, lines: usize },
     /// Its serial console, interactive; `force` takes it over from another session.
     Attach { vm: VmRef, force: bool },
+    /// A connection to its VNC server.
+    Vnc(VmRef),
     /// Reconcile it now.
     Resync(VmRef),
     /// libvirt, hypervisor and watch state.
@@ -131,6 +135,7 @@ impl Route {
             | Self::DomainXml(_)
             | Self::Console { .. }
             | Self::Attach { .. }
+            | Self::Vnc(_)
             | Self::Health => Method::GET,
         }
     }
@@ -143,6 +148,7 @@ impl Route {
             Self::DomainXml(vm) => format!("/v1/vms/{vm}/xml"),
             Self::Console { vm, lines } => format!("/v1/vms/{vm}/console?lines={lines}"),
             Self::Attach { vm, force } => format!("/v1/vms/{vm}/console/attach?force={force}"),
+            Self::Vnc(vm) => format!("/v1/vms/{vm}/vnc"),
             Self::Resync(vm) => format!("/v1/vms/{vm}/resync"),
             Self::Health => "/v1/health".into(),
         }
@@ -168,6 +174,7 @@ impl Route {
                 vm: vm(namespace, name)?,
                 force: force(path, query)?,
             },
+            ["vms", namespace, name, "vnc"] => Self::Vnc(vm(namespace, name)?),
             ["vms", namespace, name, "resync"] => Self::Resync(vm(namespace, name)?),
             _ => {
                 return Err(RouteError::UnknownPath {
@@ -248,6 +255,7 @@ mod tests {
                 vm: vm(),
                 force: true,
             },
+            Route::Vnc(vm()),
             Route::Resync(vm()),
             Route::Health,
         ];
@@ -258,6 +266,7 @@ mod tests {
                 | Route::DomainXml(_)
                 | Route::Console { .. }
                 | Route::Attach { .. }
+                | Route::Vnc(_)
                 | Route::Resync(_)
                 | Route::Health => {}
             }
@@ -296,6 +305,7 @@ mod tests {
                 Method::GET,
                 "/v1/vms/default/testvm/console/attach?force=true",
             ),
+            (Method::GET, "/v1/vms/default/testvm/vnc"),
             (Method::POST, "/v1/vms/default/testvm/resync"),
             (Method::GET, "/v1/health"),
         ];

@@ -150,6 +150,7 @@ async fn handle(state: &AdminState, route: Route, request: Request) -> Response 
         Route::Console { vm, lines } => console(state, &vm, lines).await,
         // Keeps the connection, after its answer.
         Route::Attach { vm, force } => attach::attach(state, &vm, force, request).await,
+        Route::Vnc(vm) => attach::vnc(state, &vm, request).await,
         Route::Resync(vm) => resync(state, &vm),
         Route::Health => Json(health(state).await).into_response(),
     }

@@ -1,7 +1,7 @@
 //! `nodevirt admin`: the client of a local agent's admin socket. Tables for people,
 //! `--output json` for scripts (the same types the agent serves).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -60,6 +60,14 @@ pub enum AdminCommand {
         #[arg(long)]
         force: bool,
     },
+    /// One VM's screen for any VNC viewer: listens on 127.0.0.1 (the port printed) until
+    /// interrupted, each viewer a new connection to the guest's VNC server.
+    Vnc {
+        vm: String,
+        /// The local port; 0 picks a free one.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
     /// Reconcile one VM now.
     Resync { vm: String },
     /// libvirt connection, hypervisor, watch state, version.
@@ -72,6 +80,12 @@ pub enum AdminCliError {
     Client(#[from] ClientError),
     #[error("reading the VM argument")]
     VmName(#[source] RouteError),
+    #[error("listening on 127.0.0.1:{port} for VNC viewers")]
+    Listen {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the console session of {vm}")]
     Console {
         vm: String,
@@ -95,6 +109,7 @@ fn route(command: &AdminCommand) -> Result<Route, AdminCliError> {
             vm: vm(arg)?,
             force: *force,
         },
+        AdminCommand::Vnc { vm: arg, .. } => Route::Vnc(vm(arg)?),
         AdminCommand::Resync { vm: arg } => Route::Resync(vm(arg)?),
         AdminCommand::Health => Route::Health,
     })
@@ -164,7 +179,7 @@ pub async fn run(args: AdminArgs) -> Result<(), AdminCliError> {
             });
         }
         AdminCommand::Attach { vm, .. } => {
-            let io = upgrade(socket, &route, attach::PROTOCOL).await?;
+            let io = upgrade(socket, &route, attach::CONSOLE_PROTOCOL).await?;
             eprintln!("Connected to {vm}'s serial console (Ctrl-] leaves).\r");
             let ended = terminal::session(io)
                 .await
@@ -178,6 +193,7 @@ pub async fn run(args: AdminArgs) -> Result<(), AdminCliError> {
                 );
             }
         }
+        AdminCommand::Vnc { vm, port } => vnc(socket, &route, vm, *port).await?,
         AdminCommand::Resync { .. } => {
             let accepted: Accepted = call(socket, &route).await?;
             print(args.output, &accepted, |a| {
@@ -195,4 +211,31 @@ pub async fn run(args: AdminArgs) -> Result<(), AdminCliError> {
         }
     }
     Ok(())
+}
+
+/// `nodevirt admin vnc`: every viewer that connects to the local port gets a connection of
+/// its own to the guest's VNC server, through the admin socket.
+async fn vnc(socket: &Path, route: &Route, vm: &str, port: u16) -> Result<(), AdminCliError> {
+    let listen = |source| AdminCliError::Listen { port, source };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(listen)?;
+    let local = listener.local_addr().map_err(listen)?;
+    // Checked once before the port is printed, so a VM that is not running fails at once.
+    drop(upgrade(socket, route, attach::VNC_PROTOCOL).await?);
+    println!("VNC of {vm} on {local} (vncviewer {local}); Ctrl-C stops");
+    loop {
+        let Ok((mut viewer, peer)) = listener.accept().await else {
+            continue;
+        };
+        let (socket, route, vm) = (socket.to_path_buf(), route.clone(), vm.to_string());
+        tokio::spawn(async move {
+            match upgrade(&socket, &route, attach::VNC_PROTOCOL).await {
+                Ok(mut server) => {
+                    let _ = tokio::io::copy_bidirectional(&mut viewer, &mut server).await;
+                }
+                Err(e) => eprintln!("VNC viewer {peer} of {vm}: {}", crate::k8s::error_chain(&e)),
+            }
+        });
+    }
 }
