@@ -41,7 +41,7 @@ pub const REPLAY_BYTES: u64 = 4096;
 pub async fn attach(state: &AdminState, vm_ref: &VmRef, force: bool, request: Request) -> Response {
     let vm = match upgradable(state, vm_ref, &request, CONSOLE_PROTOCOL) {
         Ok(vm) => vm,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let domain = domain_name(&vm_ref.namespace, &vm_ref.name);
     let session = match open(&state.libvirt, domain, force).await {
@@ -62,7 +62,7 @@ pub async fn attach(state: &AdminState, vm_ref: &VmRef, force: bool, request: Re
 pub async fn vnc(state: &AdminState, vm_ref: &VmRef, request: Request) -> Response {
     let vm = match upgradable(state, vm_ref, &request, VNC_PROTOCOL) {
         Ok(vm) => vm,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let domain = domain_name(&vm_ref.namespace, &vm_ref.name);
     let opened = state
@@ -91,16 +91,16 @@ fn upgradable(
     vm_ref: &VmRef,
     request: &Request,
     protocol: &str,
-) -> Result<Arc<VirtualMachine>, Response> {
+) -> Result<Arc<VirtualMachine>, Box<Response>> {
     let Some(vm) = find(state, vm_ref) else {
-        return Err(not_found(state, vm_ref));
+        return Err(Box::new(not_found(state, vm_ref)));
     };
     let upgrade = request.headers().get(header::UPGRADE);
     if !upgrade.is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(protocol.as_bytes())) {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::BAD_REQUEST,
             format!("this path needs the headers Connection: upgrade and Upgrade: {protocol}"),
-        ));
+        )));
     }
     Ok(vm)
 }

@@ -357,6 +357,37 @@ mod tests {
         );
     }
 
+    #[test]
+    fn an_attach_or_vnc_names_a_vm_of_the_node_its_protocol_and_a_clear_force() {
+        let harness = AdminHarness::new().unwrap();
+        let get = |path: &str| {
+            let request = format!(
+                "GET {path} HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n"
+            );
+            exchange(&harness, &request)
+        };
+        for (what, protocol) in [
+            ("console/attach", "nodevirt-console"),
+            ("vnc", "nodevirt-vnc"),
+        ] {
+            let answer = get(&format!("/v1/vms/default/nope/{what}"));
+            assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
+            assert!(answer.contains("no VM default/nope on node"), "{answer}");
+            let answer = get(&format!("/v1/vms/default/testvm/{what}"));
+            assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+            assert!(
+                answer.contains(&format!("Connection: upgrade and Upgrade: {protocol}")),
+                "{answer}"
+            );
+        }
+        let answer = get("/v1/vms/default/testvm/console/attach?force=maybe");
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert!(
+            answer.contains("force=\\\"maybe\\\" is not true or false"),
+            "{answer}"
+        );
+    }
+
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
     }
