@@ -62,10 +62,10 @@ pub enum HypervisorError {
         #[source]
         source: quick_xml::SeError,
     },
-    #[error("libvirt: reading {what} of {uri}")]
+    #[error("libvirt: reading {what} of {target}")]
     Parse {
         what: &'static str,
-        uri: String,
+        target: String,
         #[source]
         source: quick_xml::DeError,
     },
@@ -167,15 +167,28 @@ pub enum ShutoffReason {
     Unknown,
 }
 
-/// The VM a domain belongs to, from nodevirt's metadata in it; `None` without (or with
-/// unreadable) metadata.
-fn vm_of(domain: &Domain) -> Option<VmMetadata> {
-    let metadata = domain.metadata(
+/// The VM a domain belongs to, from nodevirt's metadata in it; `None` when it has none (a
+/// domain someone else defined). Metadata that cannot be read or parsed is an error.
+fn vm_of(domain: &Domain, name: &str) -> Result<Option<VmMetadata>> {
+    let op = "reading nodevirt's metadata of";
+    let xml = match domain.metadata(
         sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
         Some(METADATA_NAMESPACE),
         sys::VIR_DOMAIN_AFFECT_CURRENT,
-    );
-    VmMetadata::from_xml(&metadata.ok()?).ok()
+    ) {
+        Ok(xml) => xml,
+        Err(e) if e.code() == Enum::Known(ErrorNumber::NoDomainMetadata) => return Ok(None),
+        // Anything else (a dropped connection, a busy domain) says nothing about ownership:
+        // taking it for "not ours" would make the agent destroy a VM's own domain.
+        Err(e) => return Err(Libvirt::err(op, name)(e)),
+    };
+    VmMetadata::from_xml(&xml)
+        .map(Some)
+        .map_err(|source| HypervisorError::Parse {
+            what: "nodevirt's metadata",
+            target: name.to_string(),
+            source,
+        })
 }
 
 /// A domain that carries nodevirt's metadata, i.e. that some VM owns.
@@ -307,7 +320,7 @@ impl Libvirt {
         capabilities::guest_domain_types(&xml, os_type, arch).map_err(|source| {
             HypervisorError::Parse {
                 what: "the capabilities",
-                uri: self.uri.clone(),
+                target: self.uri.clone(),
                 source,
             }
         })
@@ -331,7 +344,7 @@ impl Libvirt {
             .state()
             .map_err(Self::err("reading the state of", name))?;
         Ok(Some(DomainStatus {
-            vm_uid: vm_of(&domain).map(|vm| vm.uid),
+            vm_uid: vm_of(&domain, name)?.map(|vm| vm.uid),
             id: domain.id(),
             state: decode_state(state, reason),
         }))
@@ -412,8 +425,14 @@ impl Libvirt {
         let mut owned = Vec::new();
         for domain in domains {
             let Ok(name) = domain.name() else { continue };
-            if let Some(vm) = vm_of(&domain) {
-                owned.push(OwnedDomain { name, vm });
+            // A domain undefined since the listing is simply gone; any other failure ends the
+            // listing, as a partial one would let the collector take a VM's folder for orphaned.
+            match vm_of(&domain, &name) {
+                Ok(Some(vm)) => owned.push(OwnedDomain { name, vm }),
+                Ok(None) => {}
+                Err(HypervisorError::Call { source, .. })
+                    if source.code() == Enum::Known(ErrorNumber::NoDomain) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(owned)
@@ -529,6 +548,37 @@ mod tests {
         lv.undefine("ns_vm").unwrap();
         lv.undefine("ns_vm").unwrap();
         assert_eq!(lv.status("ns_vm").unwrap(), None);
+    }
+
+    #[test]
+    fn a_domain_without_our_metadata_is_foreign_and_broken_metadata_is_an_error() {
+        let lv = Libvirt::open("test:///default").unwrap();
+        let foreign = "<domain type='test'><name>someone_else</name><memory>65536</memory>\
+                       <os><type>hvm</type></os></domain>";
+        lv.define("someone_else", foreign).unwrap();
+        assert_eq!(lv.status("someone_else").unwrap().unwrap().vm_uid, None);
+        assert!(
+            lv.owned_domains()
+                .unwrap()
+                .iter()
+                .all(|d| d.name != "someone_else")
+        );
+
+        // Our namespace without the fields: neither ours nor foreign, so nothing may act on it.
+        let broken = format!(
+            "<domain type='test'><name>ns_broken</name><memory>65536</memory>\
+             <metadata><nodevirt:vm xmlns:nodevirt='{METADATA_NAMESPACE}'/></metadata>\
+             <os><type>hvm</type></os></domain>"
+        );
+        lv.define("ns_broken", &broken).unwrap();
+        let err = lv.status("ns_broken").unwrap_err();
+        assert!(
+            err.to_string().contains("nodevirt's metadata of ns_broken"),
+            "{err}"
+        );
+        assert!(lv.owned_domains().is_err());
+        lv.undefine("ns_broken").unwrap();
+        lv.undefine("someone_else").unwrap();
     }
 
     #[test]
