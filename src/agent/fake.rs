@@ -14,8 +14,8 @@ use super::cluster::HolderLookup;
 use crate::api::{VirtualMachine, VirtualMachineStatus};
 use crate::domain::ResolvedVolume;
 use crate::events::EventType;
+use crate::hypervisor::runs::{DomainRuns, RunSeen};
 use crate::hypervisor::seam::Hypervisor;
-use crate::hypervisor::watchdog::{FiredWatchdogs, Firing};
 use crate::hypervisor::{DomainState, DomainStatus, GuestAddress, HypervisorError, Result};
 
 use super::finalizer::FINALIZER;
@@ -38,8 +38,8 @@ pub struct FakeHypervisor {
     addresses: Mutex<Vec<GuestAddress>>,
     /// Guests that ignore the ACPI power button.
     pub ignores_acpi: AtomicBool,
-    /// Fired by the test, as libvirt's event would.
-    pub watchdogs: FiredWatchdogs,
+    /// Watchdogs fired by the test, and the stops this fake does, as libvirt's events would.
+    pub runs: DomainRuns,
 }
 
 impl FakeHypervisor {
@@ -66,6 +66,7 @@ impl FakeHypervisor {
                 state,
             },
         );
+        self.tell_if_off(domain, state);
     }
 
     pub fn state(&self, domain: &str) -> Option<DomainState> {
@@ -93,8 +94,19 @@ impl FakeHypervisor {
     }
 
     fn change(&self, domain: &str, change: impl FnOnce(&mut DomainState)) {
-        if let Some(d) = self.domains.lock().unwrap().get_mut(domain) {
+        let changed = self.domains.lock().unwrap().get_mut(domain).map(|d| {
             change(&mut d.state);
+            d.state
+        });
+        if let Some(state) = changed {
+            self.tell_if_off(domain, state);
+        }
+    }
+
+    /// As libvirt's lifecycle event tells a stop.
+    fn tell_if_off(&self, domain: &str, state: DomainState) {
+        if state.is_off() {
+            self.runs.stopped(domain);
         }
     }
 }
@@ -124,7 +136,7 @@ impl Hypervisor for FakeHypervisor {
 
     fn start(&self, domain: &str) -> Result<()> {
         self.enter("start", domain)?;
-        self.watchdogs.forget(domain);
+        self.runs.forget(domain);
         self.change(domain, |s| *s = DomainState::Running);
         Ok(())
     }
@@ -176,12 +188,12 @@ impl Hypervisor for FakeHypervisor {
         Some(PathBuf::from(format!("/var/log/libvirt/qemu/{domain}.log")))
     }
 
-    fn watchdog(&self, domain: &str) -> Option<Firing> {
-        self.watchdogs.get(domain)
+    fn run(&self, domain: &str, off: bool) -> RunSeen {
+        self.runs.seen(domain, off)
     }
 
     fn acknowledge_watchdog(&self, domain: &str) {
-        self.watchdogs.acknowledge(domain);
+        self.runs.acknowledge(domain);
     }
 }
 

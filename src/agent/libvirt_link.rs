@@ -128,7 +128,7 @@ fn connect(
     }
     let sink = events::Sink {
         tx: events_tx,
-        watchdogs: Arc::clone(lv.watchdogs()),
+        runs: Arc::clone(lv.runs()),
     };
     if let Err(e) = events::subscribe(&conn, &sink) {
         // Without events a stopped guest would only be noticed at resync: try again.

@@ -42,6 +42,7 @@ pub async fn observe<'a>(vm: &'a VirtualMachine, ctx: &'a Context) -> Result<Obs
                 source,
             })?
     };
+    let off = domain.as_ref().is_some_and(|d| d.state.is_off());
     // Addresses are only reported for a live VM whose own domain runs.
     let reports = matches!(stage, Stage::Live { .. })
         && !vm.phase().is_final()
@@ -80,7 +81,7 @@ pub async fn observe<'a>(vm: &'a VirtualMachine, ctx: &'a Context) -> Result<Obs
         domain,
         addresses,
         qemu_log: ctx.hypervisor.qemu_log(&name),
-        watchdog: ctx.hypervisor.watchdog(&name),
+        run: ctx.hypervisor.run(&name, off),
         shutdown_sent: ctx.shutdown_sent(&uid),
         reservation,
         now,

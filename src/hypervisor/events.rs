@@ -4,7 +4,8 @@
 //! other is `console::open_vnc`, owning a descriptor): it registers libvirt's default event loop, runs it on a thread of its own,
 //! and subscribes a connection with `virConnectDomainEventRegisterAny`. Each event is sent on a
 //! channel with the domain's name; the agent reconciles that domain's VM. A watchdog's firing
-//! is also recorded in [`FiredWatchdogs`], which is all that tells it from a plain stop.
+//! and the lifecycle events of a run's start, stop and end are also recorded in [`DomainRuns`],
+//! which is all that tells a watchdog's stop from a plain one.
 #![allow(unsafe_code)] // FFI to libvirt's event API; each block has a SAFETY comment.
 
 use std::ffi::{CStr, c_int, c_void};
@@ -14,7 +15,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use virt::connect::Connect;
 use virt::sys;
 
-use super::watchdog::{FiredWatchdogs, WatchdogAction};
+use super::runs::DomainRuns;
+use super::watchdog::WatchdogAction;
 
 /// An event of one domain; each brings its VM's reconcile.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,12 +71,12 @@ pub fn start_event_loop() -> Result<(), EventError> {
     result
 }
 
-/// Where a connection's callbacks deliver: the reconcile trigger, and the record of fired
-/// watchdogs.
+/// Where a connection's callbacks deliver: the reconcile trigger, and the record of domain
+/// runs.
 #[derive(Clone)]
 pub struct Sink {
     pub tx: UnboundedSender<DomainEvent>,
-    pub watchdogs: Arc<FiredWatchdogs>,
+    pub runs: Arc<DomainRuns>,
 }
 
 /// Subscribes `conn` to lifecycle and watchdog events of all its domains. The subscriptions
@@ -149,6 +151,16 @@ unsafe extern "C" fn on_lifecycle(
     // is valid for the duration of the callback.
     let (sink, name) = unsafe { (&*(opaque as *const Sink), name_of(dom)) };
     let Some(domain) = name else { return };
+    // Recorded here, in libvirtd's order, so a watchdog's firing is known before its stop.
+    match u32::try_from(event).unwrap_or(u32::MAX) {
+        sys::VIR_DOMAIN_EVENT_STOPPED | sys::VIR_DOMAIN_EVENT_CRASHED => sink.runs.stopped(&domain),
+        // Started or undefined by anyone (also outside the agent): an earlier run has nothing to
+        // say about the next.
+        sys::VIR_DOMAIN_EVENT_STARTED | sys::VIR_DOMAIN_EVENT_UNDEFINED => {
+            sink.runs.forget(&domain)
+        }
+        _ => {}
+    }
     // A closed channel means the agent is shutting down; nothing to do.
     let _ = sink.tx.send(DomainEvent {
         domain,
@@ -167,9 +179,7 @@ unsafe extern "C" fn on_watchdog(
     let Some(domain) = name else { return };
     let action = WatchdogAction::from_libvirt(action);
     tracing::warn!(domain, action = action.name(), "the guest's watchdog fired");
-    // Recorded here, on libvirt's event thread, so that it is known before the domain's stop
-    // (delivered after it) can be observed.
-    sink.watchdogs.fired(&domain, action);
+    sink.runs.fired(&domain, action);
     let _ = sink.tx.send(DomainEvent {
         domain,
         kind: EventKind::Watchdog(action),

@@ -13,6 +13,7 @@ pub mod capabilities;
 pub mod choice;
 pub mod console;
 pub mod events;
+pub mod runs;
 pub mod seam;
 pub mod stats;
 pub mod watchdog;
@@ -116,6 +117,13 @@ pub enum DomainState {
     Transient,
 }
 
+impl DomainState {
+    /// The guest is not running and will not again unless started.
+    pub fn is_off(self) -> bool {
+        matches!(self, Self::ShutOff(_) | Self::Crashed)
+    }
+}
+
 /// Why libvirt holds a domain's vCPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PauseReason {
@@ -210,7 +218,7 @@ pub struct Libvirt {
     /// The current connection; `None` until the first connect and while reconnecting.
     conn: RwLock<Option<Connect>>,
     /// Filled by the connection's event subscription (`events::subscribe`).
-    watchdogs: Arc<watchdog::FiredWatchdogs>,
+    runs: Arc<runs::DomainRuns>,
 }
 
 impl Libvirt {
@@ -221,13 +229,13 @@ impl Libvirt {
         Self {
             uri: uri.to_string(),
             conn: RwLock::new(None),
-            watchdogs: Arc::default(),
+            runs: Arc::default(),
         }
     }
 
-    /// The watchdog firings of this handle's domains, as its event subscription records them.
-    pub fn watchdogs(&self) -> &Arc<watchdog::FiredWatchdogs> {
-        &self.watchdogs
+    /// The runs of this handle's domains, as its event subscription records them.
+    pub fn runs(&self) -> &Arc<runs::DomainRuns> {
+        &self.runs
     }
 
     /// A handle connected at once (commands and tests).
@@ -364,7 +372,7 @@ impl Libvirt {
             ));
         };
         // A watchdog that fired in an earlier run has nothing to say about this one.
-        self.watchdogs.forget(name);
+        self.runs.forget(name);
         domain.create().map_err(Self::err("starting domain", name))
     }
 
@@ -398,7 +406,7 @@ impl Libvirt {
         // No NVRAM flag: nodevirt domains boot with BIOS, and the test driver refuses it.
         let flags =
             sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA;
-        self.watchdogs.forget(name);
+        self.runs.forget(name);
         match domain.undefine_flags(flags) {
             Ok(()) => Ok(()),
             Err(e) if e.code() == Enum::Known(ErrorNumber::NoDomain) => Ok(()),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::domain::ResolvedVolume;
 
-use super::watchdog::Firing;
+use super::runs::RunSeen;
 use super::{DomainStatus, GuestAddress, HypervisorError, Libvirt, Result};
 
 pub trait Hypervisor: Send + Sync + 'static {
@@ -31,9 +31,10 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn backing_capacity(&self, probe: &str, volume: &ResolvedVolume) -> Result<u64>;
     /// Where the node keeps the domain's QEMU log, when there is one to point at.
     fn qemu_log(&self, domain: &str) -> Option<PathBuf>;
-    /// The domain's watchdog's last firing since it started (memory, no call).
-    fn watchdog(&self, domain: &str) -> Option<Firing>;
-    /// That firing was reported.
+    /// What libvirt's events told of the domain's current run, as it was just read `off` or
+    /// not (memory, no call).
+    fn run(&self, domain: &str, off: bool) -> RunSeen;
+    /// The watchdog's firing was reported as one the guest survived.
     fn acknowledge_watchdog(&self, domain: &str);
 }
 
@@ -86,10 +87,10 @@ impl Hypervisor for Libvirt {
     fn qemu_log(&self, domain: &str) -> Option<PathBuf> {
         Libvirt::qemu_log(self, domain)
     }
-    fn watchdog(&self, domain: &str) -> Option<Firing> {
-        self.watchdogs().get(domain)
+    fn run(&self, domain: &str, off: bool) -> RunSeen {
+        self.runs().seen(domain, off)
     }
     fn acknowledge_watchdog(&self, domain: &str) {
-        self.watchdogs().acknowledge(domain);
+        self.runs().acknowledge(domain);
     }
 }

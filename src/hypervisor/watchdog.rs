@@ -1,13 +1,4 @@
-//! Guest watchdogs that fired, per domain.
-//!
-//! libvirt says so only in its watchdog event: afterwards the domain is shut off (action
-//! `poweroff`, or `shutdown` once the guest obeyed the power button) or runs again (`reset`),
-//! as after a plain power-off or reboot. So the firing is recorded as the event arrives, on
-//! libvirt's event thread and before the domain's stop is delivered, and kept until the domain
-//! starts again or is undefined.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! The actions of a guest's watchdog device, as libvirt's watchdog event names them.
 
 use virt::sys;
 
@@ -55,78 +46,9 @@ impl WatchdogAction {
     }
 }
 
-/// The last firing of a domain's watchdog since it started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Firing {
-    pub action: WatchdogAction,
-    /// Whether the agent has told the VM's owner (an event) about this firing.
-    pub acknowledged: bool,
-}
-
-#[derive(Debug, Default)]
-pub struct FiredWatchdogs(Mutex<HashMap<String, Firing>>);
-
-impl FiredWatchdogs {
-    pub fn fired(&self, domain: &str, action: WatchdogAction) {
-        let firing = Firing {
-            action,
-            acknowledged: false,
-        };
-        self.with(|fired| fired.insert(domain.to_string(), firing));
-    }
-
-    pub fn get(&self, domain: &str) -> Option<Firing> {
-        self.with(|fired| fired.get(domain).copied())
-    }
-
-    pub fn acknowledge(&self, domain: &str) {
-        self.with(|fired| {
-            if let Some(firing) = fired.get_mut(domain) {
-                firing.acknowledged = true;
-            }
-        });
-    }
-
-    /// The domain starts afresh or is gone.
-    pub fn forget(&self, domain: &str) {
-        self.with(|fired| fired.remove(domain));
-    }
-
-    /// A poisoned lock (a panic elsewhere while holding it) still holds a usable map.
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, Firing>) -> T) -> T {
-        let mut fired = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&mut fired)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_firing_is_kept_until_the_domain_starts_again_and_acknowledged_once() {
-        let fired = FiredWatchdogs::default();
-        assert_eq!(fired.get("ns_vm"), None);
-        fired.fired("ns_vm", WatchdogAction::Reset);
-        assert_eq!(
-            fired.get("ns_vm"),
-            Some(Firing {
-                action: WatchdogAction::Reset,
-                acknowledged: false
-            })
-        );
-        fired.acknowledge("ns_vm");
-        assert!(fired.get("ns_vm").unwrap().acknowledged);
-        // A second firing is news again.
-        fired.fired("ns_vm", WatchdogAction::Reset);
-        assert!(!fired.get("ns_vm").unwrap().acknowledged);
-        assert_eq!(fired.get("ns_other"), None);
-        fired.forget("ns_vm");
-        assert_eq!(fired.get("ns_vm"), None);
-    }
 
     #[test]
     fn libvirts_actions_decode_and_only_poweroff_and_shutdown_stop_the_guest() {

@@ -24,7 +24,7 @@ use crate::domain::limits::MAX_TERMINATION_GRACE_PERIOD_SECONDS;
 use crate::domain::names::check_uid;
 use crate::domain::{CpuModel, DomainType, RenderOptions, ResolvedVolume, render};
 use crate::events::EventType;
-use crate::hypervisor::watchdog::Firing;
+use crate::hypervisor::runs::{Firing, RunSeen};
 use crate::hypervisor::{DomainState, DomainStatus, GuestAddress, PauseReason, ShutoffReason};
 use crate::storage::layout::{VmLayout, resolve_volumes};
 
@@ -40,6 +40,11 @@ pub const RESYNC: Duration = Duration::from_secs(60);
 pub const WAITING_RETRY: Duration = Duration::from_secs(5);
 /// The shortest wait for a guest shutting down: the deadline's own rounding.
 const MIN_SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+/// How often an off domain is looked at while its stop event is awaited.
+const STOP_EVENT_POLL: Duration = Duration::from_millis(200);
+/// How long a guest has to stop after its watchdog fired with `poweroff` or `shutdown`; a
+/// stop later than that is the guest's own.
+const WATCHDOG_STOP_GRACE: Duration = Duration::from_secs(120);
 
 /// What the node is, for every VM on it.
 #[derive(Debug, Clone)]
@@ -70,8 +75,9 @@ pub struct Observed<'a> {
     pub addresses: Vec<GuestAddress>,
     /// Where the node keeps the domain's QEMU log, if anywhere.
     pub qemu_log: Option<PathBuf>,
-    /// The domain's watchdog's last firing since it started.
-    pub watchdog: Option<Firing>,
+    /// What libvirt's events told of the domain's run: its watchdog's last firing, and whether
+    /// an off domain's stop is yet to be told.
+    pub run: RunSeen,
     /// Whether the guest of this VM being deleted was already sent the ACPI shutdown.
     pub shutdown_sent: bool,
     /// What the VM's holder pod says: whether it may run here, and until when.
@@ -273,8 +279,13 @@ fn live(o: &Observed) -> Plan {
         return Plan::new(actions, Next::RequeueAfter(Duration::ZERO));
     }
     let domain_stopped = |phase, reason, message| end(o, stopped(phase, reason, message));
-    let off = matches!(domain.state, DomainState::ShutOff(_) | DomainState::Crashed);
-    if let Some(fired) = o.watchdog.filter(|f| off && f.action.stops_guest()) {
+    let off = domain.state.is_off();
+    if off && phase == Phase::Running && o.run.stop_pending {
+        // A watchdog's firing would be told before the stop: wait for it, briefly.
+        return Plan::requeue(STOP_EVENT_POLL);
+    }
+    let stopped_by_watchdog = |f: &Firing| f.action.stops_guest() && !f.acknowledged;
+    if let Some(fired) = o.run.firing.filter(|f| off && stopped_by_watchdog(f)) {
         // Not the plain power-off or crash it looks like.
         let message = format!(
             "The guest's watchdog fired and its action, {}, stopped the VM.",
@@ -463,12 +474,23 @@ fn report(o: &Observed, paused: Option<PauseReason>) -> Plan {
         ADDRESS_POLL
     };
     let mut actions = write_if_changed(o.vm, new);
-    // A firing the guest survived (reset, pause, ...): said once, as it happened.
-    if let Some(fired) = o.watchdog.filter(|f| !f.acknowledged) {
-        let message = format!(
-            "The guest's watchdog fired; its action: {}.",
-            fired.action.name()
-        );
+    // A firing the guest survived (reset, pause, ...): said once, as it happened. After one
+    // that stops the guest, it has a while to do so; only then is it a firing it survived, so a
+    // later stop of the guest's own is not blamed on it.
+    let survived = |f: &Firing| !f.action.stops_guest() || f.age >= WATCHDOG_STOP_GRACE;
+    if let Some(fired) = o.run.firing.filter(|f| !f.acknowledged && survived(f)) {
+        let message = if fired.action.stops_guest() {
+            format!(
+                "The guest's watchdog fired with action {}, yet the guest still runs {} s later.",
+                fired.action.name(),
+                fired.age.as_secs()
+            )
+        } else {
+            format!(
+                "The guest's watchdog fired; its action: {}.",
+                fired.action.name()
+            )
+        };
         actions.push(event(EventType::Warning, reasons::WATCHDOG_FIRED, &message));
         actions.push(Action::AcknowledgeWatchdog);
     }

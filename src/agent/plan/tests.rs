@@ -6,6 +6,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use super::*;
 use crate::api::holder::reservation::Reservation;
 use crate::api::virtual_machine::FORCE_STOP_ANNOTATION;
+use crate::hypervisor::watchdog::WatchdogAction;
 use crate::storage::layout::DEFAULT_STATE_DIR;
 
 const UID: &str = "0f9b6e2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
@@ -37,7 +38,7 @@ fn observed<'a>(
         }),
         addresses: Vec::new(),
         qemu_log: None,
-        watchdog: None,
+        run: RunSeen::default(),
         shutdown_sent: false,
         reservation: Reservation::NotRequired,
         now: Timestamp::from_second(1_800_000_000).unwrap(),
@@ -221,13 +222,8 @@ fn without_its_holder_pod_a_vm_waits_and_once_the_pod_goes_it_stops_and_fails() 
 
 #[test]
 fn a_watchdog_that_stopped_the_guest_fails_the_vm_naming_its_action() {
-    use crate::hypervisor::watchdog::{Firing, WatchdogAction};
     let node = node();
     let running = vm_in(Phase::Running);
-    let fired = |action| Firing {
-        action,
-        acknowledged: false,
-    };
     // Action shutdown: the guest obeyed the power button, which alone would be Succeeded.
     // Action poweroff: QEMU quits without a shutdown, which libvirt calls a crash.
     for (state, action) in [
@@ -241,7 +237,7 @@ fn a_watchdog_that_stopped_the_guest_fails_the_vm_naming_its_action() {
         ),
     ] {
         let mut o = observed(&running, &node, Some(state));
-        o.watchdog = Some(fired(action));
+        o.run.firing = Some(fired(action, Duration::from_secs(1)));
         let ended = plan(&o);
         let Action::WriteStatus(status) = &ended.actions[0] else {
             panic!("the end is written first: {ended:?}");
@@ -255,40 +251,113 @@ fn a_watchdog_that_stopped_the_guest_fails_the_vm_naming_its_action() {
             "{message}"
         );
     }
-    // A reset (the guest runs on) fails nothing: a Warning, once.
+}
+
+fn fired(action: WatchdogAction, age: Duration) -> Firing {
+    Firing {
+        action,
+        acknowledged: false,
+        age,
+    }
+}
+
+fn watchdog_warnings(actions: &[Action]) -> Vec<&str> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event {
+                type_: EventType::Warning,
+                reason: "WatchdogFired",
+                message,
+            } => Some(message.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_firing_the_guest_survives_is_a_warning_once_and_blames_no_later_stop() {
+    let node = node();
+    let running = vm_in(Phase::Running);
     let mut o = observed(&running, &node, Some(DomainState::Running));
-    o.watchdog = Some(fired(WatchdogAction::Reset));
+    o.run.firing = Some(fired(WatchdogAction::Reset, Duration::ZERO));
     let actions = plan(&o).actions;
-    assert!(
-        actions.iter().any(
-            |a| matches!(a, Action::Event { type_: EventType::Warning, reason, message }
-            if *reason == "WatchdogFired" && message.contains("reset"))
-        ),
-        "{actions:?}"
-    );
+    assert_eq!(watchdog_warnings(&actions).len(), 1, "{actions:?}");
+    assert!(watchdog_warnings(&actions)[0].contains("reset"));
     assert!(actions.contains(&Action::AcknowledgeWatchdog));
     assert!(
         !actions
             .iter()
             .any(|a| matches!(a, Action::WriteStatus(s) if s.phase != Some(Phase::Running)))
     );
-    o.watchdog = Some(Firing {
-        acknowledged: true,
-        ..fired(WatchdogAction::Reset)
-    });
-    assert!(
-        !plan(&o)
-            .actions
-            .iter()
-            .any(|a| matches!(a, Action::Event { .. } | Action::AcknowledgeWatchdog))
-    );
+    o.run.firing.as_mut().unwrap().acknowledged = true;
+    let again = plan(&o).actions;
+    assert!(watchdog_warnings(&again).is_empty());
+    assert!(!again.contains(&Action::AcknowledgeWatchdog));
+
     // A reset followed by a plain power-off: the watchdog did not stop it.
     let mut o = observed(
         &running,
         &node,
         Some(DomainState::ShutOff(ShutoffReason::Shutdown)),
     );
-    o.watchdog = Some(fired(WatchdogAction::Reset));
+    o.run.firing = Some(fired(WatchdogAction::Reset, Duration::ZERO));
+    assert!(
+        matches!(&plan(&o).actions[0], Action::WriteStatus(s) if s.phase == Some(Phase::Succeeded))
+    );
+}
+
+#[test]
+fn a_guest_given_the_watchdogs_shutdown_has_a_grace_then_its_own_stop_is_its_own() {
+    let node = node();
+    let running = vm_in(Phase::Running);
+    let mut o = observed(&running, &node, Some(DomainState::Running));
+    // Shutting down after the power button: not yet a firing it survived.
+    o.run.firing = Some(fired(WatchdogAction::Shutdown, Duration::from_secs(5)));
+    let shutting_down = plan(&o).actions;
+    assert!(watchdog_warnings(&shutting_down).is_empty());
+    assert!(!shutting_down.contains(&Action::AcknowledgeWatchdog));
+    // Still running past the grace: it ignored the button, said once.
+    o.run.firing = Some(fired(WatchdogAction::Shutdown, Duration::from_secs(121)));
+    let ignored = plan(&o).actions;
+    let warnings = watchdog_warnings(&ignored);
+    assert!(
+        warnings.len() == 1 && warnings[0].contains("still runs 121 s later"),
+        "{ignored:?}"
+    );
+    assert!(ignored.contains(&Action::AcknowledgeWatchdog));
+    // A shutdown of the guest's own, hours later, is a plain one.
+    let mut o = observed(
+        &running,
+        &node,
+        Some(DomainState::ShutOff(ShutoffReason::Shutdown)),
+    );
+    o.run.firing = Some(Firing {
+        acknowledged: true,
+        ..fired(WatchdogAction::Shutdown, Duration::from_secs(7200))
+    });
+    assert!(
+        matches!(&plan(&o).actions[0], Action::WriteStatus(s) if s.phase == Some(Phase::Succeeded))
+    );
+}
+
+#[test]
+fn an_off_domain_whose_stop_is_not_told_yet_waits_for_the_event() {
+    let node = node();
+    let running = vm_in(Phase::Running);
+    let mut o = observed(
+        &running,
+        &node,
+        Some(DomainState::ShutOff(ShutoffReason::Shutdown)),
+    );
+    o.run.stop_pending = true;
+    let waiting = plan(&o);
+    assert!(waiting.actions.is_empty(), "{waiting:?}");
+    assert!(
+        matches!(waiting.next, Next::RequeueAfter(d) if d < Duration::from_secs(1)),
+        "{waiting:?}"
+    );
+    o.run.stop_pending = false;
     assert!(
         matches!(&plan(&o).actions[0], Action::WriteStatus(s) if s.phase == Some(Phase::Succeeded))
     );
