@@ -180,7 +180,7 @@ where
     Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (mut from_user, mut to_user) = tokio::io::split(io);
-    let input = session.input.clone();
+    let input = session.input();
     let keystrokes = async move {
         let mut buf = vec![0u8; 4096];
         while let Ok(n @ 1..) = from_user.read(&mut buf).await {

@@ -225,8 +225,14 @@ async fn vnc(socket: &Path, route: &Route, vm: &str, port: u16) -> Result<(), Ad
     drop(upgrade(socket, route, attach::VNC_PROTOCOL).await?);
     println!("VNC of {vm} on {local} (vncviewer {local}); Ctrl-C stops");
     loop {
-        let Ok((mut viewer, peer)) = listener.accept().await else {
-            continue;
+        let (mut viewer, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors, mostly: wait for some to close rather than spin.
+                eprintln!("accepting a VNC viewer on {local}: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                continue;
+            }
         };
         let (socket, route, vm) = (socket.to_path_buf(), route.clone(), vm.to_string());
         tokio::spawn(async move {

@@ -1,7 +1,7 @@
 //! libvirt domain events: lifecycle (started, stopped, crashed, undefined, ...) and watchdog.
 //!
-//! The `virt` crate has no safe wrapper for them, so this module is unsafe code (the only
-//! other is `console::open_vnc`, owning a descriptor): it registers libvirt's default event loop, runs it on a thread of its own,
+//! The `virt` crate has no safe wrapper for them, so this module is unsafe code (as is
+//! `console`, for its stream): it registers libvirt's default event loop, runs it on a thread of its own,
 //! and subscribes a connection with `virConnectDomainEventRegisterAny`. Each event is sent on a
 //! channel with the domain's name; the agent reconciles that domain's VM. A watchdog's firing
 //! and the lifecycle events of a run's start, stop and end are also recorded in [`DomainRuns`],
