@@ -6,8 +6,8 @@
 //! 2. On the first connection, decide the domain type (`hypervisor::choice`; logged once, and
 //!    set in `nodevirt_agent_hypervisor`); a failure to decide is a failed connect, retried.
 //!    Reconnects keep the decision.
-//! 3. On each new connection, subscribe to its domain events (a subscription dies
-//!    with its connection).
+//! 3. On each new connection, subscribe to its domain events; a connection given up is
+//!    unsubscribed first, as each subscription holds it (and its socket) open.
 //! 4. Then ask for a reconcile of every VM: events that happened while disconnected are lost,
 //!    and reconciles that failed meanwhile (or waited for the decision) waited on backoff.
 //!
@@ -130,7 +130,7 @@ fn connect(
         tx: events_tx,
         runs: Arc::clone(lv.runs()),
     };
-    if let Err(e) = events::subscribe(&conn, &sink) {
+    if let Err(e) = lv.subscribe(&conn, &sink) {
         // Without events a stopped guest would only be noticed at resync: try again.
         lv.disconnect();
         return Err(e.into());

@@ -79,9 +79,10 @@ pub struct Sink {
     pub runs: Arc<DomainRuns>,
 }
 
-/// Subscribes `conn` to lifecycle and watchdog events of all its domains. The subscriptions
-/// live as long as the connection.
-pub fn subscribe(conn: &Connect, sink: &Sink) -> Result<(), EventError> {
+/// Subscribes `conn` to lifecycle and watchdog events of all its domains; the IDs are for
+/// [`unsubscribe`]. Each subscription holds a reference to the connection, so a connection
+/// given up must be unsubscribed to be closed. Nothing stays subscribed when one fails.
+pub fn subscribe(conn: &Connect, sink: &Sink) -> Result<Vec<c_int>, EventError> {
     // SAFETY (both transmutes): libvirt calls C functions with this ABI. Each callback has more
     // arguments than the generic type names; libvirt casts it back by event ID (this is what
     // the VIR_DOMAIN_EVENT_CALLBACK macro does in C).
@@ -97,8 +98,30 @@ pub fn subscribe(conn: &Connect, sink: &Sink) -> Result<(), EventError> {
             unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
         >(on_watchdog))
     };
-    register(conn, sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle, sink)?;
-    register(conn, sys::VIR_DOMAIN_EVENT_ID_WATCHDOG, watchdog, sink)
+    let mut ids = Vec::new();
+    for (event_id, callback) in [
+        (sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle),
+        (sys::VIR_DOMAIN_EVENT_ID_WATCHDOG, watchdog),
+    ] {
+        match register(conn, event_id, callback, sink) {
+            Ok(id) => ids.push(id),
+            Err(e) => {
+                unsubscribe(conn, &ids);
+                return Err(e);
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// Ends the subscriptions `ids` of `conn`. libvirt drops them locally even when the
+/// connection is dead and telling libvirtd fails, which is all that matters then.
+pub fn unsubscribe(conn: &Connect, ids: &[c_int]) {
+    for &id in ids {
+        // SAFETY: `conn` is a live handle (the caller holds a reference); an ID that is no
+        // longer registered is refused with an error, which is ignored.
+        unsafe { sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), id) };
+    }
 }
 
 fn register(
@@ -106,7 +129,7 @@ fn register(
     event_id: u32,
     callback: sys::virConnectDomainEventGenericCallback,
     sink: &Sink,
-) -> Result<(), EventError> {
+) -> Result<c_int, EventError> {
     let opaque = Box::into_raw(Box::new(sink.clone())) as *mut c_void;
     // SAFETY: `conn` is a live connection for the duration of this call; `opaque` is a leaked
     // Box that libvirt owns from here on and hands back to `free_sink` exactly once.
@@ -125,7 +148,7 @@ fn register(
         drop(unsafe { Box::from_raw(opaque as *mut Sink) });
         return Err(EventError::Subscribe(virt::error::Error::last_error()));
     }
-    Ok(())
+    Ok(id)
 }
 
 /// The domain's name, copied.

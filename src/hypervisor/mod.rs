@@ -217,6 +217,8 @@ pub struct Libvirt {
     uri: String,
     /// The current connection; `None` until the first connect and while reconnecting.
     conn: RwLock<Option<Connect>>,
+    /// The current connection's event subscriptions, ended with it.
+    subscriptions: std::sync::Mutex<Vec<i32>>,
     /// Filled by the connection's event subscription (`events::subscribe`).
     runs: Arc<runs::DomainRuns>,
 }
@@ -229,6 +231,7 @@ impl Libvirt {
         Self {
             uri: uri.to_string(),
             conn: RwLock::new(None),
+            subscriptions: Default::default(),
             runs: Arc::default(),
         }
     }
@@ -265,14 +268,40 @@ impl Libvirt {
             source,
         })?;
         let previous = self.slot().replace(conn.clone());
-        drop(previous);
+        self.release(previous);
         Ok(conn)
     }
 
     /// Forgets the current connection (after it died), so calls fail fast as Disconnected.
     pub fn disconnect(&self) {
         let previous = self.slot().take();
-        drop(previous);
+        self.release(previous);
+    }
+
+    /// Subscribes the current connection `conn` to domain events, delivered to `sink`.
+    pub fn subscribe(
+        &self,
+        conn: &Connect,
+        sink: &events::Sink,
+    ) -> std::result::Result<(), events::EventError> {
+        let ids = events::subscribe(conn, sink)?;
+        self.subscriptions_mut().extend(ids);
+        Ok(())
+    }
+
+    /// Ends a given-up connection's subscriptions: each holds a reference to it, which would
+    /// keep its socket open.
+    fn release(&self, previous: Option<Connect>) {
+        let ids = std::mem::take(&mut *self.subscriptions_mut());
+        if let Some(conn) = previous {
+            events::unsubscribe(&conn, &ids);
+        }
+    }
+
+    fn subscriptions_mut(&self) -> std::sync::MutexGuard<'_, Vec<i32>> {
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn slot(&self) -> std::sync::RwLockWriteGuard<'_, Option<Connect>> {
