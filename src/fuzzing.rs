@@ -249,6 +249,9 @@ impl AdminHarness {
             resync,
             events,
             hypervisor: Arc::new(HypervisorChoice::new(HypervisorFlag::Qemu)),
+            keepalive: crate::tunnel::Keepalive {
+                interval: crate::tunnel::DEFAULT_KEEPALIVE,
+            },
         });
         Ok(Self {
             runtime,

@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod metrics_port;
 pub mod server;
 pub mod storage;
+pub mod tunnel;
 pub mod watch;

@@ -2,8 +2,10 @@
 //! admin socket (`nodevirt admin attach`); `GET .../vnc`: a connection to its VNC server
 //! (`nodevirt admin vnc`), as a viewer on the node would have.
 //!
-//! 1. The request asks to switch protocols (`Upgrade: nodevirt-console` or `nodevirt-vnc`),
-//!    or 400.
+//! 1. The request asks to switch protocols: to a websocket (the agent's console port, which
+//!    the controller reaches for `nodevirt console` and `nodevirt vnc`; bytes in binary
+//!    messages, kept alive by pings, [`crate::tunnel`]), or to the raw byte stream
+//!    `Upgrade: nodevirt-console` or `nodevirt-vnc` (the admin socket's clients); else 400.
 //! 2. The console is opened through libvirt ([`Libvirt::open_console`]): one session at a
 //!    time, as `virsh console`; a second is refused with 409 unless it forces, which ends the
 //!    first. A VM whose domain is not running is 409 too.
@@ -21,13 +23,14 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use kube::ResourceExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 
 use crate::api::VirtualMachine;
 use crate::domain::names::{check_uid, domain_name};
 use crate::hypervisor::Libvirt;
 use crate::hypervisor::console::{ConsoleError, ConsoleSession};
 use crate::storage::layout::VmLayout;
+use crate::tunnel;
 
 use super::route::VmRef;
 use super::server::{AdminState, error, find, not_found};
@@ -54,7 +57,7 @@ pub async fn attach(state: &AdminState, vm_ref: &VmRef, force: bool, request: Re
     } else {
         Vec::new()
     };
-    switch(request, vm_ref, "console", move |io| async move {
+    switch(state, request, vm_ref, "console", move |io| async move {
         bridge(io, &replay, session).await;
     })
 }
@@ -80,7 +83,7 @@ pub async fn vnc(state: &AdminState, vm_ref: &VmRef, request: Request) -> Respon
         Ok(server) => server,
         Err(e) => return open_refused(&vm, vm_ref, &e),
     };
-    switch(request, vm_ref, "VNC", move |mut io| async move {
+    switch(state, request, vm_ref, "VNC", move |mut io| async move {
         let _ = tokio::io::copy_bidirectional(&mut io, &mut server).await;
     })
 }
@@ -96,10 +99,13 @@ fn upgradable(
         return Err(Box::new(not_found(state, vm_ref)));
     };
     let upgrade = request.headers().get(header::UPGRADE);
-    if !upgrade.is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(protocol.as_bytes())) {
+    let raw = upgrade.is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(protocol.as_bytes()));
+    if !raw && !tunnel::is_websocket_upgrade(request.headers()) {
         return Err(Box::new(error(
             StatusCode::BAD_REQUEST,
-            format!("this path needs the headers Connection: upgrade and Upgrade: {protocol}"),
+            format!(
+                "this path needs a websocket request, or the headers Connection: upgrade and Upgrade: {protocol}"
+            ),
         )));
     }
     Ok(vm)
@@ -121,33 +127,58 @@ fn open_refused(vm: &VirtualMachine, vm_ref: &VmRef, e: &ConsoleError) -> Respon
     }
 }
 
-/// Answers 101 and hands the connection to `serve` once hyper has switched it.
-fn switch<F, Fut>(request: Request, vm_ref: &VmRef, what: &'static str, serve: F) -> Response
+/// A switched connection, whichever the transport.
+pub trait Session: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Session for T {}
+
+/// Answers 101 and hands the connection to `serve` once hyper has switched it: as it is for
+/// the raw protocols, through [`tunnel::pipe`] for a websocket.
+fn switch<F, Fut>(
+    state: &AdminState,
+    request: Request,
+    vm_ref: &VmRef,
+    what: &'static str,
+    serve: F,
+) -> Response
 where
-    F: FnOnce(TokioIo<hyper::upgrade::Upgraded>) -> Fut + Send + 'static,
+    F: FnOnce(Box<dyn Session>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    let protocol = request.headers().get(header::UPGRADE).cloned();
+    let websocket = tunnel::is_websocket_upgrade(request.headers());
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    if websocket {
+        *response.headers_mut() = tunnel::accept_headers(request.headers());
+    } else {
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("upgrade"),
+        );
+        if let Some(protocol) = request.headers().get(header::UPGRADE).cloned() {
+            headers.insert(header::UPGRADE, protocol);
+        }
+    }
     let vm = vm_ref.to_string();
+    let keepalive = state.keepalive;
     tokio::spawn(async move {
-        match hyper::upgrade::on(request).await {
-            Ok(io) => {
-                tracing::info!(%vm, "{what} session opened on the admin socket");
-                serve(TokioIo::new(io)).await;
-                tracing::info!(%vm, "{what} session ended");
+        let io = match hyper::upgrade::on(request).await {
+            Ok(io) => TokioIo::new(io),
+            Err(e) => return tracing::debug!(%vm, error = %e, "{what} upgrade failed"),
+        };
+        if websocket {
+            let ws = tunnel::websocket(io, tunnel::Role::Server).await;
+            let (io, ended) = tunnel::pipe(ws, keepalive);
+            tracing::info!(%vm, "{what} session opened by websocket");
+            serve(Box::new(io)).await;
+            if let Ok(why) = ended.await {
+                tracing::info!(%vm, "{what} session ended: {why}");
             }
-            Err(e) => tracing::debug!(%vm, error = %e, "{what} upgrade failed"),
+        } else {
+            tracing::info!(%vm, "{what} session opened on the admin socket");
+            serve(Box::new(io)).await;
+            tracing::info!(%vm, "{what} session ended");
         }
     });
-    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("upgrade"),
-    );
-    if let Some(protocol) = protocol {
-        headers.insert(header::UPGRADE, protocol);
-    }
     response
 }
 

@@ -38,6 +38,8 @@ pub struct AdminState {
     pub resync: UnboundedSender<ObjectRef<VirtualMachine>>,
     pub events: Arc<EventLog>,
     pub hypervisor: Arc<HypervisorChoice>,
+    /// The ping interval of console and VNC websockets.
+    pub keepalive: crate::tunnel::Keepalive,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +133,23 @@ fn bind(path: &Path, access: &Access) -> Result<tokio::net::UnixListener, AdminE
 /// stream) is the caller's.
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new().fallback(answer).with_state(state)
+}
+
+/// The agent's console port: only the console and VNC sessions, to the controller.
+pub fn console_router(state: Arc<AdminState>) -> Router {
+    Router::new().fallback(answer_console).with_state(state)
+}
+
+async fn answer_console(State(state): State<Arc<AdminState>>, request: Request) -> Response {
+    let uri = request.uri();
+    match Route::parse(request.method(), uri.path(), uri.query()) {
+        Ok(route @ (Route::Attach { .. } | Route::Vnc(_))) => handle(&state, route, request).await,
+        Ok(_) => error(
+            StatusCode::NOT_FOUND,
+            "the console port serves only /v1/vms/{namespace}/{name}/console/attach and /vnc",
+        ),
+        Err(e) => refused(&e),
+    }
 }
 
 async fn answer(State(state): State<Arc<AdminState>>, request: Request) -> Response {

@@ -1,6 +1,8 @@
 //! The agent's heartbeat on its Node: label `kubevirt.io/schedulable=true` and annotation
 //! `kubevirt.io/heartbeat=<RFC 3339 time>` every minute by default (jittered), so the controller places
-//! VMs only on nodes whose agent is alive; `schedulable=false` on a clean exit.
+//! VMs only on nodes whose agent is alive; `schedulable=false` on a clean exit. With it, the
+//! console port's certificate fingerprint (`nodevirt.io/console-tls-sha256`), so that a new
+//! agent's certificate replaces the last one's at its first beat.
 
 use std::time::Duration;
 
@@ -11,13 +13,23 @@ use kube::{Api, Client};
 use tracing::warn;
 
 use crate::api::{HEARTBEAT_ANNOTATION, SCHEDULABLE_LABEL};
+use crate::tunnel::pin::AGENT_FINGERPRINT_ANNOTATION;
 
-pub async fn beat(client: &Client, node: &str, schedulable: bool) -> Result<(), kube::Error> {
+pub async fn beat(
+    client: &Client,
+    node: &str,
+    schedulable: bool,
+    fingerprint: Option<&str>,
+) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
+    let mut annotations = serde_json::json!({ HEARTBEAT_ANNOTATION: Timestamp::now().to_string() });
+    if let Some(fingerprint) = fingerprint {
+        annotations[AGENT_FINGERPRINT_ANNOTATION] = fingerprint.into();
+    }
     let patch = serde_json::json!({
         "metadata": {
             "labels": { SCHEDULABLE_LABEL: schedulable.to_string() },
-            "annotations": { HEARTBEAT_ANNOTATION: Timestamp::now().to_string() },
+            "annotations": annotations,
         }
     });
     nodes
@@ -28,9 +40,9 @@ pub async fn beat(client: &Client, node: &str, schedulable: bool) -> Result<(), 
 
 /// Beats every `interval` until the task is dropped. A missing Node (no kubelet yet) is
 /// logged and retried.
-pub async fn run(client: Client, node: String, interval: Duration) {
+pub async fn run(client: Client, node: String, interval: Duration, fingerprint: Option<String>) {
     loop {
-        if let Err(e) = beat(&client, &node, true).await {
+        if let Err(e) = beat(&client, &node, true, fingerprint.as_deref()).await {
             warn!(node, error = %e, "cannot update the node's heartbeat");
         }
         // Up to 10% jitter, so many agents do not write in step.

@@ -14,6 +14,7 @@
 //! agent sees none of them, only its state folder, which is at the node's own path.
 
 mod cluster;
+pub mod console_port;
 mod disks;
 mod execute;
 #[cfg(test)]
@@ -105,6 +106,22 @@ pub struct AgentArgs {
     pub admin_group: Option<u32>,
     #[command(flatten)]
     pub metrics: crate::metrics_port::MetricsArgs,
+    /// The console port (mutual TLS): the controller opens VMs' consoles and VNC servers here
+    /// for `nodevirt console` and `nodevirt vnc` (docs/security.md).
+    #[arg(long, env = "NODEVIRT_CONSOLE_ADDR", default_value = "0.0.0.0:9187")]
+    pub console_addr: std::net::SocketAddr,
+    /// Seconds between websocket pings on console and VNC sessions; a peer silent for three
+    /// intervals is taken for gone.
+    #[arg(long, env = "NODEVIRT_KEEPALIVE_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub keepalive_seconds: u64,
+    /// The controller's namespace, where its Pods publish their client certificates'
+    /// fingerprints (ConfigMap nodevirt-controller-identities).
+    #[arg(
+        long,
+        env = "NODEVIRT_CONTROLLER_NAMESPACE",
+        default_value = "nodevirt"
+    )]
+    pub controller_namespace: String,
     /// Seconds between heartbeats on the Node (jittered by up to 10%).
     #[arg(long, default_value_t = 60)]
     pub heartbeat_interval: u64,
@@ -288,6 +305,27 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         resync: resync_tx.clone(),
         events,
         hypervisor: Arc::clone(&hypervisor),
+        keepalive: crate::tunnel::Keepalive {
+            interval: Duration::from_secs(args.keepalive_seconds),
+        },
+    });
+    let console_port = match console_port::ConsolePort::bind(args.console_addr, &args.node_name)
+        .await
+    {
+        Ok(port) => Some(port),
+        Err(e) => {
+            warn!(error = %crate::k8s::error_chain(&e), "the console port is not available: no nodevirt console or vnc on this node");
+            None
+        }
+    };
+    let fingerprint = console_port.as_ref().map(|port| port.fingerprint.clone());
+    let console = console_port.map(|port| {
+        tokio::spawn(port.serve(
+            client.clone(),
+            args.controller_namespace.clone(),
+            Arc::clone(&admin_state),
+            metrics.http.connections("console"),
+        ))
     });
     let admin_path = args.admin_socket.clone();
     let access = crate::admin::peer::Access {
@@ -321,6 +359,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         client.clone(),
         args.node_name.clone(),
         Duration::from_secs(args.heartbeat_interval),
+        fingerprint,
     ));
     controller
         .reconcile_on(domain_events)
@@ -332,11 +371,14 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         .await;
     server.abort();
     admin.abort();
+    if let Some(console) = console {
+        console.abort();
+    }
     link.abort();
     gc.abort();
     heartbeat.abort();
     catch_up.abort();
-    if let Err(e) = heartbeat::beat(&client, &args.node_name, false).await {
+    if let Err(e) = heartbeat::beat(&client, &args.node_name, false, None).await {
         warn!(error = %e, "cannot mark the node unschedulable on exit");
     }
     info!("agent stopped; running VMs keep running");

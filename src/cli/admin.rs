@@ -181,12 +181,15 @@ pub async fn run(args: AdminArgs) -> Result<(), AdminCliError> {
         AdminCommand::Attach { vm, .. } => {
             let io = upgrade(socket, &route, attach::CONSOLE_PROTOCOL).await?;
             eprintln!("Connected to {vm}'s serial console (Ctrl-] leaves).\r");
-            let ended = terminal::session(io)
+            let console = |source| AdminCliError::Console {
+                vm: vm.clone(),
+                source,
+            };
+            let mut keyboard = terminal::Keyboard::open().map_err(console)?;
+            let ended = terminal::session(io, &mut keyboard)
                 .await
-                .map_err(|source| AdminCliError::Console {
-                    vm: vm.clone(),
-                    source,
-                })?;
+                .map_err(console)?;
+            drop(keyboard);
             if ended == terminal::Ended::Closed {
                 eprintln!(
                     "\r\nThe console session of {vm} ended: the guest stopped, or another session took it over (--force)."

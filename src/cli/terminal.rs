@@ -44,6 +44,22 @@ impl Drop for RawMode {
     }
 }
 
+/// The user's keys: raw mode while alive, and stdin read on one thread for the whole
+/// command, so that the sessions of a reconnecting console share it and lose no key.
+pub struct Keyboard {
+    _raw: RawMode,
+    typed: tokio::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+impl Keyboard {
+    pub fn open() -> std::io::Result<Self> {
+        Ok(Self {
+            _raw: RawMode::enable()?,
+            typed: stdin_chunks(),
+        })
+    }
+}
+
 /// stdin, read on a thread of its own: a blocking read cannot be cancelled, and a thread of
 /// tokio's blocking pool would hold the runtime's shutdown until the next key.
 fn stdin_chunks() -> tokio::sync::mpsc::Receiver<Vec<u8>> {
@@ -67,13 +83,12 @@ fn stdin_chunks() -> tokio::sync::mpsc::Receiver<Vec<u8>> {
 }
 
 /// Runs the session over `io` until the user leaves or the other side closes.
-pub async fn session<Io>(io: Io) -> std::io::Result<Ended>
+pub async fn session<Io>(io: Io, keyboard: &mut Keyboard) -> std::io::Result<Ended>
 where
     Io: AsyncRead + AsyncWrite + Unpin,
 {
-    let _raw = RawMode::enable()?;
     let (mut from_guest, mut to_guest) = tokio::io::split(io);
-    let mut typed = stdin_chunks();
+    let typed = &mut keyboard.typed;
     let keystrokes = async {
         // `None`: stdin ended.
         while let Some(chunk) = typed.recv().await {

@@ -9,7 +9,8 @@
 //! acting, a third of the lease duration before another replica may take over, and joins the
 //! election again: the process stays up and its caches stay warm.
 //!
-//! Every replica, leading or not, serves its metrics port (`crate::metrics_port`): `metrics`
+//! Every replica, leading or not, serves the aggregated API `subresources` (console and VNC
+//! through the API server) and its metrics port (`crate::metrics_port`): `metrics`
 //! (what it counts) and `health` (its `/healthz` and `/readyz`).
 
 pub mod backoff;
@@ -20,6 +21,7 @@ pub mod node_health;
 pub mod scheduling;
 pub mod status;
 pub mod status_writer;
+pub mod subresources;
 pub mod workloads;
 
 use std::path::PathBuf;
@@ -74,6 +76,8 @@ pub struct ControllerArgs {
     /// The metrics port: /metrics (nodevirt_controller_*), /healthz, /readyz; on every replica.
     #[command(flatten)]
     pub metrics: MetricsArgs,
+    #[command(flatten)]
+    pub subresources: subresources::SubresourceArgs,
 }
 
 fn parse_cpu_ratio(value: &str) -> Result<f64, String> {
@@ -321,6 +325,20 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     .await
     .map_err(ControllerError::Metrics)?;
     tokio::spawn(port.serve());
+    let api = tokio::spawn(subresources::run(
+        args.subresources.clone(),
+        client.clone(),
+        std::env::var("POD_NAMESPACE").unwrap_or_else(|_| args.lease_namespace.clone()),
+        identity.clone(),
+        scheduling_ctx.vms.clone(),
+        scheduling_ctx.nodes.clone(),
+        metrics.http.connections("subresources"),
+    ));
+    tokio::spawn(async move {
+        if let Ok(Err(e)) = api.await {
+            warn!(error = %crate::k8s::error_chain(&e), "the aggregated API {} is not served by this replica: nodevirt console and vnc cannot reach it", subresources::GROUP);
+        }
+    });
     let shutdown = crate::k8s::shutdown_signal();
     tokio::pin!(shutdown);
     loop {

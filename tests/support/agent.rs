@@ -182,6 +182,8 @@ impl Agent {
         args.extend(options.extra_args.iter().map(|a| a.to_string()));
         let http = free_local_address();
         args.push(format!("--metrics-addr={http}"));
+        // Many agents share this host's network: each its own console port.
+        args.push("--console-addr=127.0.0.1:0".into());
         let admin_socket = cluster.dir.join("admin").join(format!("{node}.sock"));
         args.push(format!("--admin-socket={}", admin_socket.display()));
         let log = cluster.dir.join(format!("agent-{node}.log"));
@@ -375,6 +377,8 @@ pub fn controller(cluster: &'static Cluster, identity: &str, heartbeat_timeout: 
         "--lease-duration=6".into(),
         format!("--node-heartbeat-timeout={heartbeat_timeout}"),
         format!("--metrics-addr={http}"),
+        // The aggregated API needs the Service and APIService of a deployed controller.
+        "--api-addr=off".into(),
         // Holder pods bound to the test cluster's Node objects never start: no kubelet.
         "--holder-image=nodevirt:test".into(),
     ];
