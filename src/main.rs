@@ -76,6 +76,10 @@ enum Command {
     Start(PowerArgs),
     /// Stop an OfflineVirtualMachine (set spec.running to false).
     Stop(PowerArgs),
+    /// A VM's serial console through the Kubernetes API (Ctrl-] leaves).
+    Console(nodevirt::cli::console::ConsoleArgs),
+    /// A VM's VNC server through the Kubernetes API, on a local port for any VNC viewer.
+    Vnc(nodevirt::cli::console::VncArgs),
 }
 
 /// Exit code for input the user must fix (a bad manifest or flag).
@@ -108,6 +112,8 @@ fn main() -> ExitCode {
         // virtctl's words: "Error: VirtualMachine 'x' is already running".
         Command::Start(args) => run_async_saying("Error", set_running(args, true)),
         Command::Stop(args) => run_async_saying("Error", set_running(args, false)),
+        Command::Console(args) => run_async_saying("Error", nodevirt::cli::console::console(args)),
+        Command::Vnc(args) => run_async_saying("Error", nodevirt::cli::console::vnc(args)),
         Command::Render(args) => match render::run(&args) {
             Ok(xml) => {
                 print!("{xml}");

@@ -1,6 +1,7 @@
 //! The offline commands of the binary (render, crds) and shared CLI plumbing.
 
 pub mod admin;
+pub mod console;
 pub mod manifest;
 pub mod power;
 pub mod render;

@@ -13,7 +13,7 @@ use crate::k8s::{ClientError, user_client};
 
 #[derive(Debug, clap::Args)]
 pub struct PowerArgs {
-    /// The OfflineVirtualMachine.
+    /// The OfflineVirtualMachine (for start and stop) or VirtualMachine (console, vnc).
     pub name: String,
     #[arg(short, long, default_value = "default")]
     pub namespace: String,
