@@ -71,6 +71,18 @@ chmod 600 pki/*.key pki/tokens.csv
 sign_client_cert "$dir" system:kube-scheduler "" pki/scheduler
 sign_client_cert "$dir" system:kube-proxy "" pki/kube-proxy
 sign_client_cert "$dir" kube-apiserver-kubelet-client system:masters pki/apiserver-kubelet-client
+# The front proxy (API aggregation): a CA of its own, and the API server's client certificate
+# for aggregated API servers (nodevirt's subresources.kubevirt.io). v3 with clientAuth: rustls
+# (the controller) accepts no v1 certificate.
+openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=nodevirt-test-front-proxy-ca" \
+  -keyout pki/front-proxy-ca.key -out pki/front-proxy-ca.crt 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj "/CN=front-proxy-client" \
+  -keyout pki/front-proxy-client.key -out pki/front-proxy-client.csr 2>/dev/null
+printf 'extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n' > pki/client.ext
+openssl x509 -req -in pki/front-proxy-client.csr -CA pki/front-proxy-ca.crt \
+  -CAkey pki/front-proxy-ca.key -CAcreateserial -days 30 -extfile pki/client.ext \
+  -out pki/front-proxy-client.crt 2>/dev/null
+rm -f pki/front-proxy-client.csr
 
 etcd_port=$(free_port); etcd_peer_port=$(free_port); api_port=$(free_port); kcm_port=$(free_port)
 sched_port=$(free_port)
@@ -96,6 +108,12 @@ start_component "$dir" kube-apiserver kube-apiserver --etcd-servers "http://127.
   --service-cluster-ip-range 10.0.0.0/24 \
   --service-account-issuer "https://$api_host:$api_port" \
   --service-account-key-file pki/sa.pub --service-account-signing-key-file pki/sa.key \
+  --requestheader-client-ca-file pki/front-proxy-ca.crt \
+  --requestheader-allowed-names front-proxy-client \
+  --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+  --requestheader-extra-headers-prefix X-Remote-Extra- \
+  --proxy-client-cert-file pki/front-proxy-client.crt --proxy-client-key-file pki/front-proxy-client.key \
+  --enable-aggregator-routing=true \
   --profiling=false
 server=https://$api_host:$api_port
 write_kubeconfig kubeconfig "$server" pki/ca.crt admin --token "$admin_token"

@@ -39,6 +39,10 @@ ip -n "$netns" addr add "$node_ip/24" dev eth0
 ip -n "$netns" link set eth0 up
 ip -n "$netns" route add default via "$subnet.1"
 ip netns exec "$netns" sysctl -qw net.ipv4.ip_forward=1
+# The host (where the API server runs) reaches this node's pods through it: the API server
+# dials aggregated API servers' Pod IPs (--enable-aggregator-routing). Replaced, not added: a
+# route left by a cluster that is gone must not stop this one.
+ip route replace "10.244.$index.0/24" via "$node_ip"
 
 # --- 2. mount namespace: the node's own folders over the machine's ---
 private_dirs=(

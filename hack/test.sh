@@ -5,7 +5,8 @@
 #      namespace; the tests start agents and controllers as plain processes, many at once;
 #   2. "nodes" (hack/cluster-up.sh nodes --nodes 2, then hack/deploy.sh nodes): two real
 #      nodes with nodevirt deployed from its image as a DaemonSet and a Deployment, for
-#      tests/nodes_e2e.rs, tests/nodes_recovery_e2e.rs and tests/nodes_scheduling_e2e.rs.
+#      tests/nodes_e2e.rs, tests/nodes_recovery_e2e.rs, tests/nodes_scheduling_e2e.rs and
+#      tests/nodes_console_e2e.rs.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
@@ -45,5 +46,5 @@ trap '"$REPO_ROOT/hack/cluster-down.sh" nodes' EXIT
 "$REPO_ROOT/hack/deploy.sh" nodes "$REPO_ROOT/target/debug/nodevirt" >/dev/null
 source "$NODEVIRT_CLUSTER_DIR/env"
 # --nocapture: the tests print what they measure (rollout duration, node-loss times).
-cargo test --locked --test nodes_e2e --test nodes_recovery_e2e --test nodes_scheduling_e2e -- --ignored \
+cargo test --locked --test nodes_e2e --test nodes_recovery_e2e --test nodes_scheduling_e2e --test nodes_console_e2e -- --ignored \
   --test-threads=1 --nocapture

@@ -356,7 +356,6 @@ fn attach_sessions(agent: &Agent, target: &str) {
 /// `nodevirt admin vnc`: a client on the printed port gets QEMU's RFB handshake, then a
 /// FramebufferUpdate of the whole screen.
 fn vnc_session(agent: &Agent, target: &str) {
-    use std::io::{BufRead, Read, Write};
     use std::process::{Command, Stdio};
     let mut tunnel = Command::new(env!("CARGO_BIN_EXE_nodevirt"))
         .args(["admin", "vnc", target])
@@ -364,40 +363,8 @@ fn vnc_session(agent: &Agent, target: &str) {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(tunnel.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let address = line
-        .split_whitespace()
-        .find(|word| word.starts_with("127.0.0.1:"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
-    let mut rfb = std::net::TcpStream::connect(&address).unwrap();
-    rfb.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut write = rfb.try_clone().unwrap();
-    let mut read = |n: usize| {
-        let mut buf = vec![0u8; n];
-        rfb.read_exact(&mut buf).unwrap();
-        buf
-    };
-    assert_eq!(read(12), b"RFB 003.008\n");
-    write.write_all(b"RFB 003.008\n").unwrap();
-    let count = read(1)[0] as usize;
-    let types = read(count);
-    assert!(types.contains(&1), "security type None offered: {types:?}");
-    write.write_all(&[1]).unwrap();
-    assert_eq!(read(4), [0, 0, 0, 0], "SecurityResult OK");
-    write.write_all(&[1]).unwrap(); // ClientInit, shared
-    let init = read(24);
-    let (width, height) = (&init[0..2], &init[2..4]);
-    let name_length = u32::from_be_bytes(init[20..24].try_into().unwrap()) as usize;
-    read(name_length);
-    let mut request = vec![3, 0, 0, 0, 0, 0];
-    request.extend_from_slice(width);
-    request.extend_from_slice(height);
-    write.write_all(&request).unwrap();
-    assert_eq!(read(1), [0], "a FramebufferUpdate answers the request");
+    let address = support::rfb::printed_address(&mut tunnel);
+    support::rfb::expect_framebuffer_update(&address);
     tunnel.kill().unwrap();
     tunnel.wait().unwrap();
 }

@@ -9,6 +9,7 @@ pub mod https;
 pub mod libvirt;
 pub mod node;
 pub mod registry;
+pub mod rfb;
 pub mod schema;
 pub mod vm;
 pub mod vm_builder;
