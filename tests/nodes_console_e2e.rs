@@ -8,11 +8,15 @@ mod support;
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use support::cluster::wait_for;
-use support::deployed::{cluster, idle_vms};
+use support::cluster::{Namespace, wait_for, wait_for_explained};
+use support::console::Console;
+use support::deployed::{cluster, idle_vms, node_vm_dir};
+use support::idle_proxy::IdleProxy;
 use support::node::Node;
+use support::vm::{BOOT, Vm, user_data, vm_yaml};
 
 fn nodevirt(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_nodevirt"));
@@ -171,4 +175,160 @@ fn agent_refuses_a_stranger(cluster: &support::cluster::Cluster, node: &Node) {
         "the agent answered a stranger: {}",
         String::from_utf8_lossy(&answered)
     );
+}
+
+/// The booted test guest whose serial console runs a shell, shared by the tests below (they
+/// run one at a time): its namespace, which lives as long as the test binary.
+fn guest() -> &'static (Namespace, String) {
+    static GUEST: OnceLock<(Namespace, String)> = OnceLock::new();
+    GUEST.get_or_init(|| {
+        let cluster = cluster();
+        let node = &Node::all(cluster)[0];
+        let ns = cluster.namespace("console-guest");
+        cluster.guest_claim(&ns.name, "guest");
+        cluster.apply(&vm_yaml(
+            &ns.name,
+            "shell",
+            &node.name,
+            "persistentVolumeClaim: {claimName: guest}",
+            &user_data("echo up"),
+        ));
+        let vm = Vm {
+            ns: &ns.name,
+            name: "shell",
+        };
+        vm.wait_phase("Running", BOOT);
+        let log = format!("{}/console.log", node_vm_dir(&vm.uid()));
+        wait_for_explained(
+            BOOT,
+            "the guest's shell on its serial console",
+            || {
+                let out = node.exec(&["cat", &log]);
+                String::from_utf8_lossy(&out.stdout)
+                    .contains("nodevirt-guest: shell on the serial console")
+                    .then_some(())
+            },
+            || String::from_utf8_lossy(&node.exec(&["cat", &log]).stdout).into_owned(),
+        );
+        (ns, "shell".to_string())
+    })
+}
+
+fn admin_kubeconfig() -> String {
+    format!("--kubeconfig={}", cluster().kubeconfig.display())
+}
+
+#[test]
+#[ignore = "needs the two-node cluster of hack/deploy.sh: hack/test.sh runs it"]
+fn the_guests_shell_answers_through_nodevirt_console_and_attaching_100_times_works() {
+    let (ns, vm) = guest();
+    let kubeconfig = admin_kubeconfig();
+    let mut console = Console::attach(vm, &ns.name, &[&kubeconfig]);
+    // The replay shows how the guest booted, up to its shell.
+    console.wait_line(0, "nodevirt-guest: shell on the serial console", Duration::from_secs(30));
+    let replay = console.output();
+    assert!(
+        replay.contains("nodevirt-guest: booted, kernel"),
+        "the replay shows the boot lines:\n{replay}"
+    );
+    let from = console.run("echo $((6*7))");
+    console.wait_line(from, "42", Duration::from_secs(30));
+    let status = console.leave();
+    assert!(status.success(), "Ctrl-] leaves with status 0, got {status}");
+
+    // Attach and leave, 100 times in a row: each attach gets the console (the previous
+    // session has let it go) and its first byte; the first 20 are timed.
+    let mut first_bytes = Vec::new();
+    let mut failures = Vec::new();
+    for cycle in 0..100 {
+        let mut console = Console::attach(vm, &ns.name, &[&kubeconfig]);
+        let got = wait_for(Duration::from_secs(30), "a byte or an exit", || {
+            if !console.output().is_empty() {
+                Some(true)
+            } else {
+                (!console.running()).then_some(false)
+            }
+        });
+        if !got {
+            failures.push(format!("cycle {cycle}: {}", console.said().trim()));
+            continue;
+        }
+        if cycle < 20 {
+            first_bytes.push(console.first_byte_after(Duration::from_secs(1)));
+        }
+        let status = console.leave();
+        if !status.success() {
+            failures.push(format!("cycle {cycle}: left with {status}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} of 100 cycles failed:\n{}", failures.len(), failures.join("\n"));
+    first_bytes.sort();
+    println!(
+        "console first byte after `nodevirt console` starts, of 20: median {:?}, min {:?}, max {:?}",
+        first_bytes[first_bytes.len() / 2],
+        first_bytes[0],
+        first_bytes[first_bytes.len() - 1]
+    );
+}
+
+/// How long the idle session lasts; the proxy cuts what idles longer than [`PROXY_IDLE`].
+const IDLE: Duration = Duration::from_secs(300);
+const PROXY_IDLE: Duration = Duration::from_secs(60);
+
+#[test]
+#[ignore = "needs the two-node cluster of hack/deploy.sh: hack/test.sh runs it"]
+fn an_idle_console_outlives_a_proxy_that_cuts_idle_connections() {
+    let (ns, vm) = guest();
+    let cluster = cluster();
+    let original = std::fs::read_to_string(&cluster.kubeconfig).unwrap();
+    let server = original
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://"))
+        .expect("the kubeconfig names its server")
+        .to_string();
+    let upstream: std::net::SocketAddr = server.parse().unwrap();
+    // On the API server's own address, so that its certificate still names the host.
+    let proxy = IdleProxy::start(&format!("{}:0", upstream.ip()), upstream, PROXY_IDLE);
+    let through_proxy = cluster.dir.join("idle-proxy.kubeconfig");
+    std::fs::write(
+        &through_proxy,
+        original.replace(&server, &proxy.address.to_string()),
+    )
+    .unwrap();
+
+    // A connection that stays quiet is cut: the proxy does what it is here for.
+    let quiet = std::thread::spawn({
+        let address = proxy.address;
+        move || {
+            let mut idle = std::net::TcpStream::connect(address).unwrap();
+            idle.set_read_timeout(Some(PROXY_IDLE * 2)).unwrap();
+            let started = std::time::Instant::now();
+            let read = idle.read(&mut [0u8; 1]);
+            (read.map_err(|e| e.kind()), started.elapsed())
+        }
+    });
+
+    let mut console = Console::attach(
+        vm,
+        &ns.name,
+        &[&format!("--kubeconfig={}", through_proxy.display())],
+    );
+    console.wait_said("Connected to", Duration::from_secs(30));
+    std::thread::sleep(IDLE);
+    assert!(
+        console.running(),
+        "the console ended while idle: {}",
+        console.said()
+    );
+    let from = console.run("echo $((6*7))");
+    console.wait_line(from, "42", Duration::from_secs(30));
+    let (read, after) = quiet.join().unwrap();
+    assert!(
+        read == Ok(0) && after >= PROXY_IDLE,
+        "the proxy cuts a quiet connection after {PROXY_IDLE:?}: read {read:?} after {after:?}"
+    );
+    assert_eq!(proxy.cut(), 1, "only the quiet connection was cut");
+    let said = console.said();
+    let status = console.leave();
+    assert!(status.success(), "{status}: {said}");
 }

@@ -3,9 +3,11 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod console;
 pub mod deployed;
 pub mod direct;
 pub mod https;
+pub mod idle_proxy;
 pub mod libvirt;
 pub mod node;
 pub mod registry;
