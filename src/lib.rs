@@ -14,6 +14,7 @@ pub mod hypervisor;
 pub mod k8s;
 pub mod metrics;
 pub mod metrics_port;
+pub mod self_signed;
 pub mod server;
 pub mod storage;
 pub mod tunnel;

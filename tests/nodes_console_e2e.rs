@@ -225,7 +225,11 @@ fn the_guests_shell_answers_through_nodevirt_console_and_attaching_100_times_wor
     let kubeconfig = admin_kubeconfig();
     let mut console = Console::attach(vm, &ns.name, &[&kubeconfig]);
     // The replay shows how the guest booted, up to its shell.
-    console.wait_line(0, "nodevirt-guest: shell on the serial console", Duration::from_secs(30));
+    console.wait_line(
+        0,
+        "nodevirt-guest: shell on the serial console",
+        Duration::from_secs(30),
+    );
     let replay = console.output();
     assert!(
         replay.contains("nodevirt-guest: booted, kernel"),
@@ -234,7 +238,10 @@ fn the_guests_shell_answers_through_nodevirt_console_and_attaching_100_times_wor
     let from = console.run("echo $((6*7))");
     console.wait_line(from, "42", Duration::from_secs(30));
     let status = console.leave();
-    assert!(status.success(), "Ctrl-] leaves with status 0, got {status}");
+    assert!(
+        status.success(),
+        "Ctrl-] leaves with status 0, got {status}"
+    );
 
     // Attach and leave, 100 times in a row: each attach gets the console (the previous
     // session has let it go) and its first byte; the first 20 are timed.
@@ -261,7 +268,12 @@ fn the_guests_shell_answers_through_nodevirt_console_and_attaching_100_times_wor
             failures.push(format!("cycle {cycle}: left with {status}"));
         }
     }
-    assert!(failures.is_empty(), "{} of 100 cycles failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of 100 cycles failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     first_bytes.sort();
     println!(
         "console first byte after `nodevirt console` starts, of 20: median {:?}, min {:?}, max {:?}",

@@ -96,14 +96,9 @@ pub fn load(
             Ok((chain, key))
         }
         CertificateSource::SelfSigned { names } => {
-            let mut params =
-                rcgen::CertificateParams::new(names.clone()).map_err(TlsError::Generate)?;
-            params.distinguished_name = rcgen::DistinguishedName::new();
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, format!("nodevirt@{}", names[0]));
-            let key = rcgen::KeyPair::generate().map_err(TlsError::Generate)?;
-            let cert = params.self_signed(&key).map_err(TlsError::Generate)?;
+            let common_name = format!("nodevirt@{}", names[0]);
+            let (cert, key) = crate::self_signed::generate(names.clone(), &common_name, None)
+                .map_err(TlsError::Generate)?;
             let key = PrivatePkcs8KeyDer::from(key.serialize_der());
             Ok((vec![cert.der().clone()], key.into()))
         }

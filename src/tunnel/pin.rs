@@ -37,13 +37,8 @@ pub struct Identity {
 impl Identity {
     /// `common_name` is only for people reading the certificate: peers check the fingerprint.
     pub fn generate(common_name: &str) -> Result<Self, rcgen::Error> {
-        let mut params = rcgen::CertificateParams::new(vec![common_name.to_string()])?;
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, common_name);
-        let key = rcgen::KeyPair::generate()?;
-        let certificate = params.self_signed(&key)?;
+        let (certificate, key) =
+            crate::self_signed::generate(vec![common_name.to_string()], common_name, None)?;
         Ok(Self {
             certificate: certificate.der().clone(),
             key: PrivatePkcs8KeyDer::from(key.serialize_der()),
@@ -92,7 +87,7 @@ impl AllowedClients {
     }
 }
 
-/// The handshake signatures, checked as webpki would; shared by both verifiers.
+/// The handshake signatures, checked as webpki would with ring's algorithms.
 #[derive(Debug)]
 struct Signatures(WebPkiSupportedAlgorithms);
 
@@ -100,25 +95,34 @@ impl Signatures {
     fn new() -> Self {
         Self(provider().signature_verification_algorithms)
     }
-    fn tls12(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-    fn tls13(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-    fn schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
+}
+
+/// The three signature methods both verifier traits require, the same for both: a pinned
+/// peer still proves it holds its certificate's key.
+macro_rules! handshake_signatures {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.signatures.0)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.signatures.0)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.signatures.0.supported_schemes()
+        }
+    };
 }
 
 fn unknown_peer() -> rustls::Error {
@@ -169,27 +173,7 @@ impl ClientCertVerifier for PinnedClients {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.signatures.tls12(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.signatures.tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.signatures.schemes()
-    }
+    handshake_signatures!();
 }
 
 /// The client side: the server's certificate must have the fingerprint `expected`, whatever
@@ -225,27 +209,7 @@ impl ServerCertVerifier for PinnedServer {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.signatures.tls12(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.signatures.tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.signatures.schemes()
-    }
+    handshake_signatures!();
 }
 
 /// A TLS server that accepts only `allowed` clients (the agent's console port).

@@ -67,16 +67,9 @@ pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
 
 /// A new self-signed serving certificate and key, PEM.
 fn generate(names: Vec<String>) -> Result<(String, String), rcgen::Error> {
-    let mut params = rcgen::CertificateParams::new(names.clone())?;
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, names[0].clone());
-    let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::days(SERVING_VALIDITY_DAYS);
-    let key = rcgen::KeyPair::generate()?;
-    let cert = params.self_signed(&key)?;
+    let common_name = names[0].clone();
+    let (cert, key) =
+        crate::self_signed::generate(names, &common_name, Some(SERVING_VALIDITY_DAYS))?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 
