@@ -17,5 +17,6 @@ pub mod metrics_port;
 pub mod self_signed;
 pub mod server;
 pub mod storage;
+pub mod tls_signatures;
 pub mod tunnel;
 pub mod watch;

@@ -6,9 +6,9 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use support::cluster::{Namespace, wait_for, wait_for_explained};
@@ -50,7 +50,7 @@ fn console_and_vnc_go_through_the_api_server_with_the_users_rbac() {
     let admin = cluster.kubeconfig.to_str().unwrap();
 
     // VNC: a viewer on the printed port gets QEMU's handshake and a FramebufferUpdate.
-    let mut tunnel = nodevirt(&[
+    support::rfb::expect_framebuffer_update_through(&mut nodevirt(&[
         "vnc",
         vm,
         "-n",
@@ -58,39 +58,35 @@ fn console_and_vnc_go_through_the_api_server_with_the_users_rbac() {
         "--proxy-only",
         "--kubeconfig",
         admin,
-    ])
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let address = support::rfb::printed_address(&mut tunnel);
-    support::rfb::expect_framebuffer_update(&address);
-    tunnel.kill().unwrap();
-    tunnel.wait().unwrap();
+    ]));
 
     // The console opens (the CLI says so once the websocket is up) and Ctrl-] leaves it.
-    let mut console = nodevirt(&["console", vm, "-n", &ns.name, "--kubeconfig", admin])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = console.stderr.take().unwrap();
-    let mut said = Vec::new();
-    let mut byte = [0u8; 1];
-    while !String::from_utf8_lossy(&said).contains("Connected to") {
-        match stderr.read(&mut byte) {
-            Ok(1) => said.push(byte[0]),
-            _ => panic!(
-                "nodevirt console ended before connecting: {}",
-                String::from_utf8_lossy(&said)
-            ),
-        }
-    }
-    console.stdin.as_mut().unwrap().write_all(&[0x1d]).unwrap();
-    let status = console.wait().unwrap();
+    let console = Console::attach(vm, &ns.name, &["--kubeconfig", admin]);
+    console.wait_said("Connected to", Duration::from_secs(30));
+    let status = console.leave();
     assert!(
         status.success(),
         "Ctrl-] leaves with status 0, got {status}"
     );
+
+    // A VM that is not Running, and one that does not exist: a line each.
+    cluster.apply(&format!(
+        "apiVersion: kubevirt.io/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: nowhere, namespace: {}}}\n\
+         spec:\n  nodeSelector: {{kubernetes.io/hostname: no-such-node}}\n  domain: {{resources: {{requests: {{memory: 32Mi}}}}}}\n",
+        ns.name
+    ));
+    for (name, expected) in [("nowhere", "is not Running"), ("absent", "not found")] {
+        let refused = nodevirt(&["console", name, "-n", &ns.name, "--kubeconfig", admin])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success() && said.contains(expected),
+            "{name}: {expected:?} expected, got: {said}"
+        );
+        assert_eq!(said.trim().lines().count(), 1, "one line: {said}");
+    }
 
     // A user who may read VMs but not use their consoles: 403 naming the subresource.
     cluster.apply(&format!(
@@ -132,12 +128,37 @@ subjects:
     );
     assert_eq!(said.trim().lines().count(), 1, "one line: {said}");
 
-    // The agent's console port takes no client but the controller's.
+    // The agent's console port takes no client but the controller's, and the controller's
+    // API port none but the API server's front proxy.
     agent_refuses_a_stranger(cluster, &nodes[0]);
+    controller_refuses_a_client_that_is_not_the_front_proxy(cluster);
 }
 
-/// A client with a certificate of its own, pinning the agent's published one: the agent
-/// ends the handshake, so no request is ever answered.
+/// What a TLS server at `address` answers `request` with, as a client of `config`: nothing
+/// when it ends the handshake.
+fn tls_answer(address: &str, config: Arc<rustls::ClientConfig>, request: &str) -> Vec<u8> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpStream::connect(address)
+            .await
+            .unwrap_or_else(|e| panic!("{address} listens: {e}"));
+        let name = rustls::pki_types::ServerName::try_from("server").unwrap();
+        let Ok(mut tls) = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+        else {
+            return Vec::new();
+        };
+        let _ = tls.write_all(request.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await;
+        answer
+    })
+}
+
+/// The agent's console port takes no client but the controller's: a client with a
+/// certificate of its own, pinning the agent's published one, is ended in the handshake.
 fn agent_refuses_a_stranger(cluster: &support::cluster::Cluster, node: &Node) {
     use nodevirt::tunnel::pin::{Identity, client_config};
     let fingerprint = cluster.kubectl_ok(&[
@@ -149,30 +170,42 @@ fn agent_refuses_a_stranger(cluster: &support::cluster::Cluster, node: &Node) {
     ]);
     assert_eq!(fingerprint.len(), 64, "the agent publishes its fingerprint");
     let stranger = Identity::generate("nodevirt-controller@stranger").unwrap();
-    let config = client_config(&stranger, fingerprint).unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let answered = runtime.block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let tcp = tokio::net::TcpStream::connect((node.ip.as_str(), 9187))
-            .await
-            .expect("the console port listens");
-        let name = rustls::pki_types::ServerName::try_from("agent").unwrap();
-        let Ok(mut tls) = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-        else {
-            return Vec::new();
-        };
-        let _ = tls
-            .write_all(b"GET /v1/vms/x/y/vnc HTTP/1.1\r\nHost: agent\r\n\r\n")
-            .await;
-        let mut answer = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await;
-        answer
-    });
+    let answered = tls_answer(
+        &format!("{}:9187", node.ip),
+        client_config(&stranger, fingerprint).unwrap(),
+        "GET /v1/vms/x/y/vnc HTTP/1.1\r\nHost: agent\r\n\r\n",
+    );
     assert!(
         answered.is_empty(),
         "the agent answered a stranger: {}",
+        String::from_utf8_lossy(&answered)
+    );
+}
+
+/// The aggregated API takes users' names only from the API server's front proxy: a client
+/// without its certificate, naming itself admin in the front proxy's headers, reaching a
+/// controller Pod directly, gets no answer.
+fn controller_refuses_a_client_that_is_not_the_front_proxy(cluster: &support::cluster::Cluster) {
+    let pods = cluster.kubectl_ok(&[
+        "-n",
+        "nodevirt",
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=nodevirt-controller",
+        "-o",
+        "jsonpath={.items[*].status.podIP}",
+    ]);
+    let pod = pods.split_whitespace().next().expect("a controller Pod");
+    let answered = tls_answer(
+        &format!("{pod}:8443"),
+        support::https::any_certificate(),
+        "GET /apis/subresources.kubevirt.io/v1alpha1 HTTP/1.1\r\nHost: controller\r\n\
+         X-Remote-User: admin\r\nX-Remote-Group: system:masters\r\n\r\n",
+    );
+    assert!(
+        answered.is_empty(),
+        "the controller answered a client that is not the front proxy: {}",
         String::from_utf8_lossy(&answered)
     );
 }
@@ -308,23 +341,15 @@ fn an_idle_console_outlives_a_proxy_that_cuts_idle_connections() {
     )
     .unwrap();
 
-    // A connection that stays quiet is cut: the proxy does what it is here for.
+    // A connection that stays quiet after a request is cut (the API server itself would keep
+    // it 90 s): the proxy does what it is here for.
     let quiet = std::thread::spawn({
         let address = proxy.address;
-        move || {
-            let mut idle = std::net::TcpStream::connect(address).unwrap();
-            idle.set_read_timeout(Some(PROXY_IDLE * 2)).unwrap();
-            let started = std::time::Instant::now();
-            let read = idle.read(&mut [0u8; 1]);
-            (read.map_err(|e| e.kind()), started.elapsed())
-        }
+        move || quiet_connection_lifetime(address)
     });
 
-    let mut console = Console::attach(
-        vm,
-        &ns.name,
-        &[&format!("--kubeconfig={}", through_proxy.display())],
-    );
+    let through_proxy = format!("--kubeconfig={}", through_proxy.display());
+    let mut console = Console::attach(vm, &ns.name, &[&through_proxy, "--reconnect"]);
     console.wait_said("Connected to", Duration::from_secs(30));
     std::thread::sleep(IDLE);
     assert!(
@@ -334,13 +359,70 @@ fn an_idle_console_outlives_a_proxy_that_cuts_idle_connections() {
     );
     let from = console.run("echo $((6*7))");
     console.wait_line(from, "42", Duration::from_secs(30));
-    let (read, after) = quiet.join().unwrap();
+    let quiet = quiet.join().unwrap();
     assert!(
-        read == Ok(0) && after >= PROXY_IDLE,
-        "the proxy cuts a quiet connection after {PROXY_IDLE:?}: read {read:?} after {after:?}"
+        quiet >= PROXY_IDLE && quiet < PROXY_IDLE + Duration::from_secs(20),
+        "the proxy cuts a quiet connection after {PROXY_IDLE:?}; it lasted {quiet:?}"
     );
     assert_eq!(proxy.cut(), 1, "only the quiet connection was cut");
+
+    // A connection that breaks is reported; with --reconnect the console comes back.
+    proxy.sever_all();
+    console.wait_said("dropped", Duration::from_secs(60));
+    console.wait_said("Reconnected.", Duration::from_secs(60));
+    let from = console.run("echo $((6*7))");
+    console.wait_line(from, "42", Duration::from_secs(30));
     let said = console.said();
     let status = console.leave();
     assert!(status.success(), "{status}: {said}");
+
+    // Without --reconnect, the break ends the command in one line.
+    let mut console = Console::attach(vm, &ns.name, &[&through_proxy]);
+    console.wait_said("Connected to", Duration::from_secs(30));
+    proxy.sever_all();
+    let status = console.wait_exit("exit when its connection breaks");
+    let said = console.said();
+    let last = said.trim().lines().last().unwrap_or_default().to_string();
+    assert!(
+        last.contains("the connection to the console of VM") && last.contains("dropped"),
+        "the break in one line: {said}"
+    );
+    assert!(
+        !status.success(),
+        "a dropped connection is an error: {said}"
+    );
+}
+
+/// Over TLS through `proxy`, one keep-alive request to the API server, then silence: how long
+/// the connection lives after its answer.
+fn quiet_connection_lifetime(proxy: std::net::SocketAddr) -> Duration {
+    let tcp = std::net::TcpStream::connect(proxy).unwrap();
+    tcp.set_read_timeout(Some(PROXY_IDLE * 3)).unwrap();
+    let name = rustls::pki_types::ServerName::from(proxy.ip());
+    let connection =
+        rustls::ClientConnection::new(support::https::any_certificate(), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    std::io::Write::write_all(
+        &mut tls,
+        format!("GET /healthz HTTP/1.1\r\nHost: {proxy}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+        let n = tls.read(&mut buf).expect("the API server answers /healthz");
+        assert!(n > 0, "the API server closed before answering");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answered = std::time::Instant::now();
+    loop {
+        match tls.read(&mut buf) {
+            // The rest of the body.
+            Ok(n @ 1..) => answer.extend_from_slice(&buf[..n]),
+            // Closed, with or without TLS's close_notify.
+            Ok(0) => return answered.elapsed(),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return answered.elapsed(),
+            Err(e) => panic!("the quiet connection: {e} after {:?}", answered.elapsed()),
+        }
+    }
 }

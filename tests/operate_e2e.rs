@@ -356,15 +356,9 @@ fn attach_sessions(agent: &Agent, target: &str) {
 /// `nodevirt admin vnc`: a client on the printed port gets QEMU's RFB handshake, then a
 /// FramebufferUpdate of the whole screen.
 fn vnc_session(agent: &Agent, target: &str) {
-    use std::process::{Command, Stdio};
-    let mut tunnel = Command::new(env!("CARGO_BIN_EXE_nodevirt"))
-        .args(["admin", "vnc", target])
-        .arg(format!("--admin-socket={}", agent.admin_socket.display()))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let address = support::rfb::printed_address(&mut tunnel);
-    support::rfb::expect_framebuffer_update(&address);
-    tunnel.kill().unwrap();
-    tunnel.wait().unwrap();
+    support::rfb::expect_framebuffer_update_through(
+        std::process::Command::new(env!("CARGO_BIN_EXE_nodevirt"))
+            .args(["admin", "vnc", target])
+            .arg(format!("--admin-socket={}", agent.admin_socket.display())),
+    );
 }

@@ -117,9 +117,12 @@ fn open_refused(vm: &VirtualMachine, vm_ref: &VmRef, e: &ConsoleError) -> Respon
             StatusCode::CONFLICT,
             format!("VM {vm_ref} is {:?}: {e}", vm.phase()),
         ),
+        // The same refusal reaches `nodevirt console` through the console port.
         ConsoleError::Busy(_) => error(
             StatusCode::CONFLICT,
-            format!("{e}: nodevirt admin attach --force {vm_ref}"),
+            format!(
+                "another session holds the serial console of VM {vm_ref}: `nodevirt console --force` (or `nodevirt admin attach --force` on its node) takes it over"
+            ),
         ),
         ConsoleError::Libvirt(_) | ConsoleError::Socket(_) => {
             error(StatusCode::SERVICE_UNAVAILABLE, crate::k8s::error_chain(e))

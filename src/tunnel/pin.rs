@@ -10,11 +10,11 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::{CertificateError, DistinguishedName};
 
 /// The Node annotation where an agent publishes its console port's certificate fingerprint.
 pub const AGENT_FINGERPRINT_ANNOTATION: &str = "nodevirt.io/console-tls-sha256";
@@ -87,44 +87,6 @@ impl AllowedClients {
     }
 }
 
-/// The handshake signatures, checked as webpki would with ring's algorithms.
-#[derive(Debug)]
-struct Signatures(WebPkiSupportedAlgorithms);
-
-impl Signatures {
-    fn new() -> Self {
-        Self(provider().signature_verification_algorithms)
-    }
-}
-
-/// The three signature methods both verifier traits require, the same for both: a pinned
-/// peer still proves it holds its certificate's key.
-macro_rules! handshake_signatures {
-    () => {
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.signatures.0)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.signatures.0)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.signatures.0.supported_schemes()
-        }
-    };
-}
-
 fn unknown_peer() -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
 }
@@ -132,7 +94,7 @@ fn unknown_peer() -> rustls::Error {
 /// The server side: a client certificate is required and must be one of `allowed`.
 pub struct PinnedClients {
     allowed: AllowedClients,
-    signatures: Signatures,
+    signatures: WebPkiSupportedAlgorithms,
 }
 
 impl fmt::Debug for PinnedClients {
@@ -145,7 +107,7 @@ impl PinnedClients {
     pub fn new(allowed: AllowedClients) -> Self {
         Self {
             allowed,
-            signatures: Signatures::new(),
+            signatures: provider().signature_verification_algorithms,
         }
     }
 }
@@ -173,7 +135,7 @@ impl ClientCertVerifier for PinnedClients {
         }
     }
 
-    handshake_signatures!();
+    crate::handshake_signatures!(signatures);
 }
 
 /// The client side: the server's certificate must have the fingerprint `expected`, whatever
@@ -181,14 +143,14 @@ impl ClientCertVerifier for PinnedClients {
 #[derive(Debug)]
 pub struct PinnedServer {
     expected: String,
-    signatures: Signatures,
+    signatures: WebPkiSupportedAlgorithms,
 }
 
 impl PinnedServer {
     pub fn new(expected: String) -> Self {
         Self {
             expected,
-            signatures: Signatures::new(),
+            signatures: provider().signature_verification_algorithms,
         }
     }
 }
@@ -209,7 +171,7 @@ impl ServerCertVerifier for PinnedServer {
         }
     }
 
-    handshake_signatures!();
+    crate::handshake_signatures!(signatures);
 }
 
 /// A TLS server that accepts only `allowed` clients (the agent's console port).

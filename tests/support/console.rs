@@ -129,18 +129,23 @@ impl Console {
     /// Ctrl-] and the command's exit status.
     pub fn leave(mut self) -> ExitStatus {
         self.type_keys("\u{1d}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nodevirt console did not leave on Ctrl-]: {}",
-                self.said()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_exit("leave on Ctrl-]")
+    }
+
+    /// The command's exit status once it ends by itself, within 60 s.
+    pub fn wait_exit(&mut self, why: &str) -> ExitStatus {
+        let said = Arc::clone(&self.said);
+        wait_for_explained(
+            Duration::from_secs(60),
+            &format!("nodevirt console to {why}"),
+            || self.child.try_wait().unwrap(),
+            || {
+                format!(
+                    "it said: {}",
+                    String::from_utf8_lossy(&said.lock().unwrap())
+                )
+            },
+        )
     }
 
     /// Whether the command is still running.

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 pub struct IdleProxy {
     pub address: SocketAddr,
     cut: Arc<AtomicUsize>,
+    /// The client side of every connection, to sever them all at once.
+    clients: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 /// One proxied connection: when either side last sent, and whether it has ended.
@@ -26,11 +28,14 @@ impl IdleProxy {
         let address = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&cut);
+        let clients = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::clone(&clients);
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let Ok(server) = TcpStream::connect(upstream) else {
                     continue;
                 };
+                accepted.lock().unwrap().push(client.try_clone().unwrap());
                 let link = Arc::new(Link {
                     last: Mutex::new(Instant::now()),
                     over: AtomicBool::new(false),
@@ -44,7 +49,18 @@ impl IdleProxy {
                 }
             }
         });
-        Self { address, cut }
+        Self {
+            address,
+            cut,
+            clients,
+        }
+    }
+
+    /// Severs every connection, as a proxy restarting or a network failing would.
+    pub fn sever_all(&self) {
+        for client in self.clients.lock().unwrap().drain(..) {
+            let _ = client.shutdown(Shutdown::Both);
+        }
     }
 
     /// How many connections it has cut for idling.

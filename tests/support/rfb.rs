@@ -2,11 +2,21 @@
 //! handshake, security None, ClientInit, and one FramebufferUpdate of the whole screen.
 
 use std::io::{BufRead, Read, Write};
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// Starts `tunnel` (a command that prints the address it listens on, then serves viewers),
+/// asserts a FramebufferUpdate through it, and stops it.
+pub fn expect_framebuffer_update_through(tunnel: &mut Command) {
+    let mut tunnel = tunnel.stdout(Stdio::piped()).spawn().unwrap();
+    let address = printed_address(&mut tunnel);
+    expect_framebuffer_update(&address);
+    tunnel.kill().unwrap();
+    tunnel.wait().unwrap();
+}
+
 /// The `127.0.0.1:PORT` a tunnel command prints on its first stdout line.
-pub fn printed_address(tunnel: &mut Child) -> String {
+fn printed_address(tunnel: &mut Child) -> String {
     let mut line = String::new();
     std::io::BufReader::new(tunnel.stdout.take().unwrap())
         .read_line(&mut line)
@@ -18,7 +28,7 @@ pub fn printed_address(tunnel: &mut Child) -> String {
 }
 
 /// Connects to `address` and asserts the handshake and a FramebufferUpdate.
-pub fn expect_framebuffer_update(address: &str) {
+fn expect_framebuffer_update(address: &str) {
     let mut rfb = std::net::TcpStream::connect(address).unwrap();
     rfb.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut write = rfb.try_clone().unwrap();

@@ -10,11 +10,10 @@ use std::sync::Arc;
 use http::HeaderMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
-use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::{CertificateError, DistinguishedName};
 
 pub const CONFIGMAP_NAMESPACE: &str = "kube-system";
 pub const CONFIGMAP: &str = "extension-apiserver-authentication";
@@ -228,27 +227,7 @@ impl ClientCertVerifier for AllowedNames {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.chain.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.chain.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.chain.supported_verify_schemes()
-    }
+    crate::handshake_signatures!(chain);
 }
 
 #[cfg(test)]
@@ -323,6 +302,40 @@ mod tests {
         assert_eq!(
             common_name(cert.der()).as_deref(),
             Some("front-proxy-client")
+        );
+    }
+
+    #[test]
+    fn only_the_front_proxy_cas_certificates_with_an_allowed_name_are_accepted() {
+        let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let mut data = data();
+        data.insert("requestheader-client-ca-file".into(), ca.pem());
+        let verifier = FrontProxy::from_data(&data).unwrap().verifier().unwrap();
+        let accepted = |name: &str, by_the_ca: bool| {
+            let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = if by_the_ca {
+                params.signed_by(&key, &*ca)
+            } else {
+                params.self_signed(&key)
+            }
+            .unwrap();
+            verifier
+                .verify_client_cert(cert.der(), &[], UnixTime::now())
+                .is_ok()
+        };
+        assert!(accepted("front-proxy-client", true));
+        assert!(!accepted("mallory", true), "another name, from the same CA");
+        assert!(
+            !accepted("front-proxy-client", false),
+            "the allowed name, self-signed"
         );
     }
 }
