@@ -128,6 +128,34 @@ subjects:
     );
     assert_eq!(said.trim().lines().count(), 1, "one line: {said}");
 
+    // The namespace's editors have it: nodevirt-console is aggregated into `edit`.
+    cluster.apply(&format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: editor, namespace: {ns}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: editor, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}}
+subjects:
+- {{kind: ServiceAccount, name: editor, namespace: {ns}}}
+"#,
+        ns = ns.name
+    ));
+    let editor = cluster.service_account_kubeconfig(&ns.name, "editor", None);
+    let console = Console::attach(
+        vm,
+        &ns.name,
+        &[&format!("--kubeconfig={}", editor.display())],
+    );
+    console.wait_said("Connected to", Duration::from_secs(30));
+    let status = console.leave();
+    assert!(
+        status.success(),
+        "the editor leaves with status 0, got {status}"
+    );
+
     // The agent's console port takes no client but the controller's, and the controller's
     // API port none but the API server's front proxy.
     agent_refuses_a_stranger(cluster, &nodes[0]);
