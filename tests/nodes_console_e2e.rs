@@ -18,6 +18,19 @@ use support::idle_proxy::IdleProxy;
 use support::node::Node;
 use support::vm::{BOOT, Vm, user_data, vm_yaml};
 
+/// `nodevirt console VM -n NS ARGS...`, which must be refused: its one line on stderr.
+fn console_refusal(vm: &str, ns: &str, args: &[&str]) -> String {
+    let refused = nodevirt(&["console", vm, "-n", ns])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr).trim().to_string();
+    assert!(!refused.status.success(), "{vm}: not refused: {said}");
+    assert_eq!(said.lines().count(), 1, "{vm}: one line: {said}");
+    said
+}
+
 fn nodevirt(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_nodevirt"));
     command.args(args);
@@ -76,16 +89,11 @@ fn console_and_vnc_go_through_the_api_server_with_the_users_rbac() {
         ns.name
     ));
     for (name, expected) in [("nowhere", "is not Running"), ("absent", "not found")] {
-        let refused = nodevirt(&["console", name, "-n", &ns.name, "--kubeconfig", admin])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&refused.stderr);
+        let said = console_refusal(name, &ns.name, &["--kubeconfig", admin]);
         assert!(
-            !refused.status.success() && said.contains(expected),
-            "{name}: {expected:?} expected, got: {said}"
+            said.contains(expected),
+            "{name}: {expected:?} expected: {said}"
         );
-        assert_eq!(said.trim().lines().count(), 1, "one line: {said}");
     }
 
     // A user who may read VMs but not use their consoles: 403 naming the subresource.
@@ -112,21 +120,15 @@ subjects:
         ns = ns.name
     ));
     let viewer = cluster.service_account_kubeconfig(&ns.name, "viewer", None);
-    let refused = nodevirt(&["console", vm, "-n", &ns.name])
-        .arg(format!("--kubeconfig={}", viewer.display()))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        !refused.status.success(),
-        "the viewer got a console: {said}"
+    let said = console_refusal(
+        vm,
+        &ns.name,
+        &[&format!("--kubeconfig={}", viewer.display())],
     );
     assert!(
         said.contains("forbidden") && said.contains("virtualmachines/console"),
         "the refusal names the subresource: {said}"
     );
-    assert_eq!(said.trim().lines().count(), 1, "one line: {said}");
 
     // The namespace's editors have it: nodevirt-console is aggregated into `edit`.
     cluster.apply(&format!(
@@ -298,7 +300,26 @@ fn the_guests_shell_answers_through_nodevirt_console_and_attaching_100_times_wor
     );
     let from = console.run("echo $((6*7))");
     console.wait_line(from, "42", Duration::from_secs(30));
-    let status = console.leave();
+
+    // One writer at a time: a second session is refused in one line that says how to take
+    // over; with --force it does, and the first one is told and ends.
+    let said = console_refusal(vm, &ns.name, &[&kubeconfig]);
+    assert!(
+        said.contains("another session holds the serial console")
+            && said.contains("nodevirt console --force"),
+        "a second writer is refused: {said}"
+    );
+    let mut taker = Console::attach(vm, &ns.name, &[&kubeconfig, "--force"]);
+    taker.wait_said("Connected to", Duration::from_secs(30));
+    let status = console.wait_exit("end once taken over");
+    assert!(
+        status.success() && console.said().contains("another session took it over"),
+        "the first session is told and ends without error ({status}): {}",
+        console.said()
+    );
+    let from = taker.run("echo $((6*7))");
+    taker.wait_line(from, "42", Duration::from_secs(30));
+    let status = taker.leave();
     assert!(
         status.success(),
         "Ctrl-] leaves with status 0, got {status}"

@@ -143,6 +143,7 @@ impl FrontProxy {
                 .map_err(|e| FrontProxyError::Ca(Box::new(e)))?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let signatures = provider.signature_verification_algorithms;
         let chain =
             rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
@@ -150,6 +151,7 @@ impl FrontProxy {
         Ok(Arc::new(AllowedNames {
             chain,
             names: self.allowed_names.clone(),
+            signatures,
         }))
     }
 }
@@ -180,6 +182,8 @@ fn percent_decode(text: &str) -> String {
 struct AllowedNames {
     chain: Arc<dyn ClientCertVerifier>,
     names: Vec<String>,
+    /// The handshake signatures, checked with the algorithms the chain is checked with.
+    signatures: rustls::crypto::WebPkiSupportedAlgorithms,
 }
 
 /// The subject's common name of a DER certificate.
@@ -227,7 +231,7 @@ impl ClientCertVerifier for AllowedNames {
         }
     }
 
-    crate::handshake_signatures!(chain);
+    crate::handshake_signatures!(signatures);
 }
 
 #[cfg(test)]
