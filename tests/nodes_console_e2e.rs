@@ -18,6 +18,18 @@ use support::idle_proxy::IdleProxy;
 use support::node::Node;
 use support::vm::{BOOT, Vm, user_data, vm_yaml};
 
+/// A kubeconfig for a new ServiceAccount `name` of `ns`, bound in `ns` to `role` (a `kind`).
+fn bound_kubeconfig(ns: &str, name: &str, kind: &str, role: &str) -> std::path::PathBuf {
+    let cluster = cluster();
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {name}, namespace: {ns}}}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: {kind}, name: {role}}}\n\
+         subjects:\n- {{kind: ServiceAccount, name: {name}, namespace: {ns}}}\n"
+    ));
+    cluster.service_account_kubeconfig(ns, name, None)
+}
+
 /// `nodevirt console VM -n NS ARGS...`, which must be refused: its one line on stderr.
 fn console_refusal(vm: &str, ns: &str, args: &[&str]) -> String {
     let refused = nodevirt(&["console", vm, "-n", ns])
@@ -98,28 +110,11 @@ fn console_and_vnc_go_through_the_api_server_with_the_users_rbac() {
 
     // A user who may read VMs but not use their consoles: 403 naming the subresource.
     cluster.apply(&format!(
-        r#"apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: viewer, namespace: {ns}}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {{name: vm-viewer, namespace: {ns}}}
-rules:
-- apiGroups: [kubevirt.io]
-  resources: [virtualmachines]
-  verbs: [get, list]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: vm-viewer, namespace: {ns}}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: vm-viewer}}
-subjects:
-- {{kind: ServiceAccount, name: viewer, namespace: {ns}}}
-"#,
-        ns = ns.name
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: vm-viewer, namespace: {}}}\n\
+         rules:\n- {{apiGroups: [kubevirt.io], resources: [virtualmachines], verbs: [get, list]}}\n",
+        ns.name
     ));
-    let viewer = cluster.service_account_kubeconfig(&ns.name, "viewer", None);
+    let viewer = bound_kubeconfig(&ns.name, "viewer", "Role", "vm-viewer");
     let said = console_refusal(
         vm,
         &ns.name,
@@ -131,21 +126,7 @@ subjects:
     );
 
     // The namespace's editors have it: nodevirt-console is aggregated into `edit`.
-    cluster.apply(&format!(
-        r#"apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: editor, namespace: {ns}}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: editor, namespace: {ns}}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}}
-subjects:
-- {{kind: ServiceAccount, name: editor, namespace: {ns}}}
-"#,
-        ns = ns.name
-    ));
-    let editor = cluster.service_account_kubeconfig(&ns.name, "editor", None);
+    let editor = bound_kubeconfig(&ns.name, "editor", "ClusterRole", "edit");
     let console = Console::attach(
         vm,
         &ns.name,
