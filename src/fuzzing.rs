@@ -252,6 +252,7 @@ impl AdminHarness {
             keepalive: crate::tunnel::Keepalive {
                 interval: crate::tunnel::DEFAULT_KEEPALIVE,
             },
+            sessions: crate::admin::attach::SessionLimit::new(4),
         });
         Ok(Self {
             runtime,

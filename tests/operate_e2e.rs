@@ -114,7 +114,14 @@ fn the_admin_socket_answers_every_question_and_only_root() {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let cluster = Cluster::get();
     let ns = cluster.namespace("e2e-admin");
-    let agent = Agent::start(cluster, "admin");
+    let agent = Agent::start_with(
+        cluster,
+        "admin",
+        NodeOptions {
+            extra_args: &["--max-sessions=3"],
+            ..NodeOptions::default()
+        },
+    );
     let meta = std::fs::metadata(&agent.admin_socket).expect("the admin socket exists");
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -173,6 +180,7 @@ fn the_admin_socket_answers_every_question_and_only_root() {
     assert!(ok && out.contains("admin-socket-console-line"), "{out}");
     attach_sessions(&agent, &target);
     vnc_session(&agent, &target);
+    sessions_stop_at_the_limit(&agent, &target);
     let (ok, out, _) = agent.admin(&["resync", &target]);
     assert!(ok && out.contains("resync of"), "{out}");
     let (ok, out, _) = agent.admin(&["health"]);
@@ -350,6 +358,60 @@ fn attach_sessions(agent: &Agent, target: &str) {
         "timing: admin attach -> first console byte, median of 100 {:.1} ms (max {:.1} ms)",
         first_bytes[50].as_secs_f64() * 1000.0,
         first_bytes[99].as_secs_f64() * 1000.0
+    );
+}
+
+/// With `--max-sessions=3`, three VNC viewers through `nodevirt admin vnc` get QEMU's
+/// greeting, a fourth is refused (its connection closed, the 503 said by the tunnel), and
+/// once one leaves there is room again.
+fn sessions_stop_at_the_limit(agent: &Agent, target: &str) {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let mut tunnel = Command::new(env!("CARGO_BIN_EXE_nodevirt"))
+        .args(["admin", "vnc", target])
+        .arg(format!("--admin-socket={}", agent.admin_socket.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let address = support::rfb::printed_address(&mut tunnel);
+    let greeted = |viewer: &mut std::net::TcpStream| {
+        viewer
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut greeting = Vec::new();
+        let _ = viewer.take(12).read_to_end(&mut greeting);
+        greeting == b"RFB 003.008\n"
+    };
+    let mut open: Vec<_> = (0..3)
+        .map(|i| {
+            let mut viewer = std::net::TcpStream::connect(&address).unwrap();
+            assert!(
+                greeted(&mut viewer),
+                "viewer {i} within the limit is greeted"
+            );
+            viewer
+        })
+        .collect();
+    let mut fourth = std::net::TcpStream::connect(&address).unwrap();
+    assert!(!greeted(&mut fourth), "a fourth session is refused");
+    drop(open.pop());
+    wait_for(Duration::from_secs(20), "room for a session again", || {
+        let mut viewer = std::net::TcpStream::connect(&address).unwrap();
+        greeted(&mut viewer).then_some(())
+    });
+    tunnel.kill().unwrap();
+    let mut said = String::new();
+    tunnel
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut said)
+        .unwrap();
+    tunnel.wait().unwrap();
+    assert!(
+        said.contains("limit of 3 console and VNC sessions"),
+        "the tunnel says why: {said}"
     );
 }
 

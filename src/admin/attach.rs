@@ -11,6 +11,8 @@
 //!    first. A VM whose domain is not running is 409 too.
 //!    VNC: libvirt hands over a new socket to QEMU's VNC server; QEMU shares the screen
 //!    between viewers.
+//!    At most [`SessionLimit`] sessions at once (console and VNC, admin socket and console
+//!    port together); one more is refused with 503 before anything is opened.
 //! 3. 101, then for the console the last [`REPLAY_BYTES`] of the console log (so the user sees the prompt),
 //!    then the guest's output as it comes, while what the client sends goes to the guest.
 //!    Either side closing ends the session; so does the guest stopping.
@@ -24,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use kube::ResourceExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::VirtualMachine;
 use crate::domain::names::{check_uid, domain_name};
@@ -41,9 +44,41 @@ pub const VNC_PROTOCOL: &str = "nodevirt-vnc";
 /// How much of the console log is replayed on attach.
 pub const REPLAY_BYTES: u64 = 4096;
 
+/// How many console and VNC sessions the agent serves at once (`--max-sessions`): each holds
+/// a libvirt stream or a socket to QEMU and two tasks for as long as it is open, which the
+/// HTTP server's connection limit no longer counts once the connection has switched.
+#[derive(Debug, Clone)]
+pub struct SessionLimit {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl SessionLimit {
+    pub fn new(max: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// A place for one more session, held until it ends; or the 503 that refuses it.
+    fn take(&self, vm_ref: &VmRef) -> Result<OwnedSemaphorePermit, Box<Response>> {
+        Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
+            tracing::warn!(vm = %vm_ref, limit = self.max, "refused a console or VNC session: at the limit");
+            Box::new(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the agent already serves its limit of {} console and VNC sessions (--max-sessions); try again when one ends",
+                    self.max
+                ),
+            ))
+        })
+    }
+}
+
 pub async fn attach(state: &AdminState, vm_ref: &VmRef, force: bool, request: Request) -> Response {
-    let vm = match upgradable(state, vm_ref, &request, CONSOLE_PROTOCOL) {
-        Ok(vm) => vm,
+    let (vm, place) = match upgradable(state, vm_ref, &request, CONSOLE_PROTOCOL) {
+        Ok(allowed) => allowed,
         Err(refused) => return *refused,
     };
     let domain = domain_name(&vm_ref.namespace, &vm_ref.name);
@@ -57,14 +92,21 @@ pub async fn attach(state: &AdminState, vm_ref: &VmRef, force: bool, request: Re
     } else {
         Vec::new()
     };
-    switch(state, request, vm_ref, "console", move |io| async move {
-        bridge(io, &replay, session).await;
-    })
+    switch(
+        state,
+        request,
+        vm_ref,
+        "console",
+        place,
+        move |io| async move {
+            bridge(io, &replay, session).await;
+        },
+    )
 }
 
 pub async fn vnc(state: &AdminState, vm_ref: &VmRef, request: Request) -> Response {
-    let vm = match upgradable(state, vm_ref, &request, VNC_PROTOCOL) {
-        Ok(vm) => vm,
+    let (vm, place) = match upgradable(state, vm_ref, &request, VNC_PROTOCOL) {
+        Ok(allowed) => allowed,
         Err(refused) => return *refused,
     };
     let domain = domain_name(&vm_ref.namespace, &vm_ref.name);
@@ -83,18 +125,25 @@ pub async fn vnc(state: &AdminState, vm_ref: &VmRef, request: Request) -> Respon
         Ok(server) => server,
         Err(e) => return open_refused(&vm, vm_ref, &e),
     };
-    switch(state, request, vm_ref, "VNC", move |mut io| async move {
-        let _ = tokio::io::copy_bidirectional(&mut io, &mut server).await;
-    })
+    switch(
+        state,
+        request,
+        vm_ref,
+        "VNC",
+        place,
+        move |mut io| async move {
+            let _ = tokio::io::copy_bidirectional(&mut io, &mut server).await;
+        },
+    )
 }
 
-/// The VM, if the request may switch to `protocol` for it.
+/// The VM and a session's place, if the request may switch to `protocol` for it.
 fn upgradable(
     state: &AdminState,
     vm_ref: &VmRef,
     request: &Request,
     protocol: &str,
-) -> Result<Arc<VirtualMachine>, Box<Response>> {
+) -> Result<(Arc<VirtualMachine>, OwnedSemaphorePermit), Box<Response>> {
     let Some(vm) = find(state, vm_ref) else {
         return Err(Box::new(not_found(state, vm_ref)));
     };
@@ -108,7 +157,7 @@ fn upgradable(
             ),
         )));
     }
-    Ok(vm)
+    Ok((vm, state.sessions.take(vm_ref)?))
 }
 
 fn open_refused(vm: &VirtualMachine, vm_ref: &VmRef, e: &ConsoleError) -> Response {
@@ -141,6 +190,7 @@ fn switch<F, Fut>(
     request: Request,
     vm_ref: &VmRef,
     what: &'static str,
+    place: OwnedSemaphorePermit,
     serve: F,
 ) -> Response
 where
@@ -164,6 +214,7 @@ where
     let vm = vm_ref.to_string();
     let keepalive = state.keepalive;
     tokio::spawn(async move {
+        let _place = place;
         let io = match hyper::upgrade::on(request).await {
             Ok(io) => TokioIo::new(io),
             Err(e) => return tracing::debug!(%vm, error = %e, "{what} upgrade failed"),
@@ -237,5 +288,25 @@ where
     tokio::select! {
         () = keystrokes => {}
         () = output => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_past_the_limit_are_refused_with_503_until_one_ends() {
+        let limit = SessionLimit::new(2);
+        let vm = VmRef {
+            namespace: "dev".into(),
+            name: "web".into(),
+        };
+        let first = limit.take(&vm).unwrap();
+        let _second = limit.take(&vm).unwrap();
+        let refused = limit.take(&vm).unwrap_err();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        drop(first);
+        assert!(limit.take(&vm).is_ok(), "a session that ended leaves room");
     }
 }

@@ -40,6 +40,7 @@ pub struct AdminState {
     pub hypervisor: Arc<HypervisorChoice>,
     /// The ping interval of console and VNC websockets.
     pub keepalive: crate::tunnel::Keepalive,
+    pub sessions: super::attach::SessionLimit,
 }
 
 #[derive(Debug, thiserror::Error)]

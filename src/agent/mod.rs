@@ -114,6 +114,10 @@ pub struct AgentArgs {
     /// intervals is taken for gone.
     #[arg(long, env = "NODEVIRT_KEEPALIVE_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub keepalive_seconds: u64,
+    /// Console and VNC sessions served at once, over the admin socket and the console port
+    /// together; one more is refused with 503.
+    #[arg(long, env = "NODEVIRT_MAX_SESSIONS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_sessions: u64,
     /// The controller's namespace, where its Pods publish their client certificates'
     /// fingerprints (ConfigMap nodevirt-controller-identities).
     #[arg(
@@ -308,6 +312,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         keepalive: crate::tunnel::Keepalive {
             interval: Duration::from_secs(args.keepalive_seconds),
         },
+        sessions: crate::admin::attach::SessionLimit::new(args.max_sessions as usize),
     });
     let console_port = match console_port::ConsolePort::bind(args.console_addr, &args.node_name)
         .await

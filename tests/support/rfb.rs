@@ -16,7 +16,7 @@ pub fn expect_framebuffer_update_through(tunnel: &mut Command) {
 }
 
 /// The `127.0.0.1:PORT` a tunnel command prints on its first stdout line.
-fn printed_address(tunnel: &mut Child) -> String {
+pub fn printed_address(tunnel: &mut Child) -> String {
     let mut line = String::new();
     std::io::BufReader::new(tunnel.stdout.take().unwrap())
         .read_line(&mut line)
